@@ -1,0 +1,33 @@
+# The two commands: `make run` (poold in front of a throwaway PostgreSQL) and
+# `make test` (every test tier). Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test unit integration e2e lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: venv
+	$(BIN)/python scripts/run_dev.py
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+integration: venv
+	$(BIN)/python -m pytest tests/integration
+
+e2e: venv
+	$(BIN)/python -m pytest tests/e2e
+
+clean:
+	rm -rf $(VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info

@@ -1,0 +1,1 @@
+"""poolctl: the control client for poold (standard library only)."""

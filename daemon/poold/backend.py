@@ -1,0 +1,115 @@
+"""Server connections: the only module that touches psycopg connection internals.
+
+psycopg connects and authenticates; psycopg_pool owns the connection's life.
+While poold leases a connection it relays bytes on a duplicate of libpq's socket
+through an asyncio transport, so libpq never sees that traffic. That has
+consequences this module hides from the rest:
+
+- libpq's transaction status stays "idle" whatever the relayed traffic did, so
+  poold tracks the status from ReadyForQuery itself and only hands back
+  connections it knows are idle.
+- libpq's cached ParameterStatus values go stale; they are read once, from a
+  fresh connection, as the pool's defaults.
+- the duplicate descriptor must be closed (which removes it from the event
+  loop's poller) before libpq uses the socket again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+#: parameters PostgreSQL reports (GUC_REPORT) that a client sees at login
+REPORTED_PARAMETERS = (
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "in_hot_standby",
+    "integer_datetimes",
+    "IntervalStyle",
+    "is_superuser",
+    "scram_iterations",
+    "server_encoding",
+    "server_version",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+)
+
+
+def conninfo(info: Mapping[str, str], *, statement_timeout: float, password: str | None) -> str:
+    """The libpq conninfo for a pool, with poold's per-connection settings."""
+    params = dict(info)
+    options = params.get("options", "")
+    if statement_timeout > 0:
+        options = f"{options} -c statement_timeout={int(statement_timeout * 1000)}".strip()
+    if options:
+        params["options"] = options
+    if password is not None and "password" not in params:
+        params["password"] = password
+    return make_conninfo("", **params)
+
+
+def connection_kwargs() -> dict[str, Any]:
+    # autocommit: psycopg must never open a transaction of its own on a
+    # connection poold relays for clients.
+    return {"autocommit": True, "prepare_threshold": None}
+
+
+async def open_stream(
+    conn: AsyncConnection[Any], protocol_factory: Callable[[], P]
+) -> tuple[asyncio.Transport, P]:
+    """Attach an asyncio transport to a duplicate of the connection's socket."""
+    fd = os.dup(conn.pgconn.socket)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        raise
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await loop.connect_accepted_socket(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport, protocol
+
+
+def reported_parameters(conn: AsyncConnection[Any]) -> dict[str, str]:
+    """Server parameters as reported at connect time (fresh connections only)."""
+    result = {}
+    for name in REPORTED_PARAMETERS:
+        value = conn.pgconn.parameter_status(name.encode())
+        if value is not None:
+            result[name] = value.decode(errors="replace")
+    return result
+
+
+def backend_pid(conn: AsyncConnection[Any]) -> int:
+    return int(conn.pgconn.backend_pid)
+
+
+def expires_at(conn: AsyncConnection[Any]) -> float:
+    """psycopg_pool's max_lifetime deadline (monotonic), with its jitter."""
+    return float(getattr(conn, "_expire_at", float("inf")))
+
+
+async def cancel(conn: AsyncConnection[Any], timeout: float = 5.0) -> None:
+    """Send a CancelRequest for whatever the server is running on ``conn``."""
+    await conn.cancel_safe(timeout=timeout)
+
+
+async def close(conn: AsyncConnection[Any]) -> None:
+    await conn.close()

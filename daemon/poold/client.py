@@ -1,0 +1,379 @@
+"""One client connection: login, then relay to a leased server connection.
+
+A ClientSession is the asyncio protocol on a client socket. Login (startup
+packet, authentication, the server's parameters) runs as one short task; after
+that everything is callbacks, with no task or await per transaction:
+
+- client bytes are scanned header by header (Sync, Query and FunctionCall each
+  owe one ReadyForQuery; Terminate is not forwarded) and written to the held
+  server connection, or buffered while one is acquired;
+- the server side (relay.ServerLink) writes replies straight to this socket and
+  calls ``on_server_ready`` at ReadyForQuery when nothing more is owed;
+- in transaction mode the server connection goes back to the pool at
+  ReadyForQuery 'I' with nothing owed and no half-sent batch; in session mode at
+  the end of the session, after DISCARD ALL.
+
+A client that vanishes mid-transaction has its server connection rolled back
+(idle in transaction) or discarded (mid-query); it is never reused dirty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from . import auth
+from .errors import PooldError
+from .protocol import messages
+from .protocol.errors import ProtocolError
+from .protocol.framing import FrameScanner, MessageReader
+from .relay import ServerLink, canonical_parameter
+
+if TYPE_CHECKING:
+    from .pools import Pool
+    from .runtime import Runtime
+
+log = structlog.get_logger("poold.client")
+
+_Q = messages.QUERY
+_F = messages.FUNCTION_CALL
+_SYNC = messages.SYNC
+_X = messages.TERMINATE
+
+#: startup parameters that are not settings
+_STARTUP_KEYS = frozenset({"user", "database", "replication"})
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.reader = MessageReader()
+        self.scanner = FrameScanner(report_all=True, max_length=runtime.config.clients.max_message_size)
+        self.relaying = False
+        self.closed = False
+        self.pool: Pool | None = None
+        self.server: ServerLink | None = None
+        self.session_mode = False
+        self.waiting = False
+        self.in_batch = False  # messages sent since the last Sync
+        self.buffered: list[bytes] = []
+        self.buffered_syncs = 0
+        self.terminating = False
+        self.wanted: dict[str, str] = {}  # tracked settings differing from defaults
+        self.key = (0, 0)
+        self.user = ""
+        self.database = ""
+        self.connected_at = time.time()
+        self.transactions = 0
+        self._more: asyncio.Future[None] | None = None
+        self._login_task: asyncio.Task[None] | None = None
+        self._server_paused = False
+        self._self_paused = False
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.rt.clients.add(self)
+        self._login_task = asyncio.get_running_loop().create_task(self._login())
+
+    def data_received(self, data: bytes) -> None:
+        if self.relaying:
+            self._relay(data)
+            return
+        try:
+            self.reader.feed(data)
+        except ProtocolError as exc:
+            self._fatal(exc.sqlstate, str(exc))
+            return
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        return False  # close; a client half-close ends the session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._wake()
+        self.rt.unregister(self)
+        pool = self.pool
+        if pool is not None:
+            if self.waiting:
+                self.waiting = False
+                pool.cancel_wait(self)
+            if self.server is not None:
+                self._hand_back(self.server, pool)
+                self.server = None
+        if self.relaying:
+            log.info(
+                "client_session_end",
+                peer=self.peer,
+                db=self.database,
+                user=self.user,
+                seconds=round(time.time() - self.connected_at, 3),
+                transactions=self.transactions,
+            )
+
+    def pause_writing(self) -> None:
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.pause_reading()
+            self._server_paused = True
+
+    def resume_writing(self) -> None:
+        if self.server is not None and self.server.transport is not None and self._server_paused:
+            self.server.transport.resume_reading()
+        self._server_paused = False
+
+    # -- relay: client -> server (hot path) ----------------------------------
+
+    def _relay(self, data: bytes) -> None:
+        try:
+            frames = self.scanner.feed(data)
+        except ProtocolError as exc:
+            self._fatal(exc.sqlstate, str(exc))
+            return
+        syncs = 0
+        for f in frames:
+            t = f.type
+            if t == _Q or t == _SYNC or t == _F:
+                syncs += 1
+                self.in_batch = False
+            elif t == _X:
+                data = data[: f.start] if f.start > 0 else b""
+                self.terminating = True
+                break
+            else:
+                self.in_batch = True
+        server = self.server
+        if server is not None:
+            if syncs:
+                if not server.pending:
+                    server.busy_since = time.monotonic()
+                server.pending += syncs
+            if data:
+                server.write(data)
+        elif data:
+            self.buffered.append(data)
+            self.buffered_syncs += syncs
+            if not self.waiting and not self.terminating:
+                self._acquire()
+        if self.terminating:
+            self._close()
+
+    def _acquire(self) -> None:
+        assert self.pool is not None
+        self.waiting = True
+        link = self.pool.acquire(self)
+        if link is not None:
+            self.on_server(link)
+
+    # -- pools.Waiter -------------------------------------------------------
+
+    def on_server(self, link: ServerLink) -> None:
+        self.waiting = False
+        if self.closed:
+            assert self.pool is not None
+            self.pool.release(link)
+            return
+        self.server = link
+        link.owner = self
+        if link.params != self.wanted:
+            link.sync_parameters(self.wanted)
+        if self.buffered_syncs:
+            link.pending = self.buffered_syncs
+            link.busy_since = time.monotonic()
+            self.buffered_syncs = 0
+        if self.buffered:
+            data = b"".join(self.buffered) if len(self.buffered) > 1 else self.buffered[0]
+            self.buffered.clear()
+            link.write(data)
+
+    def on_acquire_failed(self, error: PooldError) -> None:
+        self.waiting = False
+        self._fatal(error.sqlstate, error.message)
+
+    # -- relay.ServerOwner --------------------------------------------------
+
+    def on_server_data(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def on_server_ready(self, status: bytes) -> None:
+        if status == b"I":
+            self.transactions += 1
+            if not self.session_mode and not self.in_batch and self.scanner.at_boundary:
+                link, self.server = self.server, None
+                if link is not None:
+                    if self._server_paused and link.transport is not None:
+                        link.transport.resume_reading()
+                        self._server_paused = False
+                    self.pool.release(link)  # type: ignore[union-attr]
+
+    def on_server_parameter(self, name: str, value: str) -> None:
+        if self.pool is not None and self.pool.defaults is not None and self.pool.defaults.get(name) == value:
+            self.wanted.pop(name, None)
+        else:
+            self.wanted[name] = value
+
+    def on_server_lost(self) -> None:
+        self.server = None
+        self._fatal("08006", "server connection lost")
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._self_paused:
+            self.transport.pause_reading()
+            self._self_paused = True
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self._self_paused:
+            self.transport.resume_reading()
+            self._self_paused = False
+
+    # -- shutdown and errors ------------------------------------------------
+
+    def terminate_at_boundary(self, sqlstate: str, message: str) -> bool:
+        """Close now if no transaction is open; False if it must wait."""
+        if self.server is not None and (self.server.pending or self.server.status != b"I"):
+            return False
+        self._fatal(sqlstate, message)
+        return True
+
+    def _hand_back(self, link: ServerLink, pool: Pool) -> None:
+        """The client is gone: return its server connection only if clean."""
+        link.owner = None
+        if self._server_paused and link.transport is not None:
+            link.transport.resume_reading()
+        if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary:
+            log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
+            pool.discard(link)
+        elif link.status != b"I":
+            sqls = ["ROLLBACK", "DISCARD ALL"] if self.session_mode else ["ROLLBACK"]
+            link.run_internal(sqls, pool.release_if_idle)
+        elif self.session_mode:
+            link.run_internal(["DISCARD ALL"], pool.release_if_idle)
+        else:
+            pool.release(link)
+
+    def _fatal(self, sqlstate: str, message: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(messages.error_response(sqlstate, f"poold: {message}"))
+        if sqlstate not in ("57P01",):
+            log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- login ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        fut = self._more
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _wait_data(self) -> None:
+        if self.closed:
+            raise ConnectionError("client went away")
+        self._more = asyncio.get_running_loop().create_future()
+        await self._more
+        self._more = None
+        if self.closed:
+            raise ConnectionError("client went away")
+
+    async def _read_untyped(self) -> bytes:
+        while (payload := self.reader.next_untyped()) is None:
+            await self._wait_data()
+        return payload
+
+    async def _read_typed(self) -> tuple[int, bytes]:
+        while (msg := self.reader.next_typed()) is None:
+            await self._wait_data()
+        return msg
+
+    async def _login(self) -> None:
+        try:
+            async with asyncio.timeout(self.rt.config.clients.login_timeout):
+                await self._login_steps()
+        except ConnectionError:
+            self._close()
+        except TimeoutError:
+            self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
+        except ProtocolError as exc:
+            self._fatal(exc.sqlstate, str(exc))
+        except PooldError as exc:
+            self._fatal(exc.sqlstate, exc.message)
+        except Exception:  # task boundary: one broken login must not hurt others
+            log.exception("login_failed", peer=self.peer)
+            self._fatal("XX000", "internal error during login")
+
+    async def _login_steps(self) -> None:
+        startup = await self._negotiate()
+        if startup is None:
+            return
+        rt = self.rt
+        self.user, self.database = startup.user, startup.database
+        if len(rt.clients) > rt.config.clients.max_client_conn or rt.shutting_down:
+            if rt.shutting_down:
+                raise PooldError("57P01", "poold is shutting down")
+            raise PooldError("53300", "sorry, too many clients already (max_client_conn)")
+        db = rt.config.database(self.database)
+        if db is None:
+            raise PooldError("3D000", f'database "{self.database}" does not exist')
+        wanted = {}
+        for name, value in startup.params.items():
+            canon = canonical_parameter(name)
+            if canon is not None:
+                wanted[canon] = value
+            elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
+                raise PooldError("08P01", f"unsupported startup parameter: {name}")
+        secret = rt.users.get(self.user)
+        await auth.authenticate(
+            rt.config.auth.type, self.user, secret, self._read_typed, self.transport.write, rt.scram  # type: ignore[union-attr]
+        )
+        self.pool = await rt.pools.get(db, self.user, secret.plain if secret else None)
+        self.session_mode = self.pool.settings.mode == "session"
+        defaults = await self.pool.prepare()
+        self.wanted = {k: v for k, v in wanted.items() if defaults.get(k) != v}
+        out = [messages.auth_ok()]
+        if startup.minor or startup.protocol_options:
+            out.insert(0, messages.negotiate_protocol_version(0, startup.protocol_options))
+        for name, value in defaults.items():
+            out.append(messages.parameter_status(name, self.wanted.get(name, value)))
+        self.key = rt.register(self)
+        out.append(messages.backend_key_data(*self.key))
+        out.append(messages.ready_for_query())
+        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        self.relaying = True
+        rest = self.reader.take_rest()
+        if rest:
+            self._relay(rest)
+
+    async def _negotiate(self) -> messages.StartupMessage | None:
+        """Answer SSL/GSSENC requests with 'N'; serve a CancelRequest."""
+        for _ in range(3):
+            request = messages.parse_startup(await self._read_untyped())
+            if isinstance(request, messages.StartupMessage):
+                return request
+            if isinstance(request, messages.CancelRequest):
+                self.rt.cancel(request.pid, request.secret)
+                self._close()
+                return None
+            if self.reader.take_rest():
+                # Bytes pipelined after SSLRequest would be read as TLS by a
+                # server that said 'S': refuse, as PostgreSQL does.
+                raise ProtocolError("received unencrypted data after SSL request")
+            self.transport.write(b"N")  # type: ignore[union-attr]
+        raise ProtocolError("too many encryption negotiation requests")
+

@@ -1,0 +1,420 @@
+"""Configuration: TOML plus environment overrides, validated into frozen dataclasses.
+
+``load_config(path, environ)`` is the one place a configuration is built. It reads
+the TOML file, then the env file (``daemon.env_file``), then applies environment
+overrides, and validates everything at once. Every error names its key, e.g.
+``pool.max_size: must be >= min_size (3)``. A reload builds a new snapshot; nothing
+mutates one.
+
+Environment overrides (later wins):
+  1. the process environment, 2. the env file (re-read on every reload, so that
+  editing it and reloading takes effect even when the process was started with
+  the same variable set). Within each: short names first (``DB_POOL_MAX`` ...),
+  then ``POOLD_<SECTION>__<KEY>`` (``POOLD_POOL__MAX_SIZE=12``,
+  ``POOLD_DATABASES__APP__DSN=...``; names are lower-cased).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+POOL_MODES = ("session", "transaction")
+AUTH_TYPES = ("trust", "md5", "scram-sha-256")
+ENV_PREFIX = "POOLD_"
+
+#: short names kept from the old deployment: name -> (key, scale to seconds)
+SHORT_ENV_NAMES: Mapping[str, tuple[str, float]] = MappingProxyType(
+    {
+        "DB_POOL_MAX": ("max_size", 1),
+        "DB_POOL_MIN": ("min_size", 1),
+        "DB_ACQUIRE_TIMEOUT": ("acquire_timeout", 1),
+        "DB_IDLE_TIMEOUT": ("idle_timeout", 1),
+        "DB_STATEMENT_TIMEOUT": ("statement_timeout", 0.001),  # milliseconds
+    }
+)
+
+#: libpq sslmodes that would put TLS on the server leg, which the relay cannot carry.
+_TLS_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+class ConfigError(Exception):
+    """A configuration that fails validation; ``errors`` lists every problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    host: str = "127.0.0.1"  # comma-separated addresses; "" disables TCP
+    port: int = 6432
+    unix_socket_dir: str = "/tmp"  # "" disables the Unix socket
+    unix_socket_mode: int = 0o777
+    backlog: int = 1024
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    type: str = "scram-sha-256"
+    file: str = "userlist.txt"  # relative paths are relative to the TOML file
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    max_client_conn: int = 1000
+    login_timeout: float = 60.0
+    max_message_size: int = 64 * 1024 * 1024  # client frames above this are refused
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    env_file: str = "poold.env"
+    shutdown_timeout: float = 30.0
+    log_format: str = "auto"  # auto, json, console
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    mode: str = "transaction"
+    db_cpu_count: int = 0  # 0: this machine's CPU count
+    max_size: int = 0  # 0: db_cpu_count * 2 + 4
+    min_size: int = -1  # -1: ceil(max_size * 0.25)
+    acquire_timeout: float = 60.0
+    idle_timeout: float = 10.0
+    statement_timeout: float = 15.0  # 0 disables
+    query_timeout: float = 15.0  # 0 disables
+    max_lifetime: float = 3600.0
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    pressure_threshold: float = 0.90
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    name: str
+    dsn: str
+    conninfo: Mapping[str, str]  # parsed dsn, with poold's forced keys
+    pool: PoolSettings
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenSettings
+    auth: AuthSettings
+    clients: ClientSettings
+    daemon: DaemonSettings
+    pool: PoolSettings
+    databases: Mapping[str, DatabaseSettings]
+    path: str = ""
+    env_file: str = ""  # resolved path of the env file that was read, if any
+    overrides: Mapping[str, str] = field(default_factory=dict)  # key -> source
+
+    def database(self, name: str) -> DatabaseSettings | None:
+        db = self.databases.get(name)
+        if db is None and "*" in self.databases:
+            wild = self.databases["*"]
+            info = dict(wild.conninfo)
+            info["dbname"] = name
+            db = DatabaseSettings(name, wild.dsn, MappingProxyType(info), wild.pool)
+        return db
+
+
+_SECTIONS: dict[str, type] = {
+    "listen": ListenSettings,
+    "auth": AuthSettings,
+    "clients": ClientSettings,
+    "daemon": DaemonSettings,
+    "pool": PoolSettings,
+}
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Config:
+    """Read, override and validate; raise ConfigError naming every bad key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
+    errors: list[str] = []
+    overrides: dict[str, str] = {}
+    _apply_env(raw, environ, "environment", overrides, errors)
+    env_path = _env_file_path(raw, path, environ)
+    env_file = ""
+    if env_path is not None and env_path.is_file():
+        env_file = str(env_path)
+        try:
+            file_env = parse_env_file(env_path.read_text())
+        except (OSError, ValueError) as exc:
+            errors.append(f"daemon.env_file: {env_path}: {exc}")
+        else:
+            _apply_env(raw, file_env, str(env_path), overrides, errors)
+    config = build_config(raw, path, errors)
+    return replace(config, env_file=env_file, overrides=MappingProxyType(overrides))
+
+
+def build_config(raw: dict[str, Any], path: Path, errors: list[str] | None = None) -> Config:
+    errors = [] if errors is None else errors
+    unknown = set(raw) - set(_SECTIONS) - {"databases"}
+    errors += [f"{k}: unknown section" for k in sorted(unknown)]
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            errors.append(f"{name}: must be a table")
+            table = {}
+        if name == "pool":
+            sections[name] = _build_pool(table, name, errors)
+        else:
+            sections[name] = _build(cls, table, name, errors)
+    _validate_sections(sections, errors)
+    databases = _build_databases(raw.get("databases", {}), raw.get("pool", {}), errors)
+    auth: AuthSettings = sections["auth"]
+    if auth.file and not os.path.isabs(auth.file):
+        sections["auth"] = AuthSettings(auth.type, str(path.parent / auth.file))
+    if errors:
+        raise ConfigError(errors)
+    return Config(databases=databases, path=str(path), **sections)
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str, errors: list[str]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        f = known.get(key)
+        if f is None:
+            errors.append(f"{prefix}.{key}: unknown key")
+            continue
+        try:
+            values[key] = _coerce(value, f.type)
+        except ValueError as exc:
+            errors.append(f"{prefix}.{key}: {exc}")
+    return cls(**values)
+
+
+def _coerce(value: Any, type_name: Any) -> Any:
+    t = type_name if isinstance(type_name, str) else type_name.__name__
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"must be a boolean, got {value!r}")
+    if t == "int":
+        if isinstance(value, bool):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value, 0) if value.strip().startswith("0o") else int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"must be an integer, got {value!r}")
+    if t == "float":
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            result = float(value)
+        else:
+            try:
+                result = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"must be a number, got {value!r}") from None
+        if not math.isfinite(result):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return result
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _build_pool(table: Mapping[str, Any], prefix: str, errors: list[str]) -> PoolSettings:
+    n_before = len(errors)
+    pool: PoolSettings = _build(PoolSettings, table, prefix, errors)
+    if len(errors) > n_before:
+        return pool
+    cpus = pool.db_cpu_count or os.cpu_count() or 1
+    max_size = pool.max_size or cpus * 2 + 4
+    min_size = pool.min_size if pool.min_size >= 0 else math.ceil(max_size * 0.25)
+    pool = replace(pool, db_cpu_count=cpus, max_size=max_size, min_size=min_size)
+    _validate_pool(pool, table, prefix, errors)
+    return pool
+
+
+def _validate_pool(p: PoolSettings, table: Mapping[str, Any], prefix: str, errors: list[str]) -> None:
+    def bad(key: str, why: str) -> None:
+        errors.append(f"{prefix}.{key}: {why}")
+
+    if p.mode not in POOL_MODES:
+        bad("mode", f"must be one of {', '.join(POOL_MODES)}, got {p.mode!r}")
+    if p.db_cpu_count < 1:
+        bad("db_cpu_count", "must be >= 1")
+    if p.max_size < 1:
+        bad("max_size", "must be >= 1")
+    if p.min_size < 0:
+        bad("min_size", "must be >= 0")
+    elif p.min_size > p.max_size:
+        key = "min_size" if "min_size" in table else "max_size"
+        other = p.max_size if key == "min_size" else p.min_size
+        rel = "<= max_size" if key == "min_size" else ">= min_size"
+        bad(key, f"must be {rel} ({other})")
+    for key in ("acquire_timeout", "idle_timeout", "max_lifetime", "breaker_reset"):
+        if getattr(p, key) <= 0:
+            bad(key, "must be > 0")
+    for key in ("statement_timeout", "query_timeout"):
+        if getattr(p, key) < 0:
+            bad(key, "must be >= 0 (0 disables)")
+    if p.breaker_failures < 1:
+        bad("breaker_failures", "must be >= 1")
+    if not 0 < p.pressure_threshold <= 1:
+        bad("pressure_threshold", "must be in (0, 1]")
+
+
+def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
+    listen: ListenSettings = s["listen"]
+    if not 0 < listen.port < 65536:
+        errors.append(f"listen.port: must be in 1..65535, got {listen.port}")
+    if not listen.host and not listen.unix_socket_dir:
+        errors.append("listen.host: no TCP address and no unix_socket_dir: nothing to listen on")
+    if not 0 <= listen.unix_socket_mode <= 0o777:
+        errors.append("listen.unix_socket_mode: must be a file mode such as 0o777")
+    if listen.backlog < 1:
+        errors.append("listen.backlog: must be >= 1")
+    auth: AuthSettings = s["auth"]
+    if auth.type not in AUTH_TYPES:
+        errors.append(f"auth.type: must be one of {', '.join(AUTH_TYPES)}, got {auth.type!r}")
+    clients: ClientSettings = s["clients"]
+    if clients.max_client_conn < 1:
+        errors.append("clients.max_client_conn: must be >= 1")
+    if clients.login_timeout <= 0:
+        errors.append("clients.login_timeout: must be > 0")
+    if clients.max_message_size < 1024:
+        errors.append("clients.max_message_size: must be >= 1024")
+    daemon: DaemonSettings = s["daemon"]
+    if daemon.shutdown_timeout < 0:
+        errors.append("daemon.shutdown_timeout: must be >= 0")
+    if daemon.log_format not in ("auto", "json", "console"):
+        errors.append("daemon.log_format: must be one of auto, json, console")
+    if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
+        errors.append("daemon.log_level: must be one of debug, info, warning, error")
+
+
+def _build_databases(
+    raw: Any, pool_raw: Any, errors: list[str]
+) -> Mapping[str, DatabaseSettings]:
+    from psycopg.conninfo import conninfo_to_dict  # parses with libpq's own rules
+
+    if not isinstance(raw, dict):
+        errors.append("databases: must be a table of [databases.NAME] tables")
+        return MappingProxyType({})
+    if not isinstance(pool_raw, dict):
+        pool_raw = {}
+    result: dict[str, DatabaseSettings] = {}
+    for name, table in raw.items():
+        prefix = f"databases.{name}"
+        if not isinstance(table, dict):
+            errors.append(f"{prefix}: must be a table")
+            continue
+        dsn = table.get("dsn", "")
+        if not isinstance(dsn, str):
+            errors.append(f"{prefix}.dsn: must be a string")
+            continue
+        # Errors in inherited [pool] keys are reported once, under "pool.".
+        db_errors: list[str] = []
+        pool = _build_pool({**pool_raw, **{k: v for k, v in table.items() if k != "dsn"}}, prefix, db_errors)
+        errors += [e for e in db_errors if e.split(":")[0].rsplit(".", 1)[1] in table]
+        try:
+            info = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+        except Exception as exc:  # psycopg.ProgrammingError: libpq's own message
+            errors.append(f"{prefix}.dsn: invalid connection string: {exc}")
+            continue
+        sslmode = info.get("sslmode", "")
+        if sslmode in _TLS_SSLMODES:
+            errors.append(
+                f"{prefix}.dsn: sslmode={sslmode} is not supported: poold relays the "
+                "server connection's bytes itself and cannot carry TLS on the server leg"
+            )
+            continue
+        info["sslmode"] = "disable"
+        info["gssencmode"] = "disable"
+        info.setdefault("dbname", name if name != "*" else "")
+        result[name] = DatabaseSettings(name, dsn, MappingProxyType(info), pool)
+    return MappingProxyType(result)
+
+
+def _env_file_path(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) -> Path | None:
+    daemon = raw.get("daemon", {})
+    name = daemon.get("env_file", DaemonSettings.env_file) if isinstance(daemon, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    p = Path(name)
+    return p if p.is_absolute() else path.parent / p
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments, quotes)."""
+    env: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.replace("_", "a").isalnum():
+            raise ValueError(f"line {lineno}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key] = value
+    return env
+
+
+def _apply_env(
+    raw: dict[str, Any],
+    env: Mapping[str, str],
+    source: str,
+    overrides: dict[str, str],
+    errors: list[str],
+) -> None:
+    pool = raw.setdefault("pool", {})
+    for name, (key, scale) in SHORT_ENV_NAMES.items():
+        if name in env and isinstance(pool, dict):
+            value = env[name]
+            if scale != 1:
+                try:
+                    value = str(float(value) * scale)
+                except ValueError:
+                    errors.append(f"pool.{key}: {name}={value!r} from {source} is not a number")
+                    continue
+            pool[key] = value
+            overrides[f"pool.{key}"] = f"{name} ({source})"
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(path) < 2 or not all(path):
+            errors.append(f"{name}: expected POOLD_<SECTION>__<KEY>")
+            continue
+        table = raw
+        for part in path[:-1]:
+            nxt = table.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                errors.append(f"{'.'.join(path)}: {name} overrides a value that is not a table")
+                break
+            table = nxt
+        else:
+            table[path[-1]] = value
+            overrides[".".join(path)] = f"{name} ({source})"

@@ -1,0 +1,57 @@
+"""Listening sockets: TCP addresses and the Unix socket ``.s.PGSQL.<port>``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import structlog
+
+from .config import ListenSettings
+
+log = structlog.get_logger("poold.listener")
+
+
+def unix_socket_path(listen: ListenSettings) -> str:
+    return os.path.join(listen.unix_socket_dir, f".s.PGSQL.{listen.port}")
+
+
+async def start_listeners(
+    listen: ListenSettings, factory: Callable[[], asyncio.Protocol]
+) -> list[asyncio.AbstractServer]:
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.AbstractServer] = []
+    try:
+        hosts = [h.strip() for h in listen.host.split(",") if h.strip()]
+        if hosts:
+            servers.append(
+                await loop.create_server(
+                    factory, hosts, listen.port, backlog=listen.backlog, reuse_address=True
+                )
+            )
+        if listen.unix_socket_dir:
+            path = unix_socket_path(listen)
+            if os.path.exists(path):
+                os.unlink(path)  # a stale socket from an unclean exit
+            server = await loop.create_unix_server(factory, path, backlog=listen.backlog)
+            os.chmod(path, listen.unix_socket_mode)
+            servers.append(server)
+    except BaseException:
+        for s in servers:
+            s.close()
+        raise
+    for s in servers:
+        for sock in s.sockets:
+            log.info("listening", address=str(sock.getsockname()))
+    return servers
+
+
+def stop_listeners(servers: list[asyncio.AbstractServer], listen: ListenSettings) -> None:
+    for s in servers:
+        s.close()
+    if listen.unix_socket_dir:
+        try:
+            os.unlink(unix_socket_path(listen))
+        except OSError:
+            pass

@@ -1,0 +1,339 @@
+"""Pools: one per (database, user), psycopg_pool underneath, a free list on top.
+
+psycopg_pool owns each server connection's life: it connects (with backoff),
+keeps ``min_size`` warm, reaps idle ones, ages them out at ``max_lifetime`` and
+never lets the total pass ``max_size``. Going through its getconn/putconn on
+every transaction costs more than the transaction itself, so poold leases
+connections from it and keeps the leased ones in a small LIFO free list for the
+per-transaction hand-off. A link that sits in the free list longer than
+``hold_time`` goes back to psycopg_pool, which then applies its idle and
+lifetime rules; a link past its lifetime goes back at its next release.
+
+Nothing here knows client sockets: a waiter is anything with ``on_server`` and
+``on_acquire_failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import structlog
+from psycopg import AsyncConnection, OperationalError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from . import backend
+from .config import DatabaseSettings, PoolSettings
+from .errors import PooldError
+from .relay import ServerLink
+
+log = structlog.get_logger("poold.pools")
+
+
+class Waiter(Protocol):
+    def on_server(self, link: ServerLink) -> None: ...
+    def on_acquire_failed(self, error: PooldError) -> None: ...
+
+
+class Pool:
+    """Server connections for one (database, user)."""
+
+    def __init__(self, db: DatabaseSettings, user: str, server_password: str | None) -> None:
+        self.db = db
+        self.user = user
+        self.name = f"{db.name}.{user}"
+        self.settings: PoolSettings = db.pool
+        info = dict(db.conninfo)
+        info.setdefault("user", user)
+        self._pg: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            backend.conninfo(info, statement_timeout=db.pool.statement_timeout, password=server_password),
+            kwargs=backend.connection_kwargs(),
+            min_size=db.pool.min_size,
+            max_size=db.pool.max_size,
+            timeout=db.pool.acquire_timeout,
+            max_idle=db.pool.idle_timeout,
+            max_lifetime=db.pool.max_lifetime,
+            name=self.name,
+            open=False,
+        )
+        self.free: deque[ServerLink] = deque()
+        self.active: set[ServerLink] = set()
+        self.waiters: deque[tuple[Waiter, asyncio.TimerHandle]] = deque()
+        self.defaults: dict[str, str] | None = None
+        self.leased = 0  # links poold holds (free + active)
+        self.connecting = 0  # getconn calls in flight
+        self.last_error = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        # Tracked settings a connection carried when it went back to
+        # psycopg_pool (libpq never saw the relayed SETs), restored on re-lease.
+        self._carried_params: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+    @property
+    def hold_time(self) -> float:
+        return min(self.settings.idle_timeout / 2, 5.0)
+
+    async def open(self) -> None:
+        await self._pg.open(wait=False)
+
+    async def prepare(self) -> Mapping[str, str]:
+        """The server's reported parameters, connecting once if none is known."""
+        if self.defaults is None:
+            self.connecting += 1
+            try:
+                link = await self._lease()
+            finally:
+                self.connecting -= 1
+            self.release(link)
+        assert self.defaults is not None
+        return self.defaults
+
+    # -- hand-off (the hot path) -------------------------------------------
+
+    def acquire(self, waiter: Waiter) -> ServerLink | None:
+        """A free link now, or None and ``waiter`` is called back later."""
+        free = self.free
+        while free:
+            link = free.pop()
+            if not link.closed:
+                self.active.add(link)
+                return link
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.settings.acquire_timeout, self._wait_expired, waiter)
+        self.waiters.append((waiter, timer))
+        self._grow()
+        return None
+
+    def release(self, link: ServerLink) -> None:
+        """Take back an idle link (ReadyForQuery 'I', nothing pending)."""
+        link.owner = None
+        self.active.discard(link)
+        if link.closed:
+            return
+        if self._closed or link.expires_at <= time.monotonic():
+            self._give_back(link)
+            return
+        if self.waiters:
+            waiter, timer = self.waiters.popleft()
+            timer.cancel()
+            self.active.add(link)
+            waiter.on_server(link)
+            return
+        link.idle_since = time.monotonic()
+        self.free.append(link)
+
+    def release_if_idle(self, link: ServerLink) -> None:
+        """After an internal ROLLBACK/DISCARD ALL: reuse if idle, else retire."""
+        if link.status == b"I" and not link.pending:
+            self.release(link)
+        else:
+            self.discard(link)
+
+    def cancel_wait(self, waiter: Waiter) -> None:
+        for i, (w, timer) in enumerate(self.waiters):
+            if w is waiter:
+                timer.cancel()
+                del self.waiters[i]
+                return
+
+    def discard(self, link: ServerLink) -> None:
+        """Retire a link that is dirty or broken; psycopg_pool replaces it."""
+        link.owner = None
+        self.active.discard(link)
+        if not link.closed:
+            link.closed = True
+            link.abort()
+            self._forget(link)
+
+    # -- maintenance ---------------------------------------------------------
+
+    def maintain(self, now: float) -> None:
+        """Return links idle past ``hold_time``; cancel queries past query_timeout."""
+        hold = self.hold_time
+        while self.free and now - self.free[0].idle_since > hold:
+            self._give_back(self.free.popleft())
+        qt = self.settings.query_timeout
+        if qt > 0:
+            for link in list(self.active):
+                if link.pending and not link.cancelling and now - link.busy_since > qt:
+                    link.cancelling = True
+                    log.warning("query_timeout", pool=self.name, server_pid=link.pid, seconds=qt)
+                    self._spawn(self._cancel(link))
+
+    def stats(self) -> dict[str, Any]:
+        pg = self._pg.get_stats()
+        return {
+            "pool": self.name,
+            "database": self.db.name,
+            "user": self.user,
+            "mode": self.settings.mode,
+            "max_size": self.settings.max_size,
+            "min_size": self.settings.min_size,
+            "active": len(self.active),
+            "idle": len(self.free) + pg.get("pool_available", 0),
+            "total": self.leased + pg.get("pool_available", 0),
+            "waiting": len(self.waiters),
+            "last_error": self.last_error,
+        }
+
+    def cancel_query(self, link: ServerLink) -> None:
+        self._spawn(self._cancel(link))
+
+    async def close(self) -> None:
+        self._closed = True
+        for waiter, timer in self.waiters:
+            timer.cancel()
+            waiter.on_acquire_failed(PooldError("57P01", "poold is shutting down"))
+        self.waiters.clear()
+        while self.free:
+            self._give_back(self.free.pop())
+        for link in list(self.active):
+            self.discard(link)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self._pg.close(timeout=5)
+
+    # -- internals -----------------------------------------------------------
+
+    def _grow(self) -> None:
+        while (
+            len(self.waiters) > self.connecting
+            and self.leased + self.connecting < self.settings.max_size
+            and not self._closed
+        ):
+            self.connecting += 1
+            self._spawn(self._lease_for_waiter())
+
+    async def _lease_for_waiter(self) -> None:
+        try:
+            link = await self._lease()
+        except PooldError as exc:
+            self.connecting -= 1
+            if self.waiters:
+                waiter, timer = self.waiters.popleft()
+                timer.cancel()
+                waiter.on_acquire_failed(exc)
+            return
+        self.connecting -= 1
+        self.release(link)
+
+    async def _lease(self) -> ServerLink:
+        try:
+            conn = await self._pg.getconn()
+        except PoolTimeout as exc:
+            self.last_error = str(exc)
+            raise PooldError(
+                "53300",
+                f"no server connection available within acquire_timeout ({self.settings.acquire_timeout:g} s)",
+            ) from exc
+        except OperationalError as exc:
+            self.last_error = str(exc)
+            raise PooldError("08006", f"cannot connect to the database: {exc}") from exc
+        if self.defaults is None:
+            self.defaults = backend.reported_parameters(conn)
+        try:
+            _, link = await backend.open_stream(conn, lambda: ServerLink(self._on_link_lost))
+        except OSError as exc:
+            await backend.close(conn)
+            await self._pg.putconn(conn)
+            raise PooldError("08006", f"server connection unusable: {exc}") from exc
+        link.conn = conn
+        link.pid = backend.backend_pid(conn)
+        link.defaults = self.defaults
+        link.expires_at = backend.expires_at(conn)
+        link.params = self._carried_params.pop(conn, {})
+        self.leased += 1
+        return link
+
+    def _wait_expired(self, waiter: Waiter) -> None:
+        for i, (w, _timer) in enumerate(self.waiters):
+            if w is waiter:
+                del self.waiters[i]
+                break
+        waiter.on_acquire_failed(
+            PooldError(
+                "53300",
+                f"no server connection available within acquire_timeout ({self.settings.acquire_timeout:g} s)",
+            )
+        )
+
+    def _on_link_lost(self, link: ServerLink) -> None:
+        """EOF or error on a link's socket: the server side is gone."""
+        self.active.discard(link)
+        try:
+            self.free.remove(link)
+        except ValueError:
+            pass
+        log.info("server_connection_lost", pool=self.name, server_pid=link.pid)
+        self._forget(link)
+
+    def _forget(self, link: ServerLink) -> None:
+        conn, link.conn = link.conn, None
+        if conn is None:
+            return
+        self.leased -= 1
+        self._spawn(self._close_and_return(conn))
+
+    def _give_back(self, link: ServerLink) -> None:
+        """Hand an idle, clean link back to psycopg_pool."""
+        conn, link.conn = link.conn, None
+        link.closed = True
+        link.close()  # closes only poold's duplicate descriptor
+        if conn is None:
+            return
+        if link.params:
+            self._carried_params[conn] = link.params
+        self.leased -= 1
+        self._spawn(self._return(conn))
+        self._grow()
+
+    async def _return(self, conn: AsyncConnection[Any]) -> None:
+        await self._pg.putconn(conn)
+
+    async def _close_and_return(self, conn: AsyncConnection[Any]) -> None:
+        await backend.close(conn)
+        await self._pg.putconn(conn)  # psycopg_pool sees it closed and replaces it
+        self._grow()
+
+    async def _cancel(self, link: ServerLink) -> None:
+        conn = link.conn
+        if conn is None:
+            return
+        try:
+            await backend.cancel(conn)
+        except Exception as exc:  # task boundary: a failed cancel is logged, not fatal
+            log.warning("cancel_failed", pool=self.name, server_pid=link.pid, error=str(exc))
+        finally:
+            link.cancelling = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class PoolRegistry:
+    """All pools, created on first login for a (database, user)."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, str], Pool] = {}
+
+    async def get(self, db: DatabaseSettings, user: str, server_password: str | None) -> Pool:
+        key = (db.name, user)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(db, user, server_password)
+            self.pools[key] = pool
+            await pool.open()
+        return pool
+
+    def maintain(self, now: float) -> None:
+        for pool in list(self.pools.values()):
+            pool.maintain(now)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)

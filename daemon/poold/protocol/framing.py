@@ -1,0 +1,187 @@
+"""Framing of PostgreSQL v3 byte streams, reading only what poold must.
+
+Theory of operation
+-------------------
+After startup every message on either stream is ``type:u8 length:i32 body``,
+where ``length`` counts itself but not the type byte. The relay forwards chunks
+as they arrive and never copies a body it does not need: :class:`FrameScanner`
+walks a chunk header by header, skipping bodies (across chunk boundaries when a
+body is longer than the chunk), and reports only the messages it was asked to
+watch. A header split across two chunks is carried over and completed by the
+next ``feed``.
+
+The login phase is different: messages there are small and must be read whole
+(the untyped startup packet, then password/SASL messages), so
+:class:`MessageReader` buffers and returns complete messages.
+
+Both refuse a length below 4 or above the configured limit with a
+:class:`~poold.protocol.errors.ProtocolError` carrying its SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from .errors import MessageTooLarge, ProtocolError
+
+_HEADER = struct.Struct("!BI")
+_UNTYPED = struct.Struct("!I")
+
+#: PostgreSQL's own cap on a startup packet (MAX_STARTUP_PACKET_LENGTH).
+MAX_STARTUP_LENGTH = 10_000
+#: PostgreSQL's cap on any message (MaxAllocSize, 1 GiB - 1).
+MAX_MESSAGE_LENGTH = 0x3FFFFFFF
+
+
+class Frame(NamedTuple):
+    """One message found in a chunk.
+
+    ``start`` and ``end`` are offsets into the chunk just fed; ``start`` is
+    negative when the message began in an earlier chunk. ``body`` is the body
+    for watched types and ``None`` otherwise.
+    """
+
+    type: int
+    start: int
+    end: int
+    body: bytes | None
+
+
+class FrameScanner:
+    """Finds message boundaries in a typed-message stream (sans-IO).
+
+    ``watch``: message types whose bodies are returned (keep them small: 'Z',
+    'S', 'E'). ``report_all``: also report every other message, without body.
+    """
+
+    __slots__ = ("_watch", "_report_all", "_max", "_carry", "_skip", "_pending")
+
+    def __init__(
+        self,
+        watch: bytes = b"",
+        *,
+        report_all: bool = False,
+        max_length: int = MAX_MESSAGE_LENGTH,
+    ) -> None:
+        self._watch = frozenset(watch)
+        self._report_all = report_all
+        self._max = max_length
+        self._carry = b""  # an incomplete header, or a watched message in progress
+        self._skip = 0  # body bytes of an unwatched message still to pass over
+        # (type, start offset relative to the carried bytes) of an unwatched,
+        # reported message whose body continues into later chunks.
+        self._pending: tuple[int, int] | None = None
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the stream so far ends exactly at a message boundary."""
+        return not self._skip and not self._carry
+
+    def feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        n = len(data)
+        pos = 0
+        if self._skip:
+            if self._skip > n:
+                self._skip -= n
+                if self._pending is not None:
+                    t, s = self._pending
+                    self._pending = (t, s - n)
+                return frames
+            pos = self._skip
+            self._skip = 0
+            if self._pending is not None:
+                t, s = self._pending
+                self._pending = None
+                frames.append(Frame(t, s, pos, None))
+        base = 0
+        if self._carry:
+            # Rare path: glue the carried bytes in front and shift offsets back.
+            # (_carry and _skip are never both set, so pos is 0 here.)
+            base = len(self._carry)
+            data = self._carry + data
+            self._carry = b""
+            n = len(data)
+        watch = self._watch
+        report_all = self._report_all
+        unpack = _HEADER.unpack_from
+        while n - pos >= 5:
+            t, length = unpack(data, pos)
+            if length < 4 or length > self._max:
+                raise _bad_length(t, length, self._max)
+            end = pos + 1 + length
+            if t in watch:
+                if end > n:
+                    self._carry = data[pos:]
+                    return frames
+                frames.append(Frame(t, pos - base, end - base, data[pos + 5 : end]))
+            elif end > n:
+                self._skip = end - n
+                if report_all:
+                    # The start, re-expressed relative to the next chunk.
+                    self._pending = (t, pos - n)
+                return frames
+            elif report_all:
+                frames.append(Frame(t, pos - base, end - base, None))
+            pos = end
+        if pos < n:
+            self._carry = data[pos:]
+        return frames
+
+
+def _bad_length(t: int, length: int, limit: int) -> ProtocolError:
+    if length < 4:
+        return ProtocolError(f"invalid message length {length} for message type {t!r}")
+    return MessageTooLarge(f"message of {length} bytes exceeds the limit of {limit}")
+
+
+class MessageReader:
+    """Buffers the login phase and returns whole messages (sans-IO)."""
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_length: int = MAX_STARTUP_LENGTH) -> None:
+        self._buf = bytearray()
+        self._max = max_length
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        # A client that streams bytes without ever completing a message is
+        # bounded here rather than by memory.
+        if len(self._buf) > 2 * self._max + 5:
+            raise MessageTooLarge("login-phase data exceeds the limit")
+
+    def take_rest(self) -> bytes:
+        """Hand over whatever follows the last message read (pipelined data)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+    def next_untyped(self) -> bytes | None:
+        """The payload of a startup-style packet (length-prefixed, no type byte)."""
+        if len(self._buf) < 4:
+            return None
+        (length,) = _UNTYPED.unpack_from(self._buf)
+        if length < 8:
+            raise ProtocolError(f"invalid startup packet length {length}")
+        if length > self._max:
+            raise MessageTooLarge(f"startup packet of {length} bytes exceeds {self._max}")
+        if len(self._buf) < length:
+            return None
+        payload = bytes(self._buf[4:length])
+        del self._buf[:length]
+        return payload
+
+    def next_typed(self) -> tuple[int, bytes] | None:
+        """The (type, body) of the next complete typed message, if any."""
+        if len(self._buf) < 5:
+            return None
+        t, length = _HEADER.unpack_from(self._buf)
+        if length < 4 or length > self._max:
+            raise _bad_length(t, length, self._max)
+        if len(self._buf) < 1 + length:
+            return None
+        body = bytes(self._buf[5 : 1 + length])
+        del self._buf[: 1 + length]
+        return t, body

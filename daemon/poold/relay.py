@@ -1,0 +1,218 @@
+"""The server side of the relay: one ServerLink per leased server connection.
+
+A ServerLink is the asyncio protocol on a server connection's socket. While a
+client holds it, bytes from the server are written to the client as they come;
+the scanner reads only message headers, plus the bodies of ReadyForQuery
+(transaction status), ParameterStatus (tracked settings) and ErrorResponse.
+
+Internal queries (the SET that gives a client its own settings at hand-off,
+ROLLBACK and DISCARD ALL at release) are written ahead of client traffic; their
+replies, up to their ReadyForQuery, are consumed here and never reach a client
+(``swallow`` counts them).
+
+While no client holds the link (it sits in the pool's free list) poold keeps
+reading: a NotificationResponse or ParameterStatus arriving then is dropped
+rather than delivered to the next client, and EOF retires the link at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from .protocol import messages
+from .protocol.framing import FrameScanner
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+log = structlog.get_logger("poold.relay")
+
+_Z = messages.READY_FOR_QUERY
+_S = messages.PARAMETER_STATUS
+_E = messages.ERROR_RESPONSE
+
+#: settings a client gets back at every hand-off, as PgBouncer's varcache does
+TRACKED_PARAMETERS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "extra_float_digits",
+        "IntervalStyle",
+        "search_path",
+        "standard_conforming_strings",
+        "TimeZone",
+    }
+)
+_TRACKED_BY_LOWER = {p.lower(): p for p in TRACKED_PARAMETERS}
+
+
+def canonical_parameter(name: str) -> str | None:
+    """The tracked parameter's canonical spelling, or None if not tracked."""
+    return _TRACKED_BY_LOWER.get(name.lower())
+
+
+class ServerOwner(Protocol):
+    """What a link needs from whoever holds it (a client session)."""
+
+    def on_server_data(self, data: bytes) -> None: ...
+    def on_server_ready(self, status: bytes) -> None: ...
+    def on_server_parameter(self, name: str, value: str) -> None: ...
+    def on_server_lost(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class ServerLink(asyncio.Protocol):
+    """Relay state of one leased server connection."""
+
+    def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.conn: AsyncConnection[Any] | None = None
+        self.pid = 0
+        self.owner: ServerOwner | None = None
+        self.scanner = FrameScanner(b"ZSE")
+        self.pending = 0  # ReadyForQuery messages still owed to the owner
+        self.swallow = 0  # ReadyForQuery messages owed to internal queries
+        self.status = b"I"  # transaction status from the last ReadyForQuery
+        self.params: dict[str, str] = {}  # tracked settings differing from defaults
+        self.defaults: dict[str, str] = {}
+        self.busy_since = 0.0  # monotonic time the oldest pending request began
+        self.idle_since = 0.0
+        self.expires_at = float("inf")
+        self.cancelling = False
+        self.closed = False
+        self._on_lost = on_lost
+        self._on_internal_done: Callable[[ServerLink], None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.scanner.feed(data)
+        except Exception:
+            log.error("server_stream_corrupt", server_pid=self.pid)
+            self.close()
+            return
+        owner = self.owner
+        if not self.swallow:
+            if owner is not None:
+                owner.on_server_data(data)
+                for f in frames:
+                    self._frame_for_owner(owner, f.type, f.body)
+            else:
+                self._idle_frames(frames)
+            return
+        # Slow path: part (or all) of this chunk answers internal queries.
+        for i, f in enumerate(frames):
+            if f.type == _S and f.body is not None:
+                self._track(*messages.parse_parameter_status(f.body), owner)
+            elif f.type == _E and f.body is not None:
+                fields = messages.parse_error_fields(f.body)
+                log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
+            elif f.type == _Z and f.body is not None:
+                self.status = f.body
+                self.swallow -= 1
+                if not self.swallow:
+                    rest, later = data[f.end :], frames[i + 1 :]
+                    done, self._on_internal_done = self._on_internal_done, None
+                    if done is not None:
+                        done(self)
+                    owner = self.owner
+                    if owner is not None:
+                        if rest:
+                            owner.on_server_data(rest)
+                        for g in later:
+                            self._frame_for_owner(owner, g.type, g.body)
+                    elif later:
+                        self._idle_frames(later)
+                    return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.on_server_lost()
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.resume_reading()
+
+    # -- used by client sessions and the pool ----------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def run_internal(self, sqls: list[str], done: Callable[[ServerLink], None] | None = None) -> None:
+        """Send internal queries; their replies are consumed, then ``done`` runs."""
+        self.swallow += len(sqls)
+        self._on_internal_done = done
+        self.write(b"".join(messages.query(sql) for sql in sqls))
+
+    def sync_parameters(self, wanted: dict[str, str]) -> None:
+        """Give this server connection a client's settings before its traffic."""
+        sets = [f"SET {name} TO {quote_literal(v)}" for name, v in wanted.items() if self.params.get(name) != v]
+        sets += [f"RESET {name}" for name in self.params if name not in wanted]
+        if sets:
+            self.run_internal(["; ".join(sets)])
+            self.params = dict(wanted)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals --------------------------------------------------------
+
+    def _frame_for_owner(self, owner: ServerOwner, t: int, body: bytes | None) -> None:
+        if t == _Z:
+            self.status = body or b"I"
+            self.pending -= 1
+            if self.pending <= 0:
+                self.pending = 0
+                owner.on_server_ready(self.status)
+        elif t == _S and body is not None:
+            name, value = messages.parse_parameter_status(body)
+            self._track(name, value, owner)
+
+    def _track(self, name: str, value: str, owner: ServerOwner | None) -> None:
+        canon = canonical_parameter(name)
+        if canon is None:
+            return
+        if self.defaults.get(canon) == value:
+            self.params.pop(canon, None)
+        else:
+            self.params[canon] = value
+        if owner is not None:
+            owner.on_server_parameter(canon, value)
+
+    def _idle_frames(self, frames: list[Any]) -> None:
+        for f in frames:
+            if f.type == _E and f.body is not None:
+                fields = messages.parse_error_fields(f.body)
+                log.info("idle_server_error", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
+            elif f.type == _S and f.body is not None:
+                self._track(*messages.parse_parameter_status(f.body), None)
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+

@@ -1,0 +1,53 @@
+"""The one runtime object: live configuration, pools, clients and cancel keys.
+
+Created once by app.py and passed explicitly; nothing in poold keeps module-level
+mutable state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import TYPE_CHECKING
+
+from .auth import ScramCache, Secret
+from .config import Config
+from .pools import PoolRegistry
+
+if TYPE_CHECKING:
+    from .client import ClientSession
+
+
+class Runtime:
+    def __init__(self, config: Config, users: dict[str, Secret]) -> None:
+        self.config = config
+        self.users = users
+        self.scram = ScramCache()
+        self.pools = PoolRegistry()
+        self.clients: set[ClientSession] = set()
+        self.by_key: dict[int, ClientSession] = {}
+        self.shutting_down = False
+        self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)
+
+    def register(self, client: ClientSession) -> tuple[int, int]:
+        """Give a logged-in client its own BackendKeyData."""
+        while True:
+            pid = next(self._pids) & 0x7FFFFFFF
+            if pid and pid not in self.by_key:
+                break
+        self.by_key[pid] = client
+        return pid, secrets.randbits(31)
+
+    def unregister(self, client: ClientSession) -> None:
+        self.clients.discard(client)
+        if self.by_key.get(client.key[0]) is client:
+            del self.by_key[client.key[0]]
+
+    def cancel(self, pid: int, secret: int) -> None:
+        """Forward a CancelRequest to the server connection the client holds now."""
+        client = self.by_key.get(pid)
+        if client is None or client.key != (pid, secret):
+            return  # like PostgreSQL: an unknown key is ignored silently
+        server, pool = client.server, client.pool
+        if server is not None and pool is not None:
+            pool.cancel_query(server)

@@ -1,0 +1,48 @@
+"""systemd notifications (READY=1, STOPPING=1, STATUS=...) over NOTIFY_SOCKET.
+
+systemd-python's ``daemon.notify`` when importable, the plain datagram protocol
+otherwise (it is one sendto). Without NOTIFY_SOCKET every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+
+class Notifier:
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        addr = environ.get("NOTIFY_SOCKET", "")
+        if addr.startswith("@"):
+            addr = "\0" + addr[1:]  # abstract namespace
+        self._addr = addr
+        self._sock: socket.socket | None = None
+        self._native = None
+        if addr:
+            try:
+                from systemd import daemon  # type: ignore[import-not-found]
+
+                self._native = daemon.notify
+            except ImportError:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._addr)
+
+    def notify(self, *lines: str) -> None:
+        if not self._addr:
+            return
+        text = "\n".join(lines)
+        try:
+            if self._native is not None:
+                self._native(text)
+            elif self._sock is not None:
+                self._sock.sendto(text.encode(), self._addr)
+        except OSError:
+            pass  # systemd gone: nothing useful to do about it
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
