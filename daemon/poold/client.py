@@ -256,7 +256,7 @@ class ClientSession(asyncio.Protocol):
             link.transport.resume_reading()
         if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary:
             log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
-            pool.discard(link)
+            pool.discard(link, cancel=bool(link.pending))
         elif link.status != b"I":
             sqls = ["ROLLBACK", "DISCARD ALL"] if self.session_mode else ["ROLLBACK"]
             link.run_internal(sqls, pool.release_if_idle)

@@ -140,14 +140,18 @@ class Pool:
                 del self.waiters[i]
                 return
 
-    def discard(self, link: ServerLink) -> None:
-        """Retire a link that is dirty or broken; psycopg_pool replaces it."""
+    def discard(self, link: ServerLink, *, cancel: bool = False) -> None:
+        """Retire a link that is dirty or broken; psycopg_pool replaces it.
+
+        ``cancel``: the server is mid-query; cancel it first, since a closed
+        socket alone goes unnoticed by a backend until it next writes.
+        """
         link.owner = None
         self.active.discard(link)
         if not link.closed:
             link.closed = True
             link.abort()
-            self._forget(link)
+            self._forget(link, cancel=cancel)
 
     # -- maintenance ---------------------------------------------------------
 
@@ -271,12 +275,12 @@ class Pool:
         log.info("server_connection_lost", pool=self.name, server_pid=link.pid)
         self._forget(link)
 
-    def _forget(self, link: ServerLink) -> None:
+    def _forget(self, link: ServerLink, *, cancel: bool = False) -> None:
         conn, link.conn = link.conn, None
         if conn is None:
             return
         self.leased -= 1
-        self._spawn(self._close_and_return(conn))
+        self._spawn(self._close_and_return(conn, cancel))
 
     def _give_back(self, link: ServerLink) -> None:
         """Hand an idle, clean link back to psycopg_pool."""
@@ -294,7 +298,12 @@ class Pool:
     async def _return(self, conn: AsyncConnection[Any]) -> None:
         await self._pg.putconn(conn)
 
-    async def _close_and_return(self, conn: AsyncConnection[Any]) -> None:
+    async def _close_and_return(self, conn: AsyncConnection[Any], cancel: bool = False) -> None:
+        if cancel:
+            try:
+                await backend.cancel(conn, timeout=2.0)
+            except Exception as exc:  # best effort: the close below still happens
+                log.info("cancel_before_discard_failed", pool=self.name, error=str(exc))
         await backend.close(conn)
         await self._pg.putconn(conn)  # psycopg_pool sees it closed and replaces it
         self._grow()

@@ -1,0 +1,66 @@
+"""pgbench through the real poold process: both pool modes, both query modes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Poold, pgcluster, server_backends
+
+MAX_SIZE = 5
+
+
+@pytest.fixture(scope="module")
+def pgbench_tables(pg: pgcluster.Cluster) -> None:
+    """pgbench -i, run through a session-mode poold (like an application would)."""
+
+
+def run_pgbench(p: Poold, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([pgcluster.client_tool("pgbench"), *args], env=p.env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def failed_and_tps(out: str) -> tuple[int, float]:
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    tps = re.search(r"tps = ([\d.]+)", out)
+    assert failed and tps, out
+    return int(failed.group(1)), float(tps.group(1))
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_pgbench_zero_failures_and_bounded_server_connections(
+    poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, mode: str, protocol: str
+) -> None:
+    # Session mode holds a server connection per client: give it room for 16.
+    max_size = MAX_SIZE if mode == "transaction" else 16
+    p = poold_factory(mode=mode, max_size=max_size, min_size=1)
+    init = run_pgbench(p, "-i", "-q", "-s", "1")
+    assert init.returncode == 0, init.stderr
+
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, server_backends(pg))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = run_pgbench(p, "-n", "-c", "16", "-j", "2", "-T", "5", "-M", protocol)
+    finally:
+        stop.set()
+        sampler.join()
+    assert r.returncode == 0, r.stderr + r.stdout
+    failed, tps = failed_and_tps(r.stdout)
+    print(f"pgbench {mode}/{protocol}: tps={tps:.0f} failed={failed} peak_server_connections={peak}")
+    assert failed == 0
+    assert tps > 0
+    assert 1 <= peak <= max_size

@@ -1,0 +1,146 @@
+"""Configuration: defaults, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from poold.config import ConfigError, load_config, parse_env_file
+
+BASE = """
+[databases.app]
+dsn = "host=127.0.0.1 port=5432 dbname=app"
+"""
+
+
+def write(tmp_path: Path, text: str, env_file: str | None = None) -> Path:
+    p = tmp_path / "poold.toml"
+    p.write_text(text)
+    if env_file is not None:
+        (tmp_path / "poold.env").write_text(env_file)
+    return p
+
+
+def errors_of(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ or {})
+    return info.value.errors
+
+
+def test_formula_defaults(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, BASE), {})
+    cpus = os.cpu_count() or 1
+    assert c.pool.db_cpu_count == cpus
+    assert c.pool.max_size == cpus * 2 + 4
+    assert c.pool.min_size == math.ceil(c.pool.max_size * 0.25)
+    assert (c.pool.acquire_timeout, c.pool.idle_timeout) == (60, 10)
+    assert (c.pool.statement_timeout, c.pool.query_timeout) == (15, 15)
+    assert c.listen.port == 6432 and c.pool.mode == "transaction"
+
+
+def test_db_cpu_count_drives_the_formula(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, "[pool]\ndb_cpu_count = 16\n" + BASE), {})
+    assert (c.pool.max_size, c.pool.min_size) == (36, 9)
+    assert c.databases["app"].pool.max_size == 36
+
+
+def test_short_env_names(tmp_path: Path) -> None:
+    env = {"DB_POOL_MAX": "8", "DB_POOL_MIN": "3", "DB_ACQUIRE_TIMEOUT": "7",
+           "DB_IDLE_TIMEOUT": "4", "DB_STATEMENT_TIMEOUT": "2500"}
+    c = load_config(write(tmp_path, BASE), env)
+    p = c.databases["app"].pool
+    assert (p.max_size, p.min_size, p.acquire_timeout, p.idle_timeout) == (8, 3, 7, 4)
+    assert p.statement_timeout == 2.5  # milliseconds in the variable
+    assert c.overrides["pool.max_size"].startswith("DB_POOL_MAX")
+
+
+def test_min_follows_an_overridden_max(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, BASE), {"DB_POOL_MAX": "12"})
+    assert c.pool.min_size == 3
+
+
+def test_poold_section_key_scheme(tmp_path: Path) -> None:
+    env = {"POOLD_LISTEN__PORT": "7000", "POOLD_POOL__MODE": "session",
+           "POOLD_DATABASES__APP__MAX_SIZE": "3", "POOLD_DATABASES__OTHER__DSN": "host=/tmp dbname=x"}
+    c = load_config(write(tmp_path, BASE), env)
+    assert c.listen.port == 7000
+    assert c.databases["app"].pool.mode == "session"
+    assert c.databases["app"].pool.max_size == 3
+    assert c.databases["other"].conninfo["dbname"] == "x"
+
+
+def test_env_file_wins_over_process_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE, env_file="# comment\nDB_POOL_MAX=9\nexport POOLD_LISTEN__PORT='7001'\n")
+    c = load_config(path, {"DB_POOL_MAX": "4"})
+    assert c.pool.max_size == 9 and c.listen.port == 7001
+    assert c.env_file == str(tmp_path / "poold.env")
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("[pool]\nmax_size = 3\nmin_size = 5\n", {}, "pool.min_size: must be <= max_size (3)"),
+        ("", {"DB_POOL_MAX": "2", "DB_POOL_MIN": "4"}, "pool.min_size: must be <= max_size (2)"),
+        ("", {"DB_POOL_MAX": "lots"}, "pool.max_size: must be an integer"),
+        ("", {"DB_STATEMENT_TIMEOUT": "soon"}, "pool.statement_timeout: DB_STATEMENT_TIMEOUT"),
+        ("[pool]\nmode = 'statement'\n", {}, "pool.mode: must be one of session, transaction"),
+        ("[pool]\nacquire_timeout = 0\n", {}, "pool.acquire_timeout: must be > 0"),
+        ("[pool]\npressure_threshold = 1.5\n", {}, "pool.pressure_threshold: must be in (0, 1]"),
+        ("[pool]\nmax_sise = 3\n", {}, "pool.max_sise: unknown key"),
+        ("[listen]\nport = 70000\n", {}, "listen.port: must be in 1..65535"),
+        ("[listen]\nport = 'x'\n", {}, "listen.port: must be an integer"),
+        ("[auth]\ntype = 'password'\n", {}, "auth.type: must be one of"),
+        ("[clients]\nmax_client_conn = 0\n", {}, "clients.max_client_conn: must be >= 1"),
+        ("[bogus]\n", {}, "bogus: unknown section"),
+        ("", {"POOLD_POOL__IDLE_TIMEOUT": "-1"}, "pool.idle_timeout: must be > 0"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, text: str, environ: dict[str, str], expected: str) -> None:
+    errs = errors_of(tmp_path, text + BASE, environ)
+    assert any(e.startswith(expected) for e in errs), errs
+
+
+def test_database_errors(tmp_path: Path) -> None:
+    errs = errors_of(tmp_path, "[databases.a]\ndsn = 'host=x sslmode=require'\n[databases.b]\ndsn = 'nonsense'\n"
+                     "[databases.c]\ndsn = 'host=x'\nmax_size = -2\n")
+    assert any(e.startswith("databases.a.dsn: sslmode=require is not supported") for e in errs)
+    assert any(e.startswith("databases.b.dsn: invalid connection string") for e in errs)
+    assert "databases.c.max_size: must be >= 1" in errs
+
+
+def test_server_leg_is_forced_plain(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, BASE), {})
+    info = c.databases["app"].conninfo
+    assert info["sslmode"] == "disable" and info["gssencmode"] == "disable"
+
+
+def test_wildcard_database(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, "[databases.'*']\ndsn = 'host=127.0.0.1'\n"), {})
+    db = c.database("anything")
+    assert db is not None and db.conninfo["dbname"] == "anything"
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml", {})
+    assert "invalid TOML" in errors_of(tmp_path, "[pool\n")[0]
+
+
+def test_env_file_syntax() -> None:
+    assert parse_env_file('A=1\n# x\nB="two words"\n') == {"A": "1", "B": "two words"}
+    with pytest.raises(ValueError, match="line 1"):
+        parse_env_file("not a pair\n")
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = write(tmp_path, BASE)
+    run = [sys.executable, "-m", "poold", "--check-config", str(good)]
+    ok = subprocess.run(run, capture_output=True, text=True)
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout
+    bad = subprocess.run(run, capture_output=True, text=True, env=dict(os.environ, DB_POOL_MAX="x"))
+    assert bad.returncode == 2 and "pool.max_size: must be an integer" in bad.stderr
