@@ -18,6 +18,7 @@ run: venv
 	$(BIN)/python scripts/run_dev.py
 
 test: venv
+	$(BIN)/python scripts/pgcluster.py
 	$(BIN)/python -m pytest tests
 
 unit: venv

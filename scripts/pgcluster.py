@@ -49,6 +49,21 @@ def find_bindir() -> Path:
     )
 
 
+def ensure_binaries() -> Path:
+    """Find PostgreSQL, installing the pgserver wheel into this Python if there is none."""
+    try:
+        return find_bindir()
+    except ClusterError:
+        print("no local PostgreSQL binaries: installing the pgserver wheel ...", flush=True)
+        import sys
+
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "pgserver"], check=True)
+        import importlib
+
+        importlib.invalidate_caches()
+        return find_bindir()
+
+
 def _version_key(path: str) -> int:
     try:
         return int(Path(path).parent.name)
@@ -172,3 +187,8 @@ class Cluster:
             except OSError:
                 time.sleep(0.1)
         raise ClusterError("PostgreSQL did not start listening")
+
+
+if __name__ == "__main__":
+    # `python scripts/pgcluster.py`: make sure PostgreSQL binaries are available.
+    print(f"PostgreSQL binaries: {ensure_binaries()}")

@@ -20,16 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pgcluster  # noqa: E402
 
 
-def ensure_binaries() -> None:
-    try:
-        pgcluster.find_bindir()
-    except pgcluster.ClusterError:
-        print("No local PostgreSQL binaries: installing the pgserver wheel into the venv ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "pgserver"], check=True)
-
-
 def main() -> int:
-    ensure_binaries()
+    pgcluster.ensure_binaries()
     port = int(os.environ.get("POOLD_PORT", "6432"))
     work = Path(tempfile.mkdtemp(prefix="poold-run-"))
     os.chmod(work, 0o755)
