@@ -39,6 +39,9 @@ host = "127.0.0.1"
 port = {port}
 unix_socket_dir = "{work}"
 
+[control]
+socket = "{work}/control.sock"
+
 [auth]
 type = "scram-sha-256"
 file = "userlist.txt"
@@ -62,6 +65,8 @@ poold is running in transaction mode in front of a throwaway PostgreSQL.
   psql -h 127.0.0.1 -p {port} -U app app          (password: app)
   psql -h {work} -p {port} -U app app
   postgresql://app:app@127.0.0.1:{port}/app
+
+  poolctl --socket {work}/control.sock pools      (.venv/bin/poolctl)
 
 Configuration: {work / 'poold.toml'}    Ctrl-C stops both.
 """,

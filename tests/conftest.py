@@ -63,6 +63,7 @@ class Poold:
         self.sockdir.mkdir(exist_ok=True)
         self.config_path = tmp / "poold.toml"
         self.log_path = tmp / "poold.log"
+        self.control_path = tmp / "control.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self.settings = settings
         self.write_config(**settings)
@@ -89,6 +90,9 @@ file = "userlist.txt"
 [clients]
 max_client_conn = {settings.get('max_client_conn', 1000)}
 login_timeout = {settings.get('login_timeout', 60)}
+
+[control]
+socket = "{self.control_path}"
 
 [daemon]
 shutdown_timeout = 10
@@ -150,6 +154,10 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
             raise AssertionError("poold did not exit in time") from None
         finally:
             self.log.close()
+
+    def poolctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "poolctl", "--socket", str(self.control_path), *args],
+                              capture_output=True, text=True, timeout=30)
 
     def log_text(self) -> str:
         return self.log_path.read_text()

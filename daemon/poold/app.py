@@ -20,6 +20,7 @@ import structlog
 from .auth import load_userlist
 from .client import ClientSession
 from .config import Config
+from .control import ControlServer
 from .listener import start_listeners, stop_listeners
 from .runtime import Runtime
 from .sdnotify import Notifier
@@ -42,8 +43,12 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # SIGHUP must never kill the daemon; live reload is not implemented yet.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("reload_not_supported", hint="restart poold to apply configuration changes"))
         rt = self.runtime
         servers = await start_listeners(self.config.listen, lambda: ClientSession(rt))
+        control = ControlServer(rt, self.config.control)
+        await control.start()
         janitor = loop.create_task(self._janitor())
         self.notifier.notify("READY=1", f"STATUS=listening on port {self.config.listen.port}")
         log.info("ready", port=self.config.listen.port, pid=os.getpid())
@@ -56,6 +61,7 @@ class App:
         rt.shutting_down = True
         await self._drain_clients(self.config.daemon.shutdown_timeout)
         janitor.cancel()
+        control.close()
         await rt.pools.close()
         self.notifier.close()
         log.info("stopped")

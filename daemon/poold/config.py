@@ -83,6 +83,13 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    socket: str = "/run/poold/control.sock"  # "" disables the control socket
+    mode: int = 0o660
+    allowed_uids: str = ""  # comma-separated uids served besides root and poold's own
+
+
+@dataclass(frozen=True)
 class PoolSettings:
     mode: str = "transaction"
     db_cpu_count: int = 0  # 0: this machine's CPU count
@@ -112,6 +119,7 @@ class Config:
     auth: AuthSettings
     clients: ClientSettings
     daemon: DaemonSettings
+    control: ControlSettings
     pool: PoolSettings
     databases: Mapping[str, DatabaseSettings]
     path: str = ""
@@ -133,6 +141,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "clients": ClientSettings,
     "daemon": DaemonSettings,
+    "control": ControlSettings,
     "pool": PoolSettings,
 }
 
@@ -301,6 +310,12 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
         errors.append("clients.login_timeout: must be > 0")
     if clients.max_message_size < 1024:
         errors.append("clients.max_message_size: must be >= 1024")
+    control: ControlSettings = s["control"]
+    if not 0 <= control.mode <= 0o777:
+        errors.append("control.mode: must be a file mode such as 0o660")
+    for uid in filter(None, (u.strip() for u in control.allowed_uids.split(","))):
+        if not uid.isdigit():
+            errors.append(f"control.allowed_uids: {uid!r} is not a numeric uid")
     daemon: DaemonSettings = s["daemon"]
     if daemon.shutdown_timeout < 0:
         errors.append("daemon.shutdown_timeout: must be >= 0")

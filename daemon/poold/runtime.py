@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from .auth import ScramCache, Secret
@@ -27,6 +28,7 @@ class Runtime:
         self.clients: set[ClientSession] = set()
         self.by_key: dict[int, ClientSession] = {}
         self.shutting_down = False
+        self.started = time.monotonic()
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)
 
     def register(self, client: ClientSession) -> tuple[int, int]:
