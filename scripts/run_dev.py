@@ -20,7 +20,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pgcluster  # noqa: E402
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl-C and SIGTERM both stop poold and PostgreSQL, even when this script
+    # was started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     pgcluster.ensure_binaries()
     port = int(os.environ.get("POOLD_PORT", "6432"))
     work = Path(tempfile.mkdtemp(prefix="poold-run-"))
@@ -53,7 +61,9 @@ mode = "transaction"
 dsn = "host=127.0.0.1 port={cluster.port} dbname=app user=app password=app"
 """
         )
-        poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(work / "poold.toml")])
+        # Its own session: Ctrl-C reaches only this script, which then sends
+        # poold exactly one SIGTERM (a second signal would mean "exit now").
+        poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(work / "poold.toml")], start_new_session=True)
         time.sleep(1.0)
         if poold.poll() is not None:
             print("poold failed to start", file=sys.stderr)
