@@ -161,3 +161,22 @@ def test_sigterm_closes_every_server_connection(poold_factory: Callable[..., Poo
     wait_until(lambda: server_backends(pg) >= 1)
     assert p.stop() == 0
     wait_until(lambda: server_backends(pg) == 0, timeout=10)
+
+
+def test_notification_on_an_idle_server_connection_is_not_delivered_to_the_next_client(
+    poold_factory: Callable[..., Poold], pg: pgcluster.Cluster
+) -> None:
+    # One server connection, so every client gets the same one in turn.
+    p = poold_factory(mode="transaction", max_size=1, min_size=1)
+    with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as a:
+        a.execute("LISTEN poold_test_channel")  # the shared server connection now listens
+        server_pid = a.execute("SELECT pg_backend_pid()").fetchone()
+    # NOTIFY from outside poold while that server connection sits idle in poold.
+    pg.psql("NOTIFY poold_test_channel, 'stale'", dbname="app")
+    time.sleep(0.3)
+    received: list[str] = []
+    with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as b:
+        b.add_notify_handler(lambda n: received.append(n.payload))
+        assert b.execute("SELECT pg_backend_pid()").fetchone() == server_pid
+        b.execute("SELECT 1")
+    assert received == []
