@@ -113,3 +113,28 @@ async def cancel(conn: AsyncConnection[Any], timeout: float = 5.0) -> None:
 
 async def close(conn: AsyncConnection[Any]) -> None:
     await conn.close()
+
+
+# -- shrinking: psycopg_pool shrinks by one connection per max_idle period,
+# which is too slow for a reload that lowers max_size. These two close
+# connections without a replacement, keeping psycopg_pool's count right, the
+# same way its own ShrinkPool task does.
+
+
+async def shrink(pool: Any, max_size: int) -> None:
+    """Close idle connections inside psycopg_pool beyond ``max_size``."""
+    to_close = []
+    async with pool._lock:
+        while pool._nconns > max_size and pool._pool:
+            to_close.append(pool._pool.popleft())
+            pool._nconns -= 1
+    for conn in to_close:
+        await pool._close_connection(conn)
+
+
+async def retire(pool: Any, conn: AsyncConnection[Any]) -> None:
+    """Close a leased connection for good (no replacement)."""
+    async with pool._lock:
+        pool._nconns -= 1
+    conn._pool = None
+    await conn.close()

@@ -71,6 +71,8 @@ class ClientSession(asyncio.Protocol):
         self.database = ""
         self.connected_at = time.time()
         self.transactions = 0
+        self.xact_start = 0.0  # when the current transaction's first request went out
+        self.wait_start = 0.0  # when the current wait for a server connection began
         self._more: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._server_paused = False
@@ -110,6 +112,7 @@ class ClientSession(asyncio.Protocol):
         self.rt.unregister(self)
         pool = self.pool
         if pool is not None:
+            pool.clients -= 1
             if self.waiting:
                 self.waiting = False
                 pool.cancel_wait(self)
@@ -156,11 +159,16 @@ class ClientSession(asyncio.Protocol):
                 break
             else:
                 self.in_batch = True
+        stats = self.pool.stats  # type: ignore[union-attr]
+        stats.bytes_in += len(data)
         server = self.server
         if server is not None:
             if syncs:
+                stats.queries += syncs
                 if not server.pending:
                     server.busy_since = time.monotonic()
+                    if server.status == b"I":
+                        self.xact_start = server.busy_since
                 server.pending += syncs
             if data:
                 server.write(data)
@@ -175,14 +183,19 @@ class ClientSession(asyncio.Protocol):
     def _acquire(self) -> None:
         assert self.pool is not None
         self.waiting = True
-        link = self.pool.acquire(self)
+        link = self.pool.acquire(self)  # the fast path records a zero wait itself
         if link is not None:
             self.on_server(link)
+        else:
+            self.wait_start = time.monotonic()
 
     # -- pools.Waiter -------------------------------------------------------
 
     def on_server(self, link: ServerLink) -> None:
         self.waiting = False
+        if self.wait_start:
+            self.pool.stats.wait.observe(time.monotonic() - self.wait_start)  # type: ignore[union-attr]
+            self.wait_start = 0.0
         if self.closed:
             assert self.pool is not None
             self.pool.release(link)
@@ -192,8 +205,9 @@ class ClientSession(asyncio.Protocol):
         if link.params != self.wanted:
             link.sync_parameters(self.wanted)
         if self.buffered_syncs:
+            self.pool.stats.queries += self.buffered_syncs  # type: ignore[union-attr]
             link.pending = self.buffered_syncs
-            link.busy_since = time.monotonic()
+            link.busy_since = self.xact_start = time.monotonic()
             self.buffered_syncs = 0
         if self.buffered:
             data = b"".join(self.buffered) if len(self.buffered) > 1 else self.buffered[0]
@@ -212,6 +226,9 @@ class ClientSession(asyncio.Protocol):
     def on_server_ready(self, status: bytes) -> None:
         if status == b"I":
             self.transactions += 1
+            stats = self.pool.stats  # type: ignore[union-attr]
+            stats.transactions += 1
+            stats.xact.observe(time.monotonic() - self.xact_start)
             if not self.session_mode and not self.in_batch and self.scanner.at_boundary:
                 link, self.server = self.server, None
                 if link is not None:
@@ -268,6 +285,7 @@ class ClientSession(asyncio.Protocol):
     def _fatal(self, sqlstate: str, message: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(messages.error_response(sqlstate, f"poold: {message}"))
+            self.rt.stats.errors[sqlstate] += 1
         if sqlstate not in ("57P01",):
             log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
         self._close()
@@ -343,6 +361,7 @@ class ClientSession(asyncio.Protocol):
             rt.config.auth.type, self.user, secret, self._read_typed, self.transport.write, rt.scram  # type: ignore[union-attr]
         )
         self.pool = await rt.pools.get(db, self.user, secret.plain if secret else None)
+        self.pool.clients += 1
         self.session_mode = self.pool.settings.mode == "session"
         defaults = await self.pool.prepare()
         self.wanted = {k: v for k, v in wanted.items() if defaults.get(k) != v}

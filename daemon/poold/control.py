@@ -47,7 +47,7 @@ async def _status(rt: Runtime, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _pools(rt: Runtime, args: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p.stats() for p in rt.pools.pools.values()]
+    return [p.snapshot() for p in rt.pools.pools.values()]
 
 
 COMMANDS: dict[str, Command] = {"status": _status, "pools": _pools}

@@ -7,7 +7,12 @@ every transaction costs more than the transaction itself, so poold leases
 connections from it and keeps the leased ones in a small LIFO free list for the
 per-transaction hand-off. A link that sits in the free list longer than
 ``hold_time`` goes back to psycopg_pool, which then applies its idle and
-lifetime rules; a link past its lifetime goes back at its next release.
+lifetime rules; a link past its lifetime, or from before a reconnect (an older
+``epoch``), goes back at its next release.
+
+A reload reconfigures a pool in place (``reconfigure``): sizes and timeouts
+apply at once, a shrink retires connections as they are released, and a new
+DSN drains the old connections at transaction boundaries.
 
 Nothing here knows client sockets: a waiter is anything with ``on_server`` and
 ``on_acquire_failed``.
@@ -30,6 +35,7 @@ from . import backend
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError
 from .relay import ServerLink
+from .stats import PoolStats
 
 log = structlog.get_logger("poold.pools")
 
@@ -37,6 +43,12 @@ log = structlog.get_logger("poold.pools")
 class Waiter(Protocol):
     def on_server(self, link: ServerLink) -> None: ...
     def on_acquire_failed(self, error: PooldError) -> None: ...
+
+
+def pool_conninfo(db: DatabaseSettings, user: str, server_password: str | None) -> str:
+    info = dict(db.conninfo)
+    info.setdefault("user", user)
+    return backend.conninfo(info, statement_timeout=db.pool.statement_timeout, password=server_password)
 
 
 class Pool:
@@ -47,10 +59,9 @@ class Pool:
         self.user = user
         self.name = f"{db.name}.{user}"
         self.settings: PoolSettings = db.pool
-        info = dict(db.conninfo)
-        info.setdefault("user", user)
+        self.conninfo = pool_conninfo(db, user, server_password)
         self._pg: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            backend.conninfo(info, statement_timeout=db.pool.statement_timeout, password=server_password),
+            self.conninfo,
             kwargs=backend.connection_kwargs(),
             min_size=db.pool.min_size,
             max_size=db.pool.max_size,
@@ -66,7 +77,12 @@ class Pool:
         self.defaults: dict[str, str] | None = None
         self.leased = 0  # links poold holds (free + active)
         self.connecting = 0  # getconn calls in flight
+        self.epoch = 0  # bumped by reconnect: older links are not reused
+        self.paused = False
+        self.retired = False  # its database left the configuration
+        self.clients = 0
         self.last_error = ""
+        self.stats = PoolStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         # Tracked settings a connection carried when it went back to
@@ -79,6 +95,8 @@ class Pool:
 
     async def open(self) -> None:
         await self._pg.open(wait=False)
+        log.info("pool_created", pool=self.name, mode=self.settings.mode,
+                 min_size=self.settings.min_size, max_size=self.settings.max_size)
 
     async def prepare(self) -> Mapping[str, str]:
         """The server's reported parameters, connecting once if none is known."""
@@ -97,11 +115,13 @@ class Pool:
     def acquire(self, waiter: Waiter) -> ServerLink | None:
         """A free link now, or None and ``waiter`` is called back later."""
         free = self.free
-        while free:
-            link = free.pop()
-            if not link.closed:
-                self.active.add(link)
-                return link
+        if not self.paused:
+            while free:
+                link = free.pop()
+                if not link.closed:
+                    self.active.add(link)
+                    self.stats.wait.observe(0.0)
+                    return link
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.settings.acquire_timeout, self._wait_expired, waiter)
         self.waiters.append((waiter, timer))
@@ -114,10 +134,13 @@ class Pool:
         self.active.discard(link)
         if link.closed:
             return
-        if self._closed or link.expires_at <= time.monotonic():
+        if self._closed or link.epoch != self.epoch or link.expires_at <= time.monotonic():
             self._give_back(link)
             return
-        if self.waiters:
+        if self.leased > self.settings.max_size:
+            self._retire(link)  # shrinking after a reload
+            return
+        if self.waiters and not self.paused:
             waiter, timer = self.waiters.popleft()
             timer.cancel()
             self.active.add(link)
@@ -153,6 +176,62 @@ class Pool:
             link.abort()
             self._forget(link, cancel=cancel)
 
+    # -- operations: reload, pause, reconnect -----------------------------------
+
+    async def reconfigure(self, db: DatabaseSettings, server_password: str | None) -> list[str]:
+        """Apply a reloaded configuration in place; return what changed."""
+        old, new = self.settings, db.pool
+        changes: list[str] = []
+        conninfo = pool_conninfo(db, self.user, server_password)
+        self.db, self.settings = db, new
+        if (old.min_size, old.max_size) != (new.min_size, new.max_size):
+            await self._pg.resize(new.min_size, new.max_size)
+            await backend.shrink(self._pg, new.max_size)
+            while self.free and self.leased > new.max_size:
+                self._retire(self.free.popleft())
+            changes.append(f"resized {old.min_size}..{old.max_size} -> {new.min_size}..{new.max_size}")
+        if (old.acquire_timeout, old.idle_timeout, old.max_lifetime, old.query_timeout) != (
+            new.acquire_timeout, new.idle_timeout, new.max_lifetime, new.query_timeout
+        ):
+            self._pg.timeout = new.acquire_timeout
+            self._pg.max_idle = new.idle_timeout
+            self._pg.max_lifetime = new.max_lifetime
+            changes.append("timeouts")
+        if old.mode != new.mode:
+            changes.append(f"mode {old.mode} -> {new.mode} (new clients)")
+        if conninfo != self.conninfo:
+            self.conninfo = conninfo
+            self._pg.conninfo = conninfo
+            await self.reconnect()
+            changes.append("reconnect (server connection string changed)")
+        self._grow()
+        if changes:
+            log.info("pool_reconfigured", pool=self.name, changes=changes)
+        return changes
+
+    async def reconnect(self) -> None:
+        """Replace every server connection, each at its transaction boundary."""
+        self.epoch += 1
+        await self._pg.drain()
+        while self.free:
+            self._give_back(self.free.pop())
+        log.info("pool_reconnect", pool=self.name, epoch=self.epoch)
+
+    def pause(self) -> None:
+        self.paused = True
+        log.info("pool_paused", pool=self.name)
+
+    def resume(self) -> None:
+        self.paused = False
+        log.info("pool_resumed", pool=self.name)
+        while self.waiters and self.free:
+            link = self.free.pop()
+            waiter, timer = self.waiters.popleft()
+            timer.cancel()
+            self.active.add(link)
+            waiter.on_server(link)
+        self._grow()
+
     # -- maintenance ---------------------------------------------------------
 
     def maintain(self, now: float) -> None:
@@ -168,8 +247,11 @@ class Pool:
                     log.warning("query_timeout", pool=self.name, server_pid=link.pid, seconds=qt)
                     self._spawn(self._cancel(link))
 
-    def stats(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         pg = self._pg.get_stats()
+        available = pg.get("pool_available", 0)
+        total = self.leased + available
+        active = len(self.active)
         return {
             "pool": self.name,
             "database": self.db.name,
@@ -177,10 +259,13 @@ class Pool:
             "mode": self.settings.mode,
             "max_size": self.settings.max_size,
             "min_size": self.settings.min_size,
-            "active": len(self.active),
-            "idle": len(self.free) + pg.get("pool_available", 0),
-            "total": self.leased + pg.get("pool_available", 0),
+            "active": active,
+            "idle": total - active,
+            "total": total,
             "waiting": len(self.waiters),
+            "clients": self.clients,
+            "paused": self.paused,
+            "pressure": round(active / self.settings.max_size, 3),
             "last_error": self.last_error,
         }
 
@@ -200,6 +285,7 @@ class Pool:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self._pg.close(timeout=5)
+        log.info("pool_closed", pool=self.name)
 
     # -- internals -----------------------------------------------------------
 
@@ -208,6 +294,7 @@ class Pool:
             len(self.waiters) > self.connecting
             and self.leased + self.connecting < self.settings.max_size
             and not self._closed
+            and not self.paused
         ):
             self.connecting += 1
             self._spawn(self._lease_for_waiter())
@@ -237,6 +324,7 @@ class Pool:
         except OperationalError as exc:
             self.last_error = str(exc)
             raise PooldError("08006", f"cannot connect to the database: {exc}") from exc
+        self.last_error = ""
         if self.defaults is None:
             self.defaults = backend.reported_parameters(conn)
         try:
@@ -250,6 +338,8 @@ class Pool:
         link.defaults = self.defaults
         link.expires_at = backend.expires_at(conn)
         link.params = self._carried_params.pop(conn, {})
+        link.epoch = self.epoch
+        link.stats = self.stats
         self.leased += 1
         return link
 
@@ -284,16 +374,27 @@ class Pool:
 
     def _give_back(self, link: ServerLink) -> None:
         """Hand an idle, clean link back to psycopg_pool."""
-        conn, link.conn = link.conn, None
-        link.closed = True
-        link.close()  # closes only poold's duplicate descriptor
+        conn = self._detach(link)
         if conn is None:
             return
         if link.params:
             self._carried_params[conn] = link.params
-        self.leased -= 1
         self._spawn(self._return(conn))
         self._grow()
+
+    def _retire(self, link: ServerLink) -> None:
+        """Close an idle link for good: the pool is shrinking."""
+        conn = self._detach(link)
+        if conn is not None:
+            self._spawn(backend.retire(self._pg, conn))
+
+    def _detach(self, link: ServerLink) -> AsyncConnection[Any] | None:
+        conn, link.conn = link.conn, None
+        link.closed = True
+        link.close()  # closes only poold's duplicate descriptor
+        if conn is not None:
+            self.leased -= 1
+        return conn
 
     async def _return(self, conn: AsyncConnection[Any]) -> None:
         await self._pg.putconn(conn)
@@ -334,11 +435,17 @@ class PoolRegistry:
     async def get(self, db: DatabaseSettings, user: str, server_password: str | None) -> Pool:
         key = (db.name, user)
         pool = self.pools.get(key)
-        if pool is None:
+        if pool is None or pool.retired:
             pool = Pool(db, user, server_password)
             self.pools[key] = pool
             await pool.open()
         return pool
+
+    def select(self, name: str | None) -> list[Pool]:
+        """Pools matching a name: "db.user", "db", or all for None."""
+        if not name:
+            return list(self.pools.values())
+        return [p for p in self.pools.values() if name in (p.name, p.db.name)]
 
     def maintain(self, now: float) -> None:
         for pool in list(self.pools.values()):

@@ -25,6 +25,7 @@ import structlog
 
 from .protocol import messages
 from .protocol.framing import FrameScanner
+from .stats import PoolStats
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -86,6 +87,8 @@ class ServerLink(asyncio.Protocol):
         self.expires_at = float("inf")
         self.cancelling = False
         self.closed = False
+        self.epoch = 0  # the pool's reconnect epoch when this link was leased
+        self.stats = PoolStats()  # replaced by the pool's own at lease
         self._on_lost = on_lost
         self._on_internal_done: Callable[[ServerLink], None] | None = None
 
@@ -105,6 +108,7 @@ class ServerLink(asyncio.Protocol):
         if not self.swallow:
             if owner is not None:
                 owner.on_server_data(data)
+                self.stats.bytes_out += len(data)
                 for f in frames:
                     self._frame_for_owner(owner, f.type, f.body)
             else:
@@ -129,6 +133,7 @@ class ServerLink(asyncio.Protocol):
                     if owner is not None:
                         if rest:
                             owner.on_server_data(rest)
+                            self.stats.bytes_out += len(rest)
                         for g in later:
                             self._frame_for_owner(owner, g.type, g.body)
                     elif later:
@@ -192,6 +197,8 @@ class ServerLink(asyncio.Protocol):
         elif t == _S and body is not None:
             name, value = messages.parse_parameter_status(body)
             self._track(name, value, owner)
+        elif t == _E and body is not None:
+            self.stats.server_errors[messages.parse_error_fields(body).get("C", "XX000")] += 1
 
     def _track(self, name: str, value: str, owner: ServerOwner | None) -> None:
         canon = canonical_parameter(name)

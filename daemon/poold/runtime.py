@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .auth import ScramCache, Secret
 from .config import Config
 from .pools import PoolRegistry
+from .stats import DaemonStats
 
 if TYPE_CHECKING:
     from .client import ClientSession
@@ -29,6 +30,7 @@ class Runtime:
         self.by_key: dict[int, ClientSession] = {}
         self.shutting_down = False
         self.started = time.monotonic()
+        self.stats = DaemonStats()
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)
 
     def register(self, client: ClientSession) -> tuple[int, int]:
