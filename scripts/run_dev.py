@@ -50,6 +50,9 @@ unix_socket_dir = "{work}"
 [control]
 socket = "{work}/control.sock"
 
+[http]
+port = {os.environ.get("POOLD_HTTP_PORT", "9127")}
+
 [auth]
 type = "scram-sha-256"
 file = "userlist.txt"
@@ -77,6 +80,7 @@ poold is running in transaction mode in front of a throwaway PostgreSQL.
   postgresql://app:app@127.0.0.1:{port}/app
 
   poolctl --socket {work}/control.sock pools      (.venv/bin/poolctl)
+  curl http://127.0.0.1:{os.environ.get("POOLD_HTTP_PORT", "9127")}/metrics
 
 Configuration: {work / 'poold.toml'}    Ctrl-C stops both.
 """,

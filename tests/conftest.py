@@ -64,6 +64,7 @@ class Poold:
         self.config_path = tmp / "poold.toml"
         self.log_path = tmp / "poold.log"
         self.control_path = tmp / "control.sock"
+        self.http_port = pgcluster.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.settings = settings
         self.write_config(**settings)
@@ -93,6 +94,10 @@ login_timeout = {settings.get('login_timeout', 60)}
 
 [control]
 socket = "{self.control_path}"
+
+[http]
+host = "127.0.0.1"
+port = {self.http_port}
 
 [daemon]
 shutdown_timeout = 10
@@ -158,6 +163,16 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
     def poolctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "poolctl", "--socket", str(self.control_path), *args],
                               capture_output=True, text=True, timeout=30)
+
+    def http(self, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def log_text(self) -> str:
         return self.log_path.read_text()

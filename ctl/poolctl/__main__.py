@@ -1,8 +1,12 @@
 """poolctl: steer a running poold over its control socket (standard library only).
 
-    poolctl [--socket PATH] [--json] status
-    poolctl [--socket PATH] [--json] pools
+    poolctl status | pools | clients | servers
+    poolctl config show | config diff
+    poolctl reload [--dry-run] | rollback
+    poolctl pause [POOL] | resume [POOL] | reconnect [POOL]
+    poolctl drain | shutdown
 
+Global options: --socket PATH (or $POOLCTL_SOCKET), --json.
 Exits 0 on success, 1 when the command fails, 2 when poold cannot be reached.
 """
 
@@ -18,21 +22,31 @@ from typing import Any
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/poold/control.sock"
 
+TABLES = {
+    "pools": ["pool", "mode", "clients", "active", "idle", "waiting", "total", "min_size", "max_size", "paused",
+              "last_error"],
+    "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age"],
+    "servers": ["pool", "pid", "state", "tx_status", "client"],
+}
+
 
 class Unreachable(Exception):
     pass
 
 
 class CommandFailed(Exception):
-    pass
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
-def request(path: str, command: str, args: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+def request(path: str, command: str, args: dict[str, Any] | None = None, timeout: float = 60) -> Any:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(path)
-            s.sendall(json.dumps({"version": PROTOCOL_VERSION, "command": command, "args": args or {}}).encode() + b"\n")
+            line = {"version": PROTOCOL_VERSION, "command": command, "args": args or {}}
+            s.sendall(json.dumps(line).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -45,13 +59,13 @@ def request(path: str, command: str, args: dict[str, Any] | None = None, timeout
         raise Unreachable(f"poold is not running (connection refused at {path})") from None
     except PermissionError:
         raise Unreachable(f"permission denied on {path}") from None
-    except (TimeoutError, OSError) as exc:
+    except OSError as exc:
         raise Unreachable(f"cannot talk to poold at {path}: {exc}") from None
     if not data:
         raise Unreachable(f"poold closed the control connection at {path} (is your uid allowed?)")
     reply = json.loads(data)
     if not reply.get("ok"):
-        raise CommandFailed(reply.get("error", "command failed"))
+        raise CommandFailed(reply.get("error", "command failed"), reply.get("errors"))
     return reply.get("result")
 
 
@@ -64,27 +78,75 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def render(command: str, result: Any) -> str:
-    if command == "pools":
-        return table(result, ["pool", "mode", "active", "idle", "waiting", "total", "min_size", "max_size", "last_error"])
+    if command in TABLES:
+        return table(result, TABLES[command])
+    if isinstance(result, dict) and "plan" in result:
+        return render_plan(result)
     if isinstance(result, dict):
-        width = max(len(k) for k in result) if result else 0
-        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in result.items())
+        width = max((len(k) for k in result), default=0)
+        return "\n".join(f"{k.ljust(width)}  {_text(v)}" for k, v in result.items())
     return json.dumps(result, indent=2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def render_plan(result: dict[str, Any]) -> str:
+    plan = result["plan"]
+    head = "dry run: would apply" if result.get("dry_run") else f"applied generation {result['generation']}"
+    if "restored" in result:
+        head += f" (restored generation {result['restored']})"
+    lines = [head]
+    for name in plan["added"]:
+        lines.append(f"  + database {name}")
+    for name in plan["removed"]:
+        lines.append(f"  - database {name}")
+    for name, changes in plan["changed"].items():
+        lines += [f"  ~ database {name}: {c}" for c in changes]
+    lines += [f"  ~ {c}" for c in plan["live"]]
+    lines += [f"  ! needs restart: {c}" for c in plan["restart_required"]]
+    if len(lines) == 1:
+        lines.append("  (no changes)")
+    return "\n".join(lines)
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, dict):
+        return " ".join(f"{k}={_text(x)}" for k, x in v.items())
+    return str(v)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="poolctl", description="control a running poold")
     parser.add_argument("--socket", default=os.environ.get("POOLCTL_SOCKET", DEFAULT_SOCKET))
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    parser.add_argument("command", choices=["status", "pools"])
-    args = parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("status", "pools", "clients", "servers", "rollback", "drain", "shutdown"):
+        sub.add_parser(name)
+    cfg = sub.add_parser("config")
+    cfg.add_argument("action", choices=["show", "diff"], nargs="?", default="show")
+    rl = sub.add_parser("reload")
+    rl.add_argument("--dry-run", action="store_true", help="print the plan without applying it")
+    for name in ("pause", "resume", "reconnect"):
+        p = sub.add_parser(name)
+        p.add_argument("pool", nargs="?", help='"db.user" or a database name; all pools when omitted')
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    params: dict[str, Any] = {}
+    if args.command == "config":
+        params["action"] = args.action
+    elif args.command == "reload":
+        params["dry_run"] = args.dry_run
+    elif args.command in ("pause", "resume", "reconnect") and args.pool:
+        params["pool"] = args.pool
     try:
-        result = request(args.socket, args.command)
+        result = request(args.socket, args.command, params)
     except Unreachable as exc:
         print(f"poolctl: {exc}", file=sys.stderr)
         return 2
     except CommandFailed as exc:
-        print(f"poolctl: {args.command} failed: {exc}", file=sys.stderr)
+        detail = f": {'; '.join(exc.details)}" if exc.details else ""
+        print(f"poolctl: {args.command} failed: {exc}{detail}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else render(args.command, result))
     return 0

@@ -1,9 +1,16 @@
 """Startup and shutdown order, written out in one place.
 
-Startup: configuration and auth file, runtime, listeners, janitor, READY=1.
-Shutdown (SIGTERM/SIGINT, first signal): stop accepting, STOPPING=1, close each
-client at its next transaction boundary with 57P01 (up to shutdown_timeout),
-then close the pools so no server connection is left behind, exit 0. A second
+Startup: runtime (configuration, auth file), listeners (or sockets passed by
+systemd), HTTP, control socket, janitor, watchdog, READY=1.
+
+Reload (SIGHUP, `systemctl reload`, `poolctl reload`): RELOADING=1, one
+Reloader.reload, READY=1; a rejected configuration is logged and the old one
+keeps serving.
+
+Drain (`poolctl drain`) and shutdown (SIGTERM/SIGINT, `poolctl shutdown`) share
+one path: stop accepting, close each client at its next transaction boundary
+with 57P01. Shutdown then waits up to shutdown_timeout, closes what is left,
+closes the pools (no server connection stays behind) and exits 0. A second
 signal exits at once.
 """
 
@@ -14,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -21,51 +29,100 @@ from .auth import load_userlist
 from .client import ClientSession
 from .config import Config
 from .control import ControlServer
-from .listener import start_listeners, stop_listeners
+from .listener import adopt_listeners, start_listeners, stop_listeners, systemd_sockets
+from .reload import Reloader, ReloadRejected
 from .runtime import Runtime
 from .sdnotify import Notifier
+from .webapp import start_http
 
 log = structlog.get_logger("poold.app")
 
 JANITOR_INTERVAL = 1.0
+STATUS_INTERVAL = 5.0
+DRAIN_POLL = 0.1
 
 
 class App:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
-        self.config = config
         self.environ = environ
         self.runtime = Runtime(config, load_userlist(config.auth.file))
+        self.reloader = Reloader(self.runtime, environ)
         self.notifier = Notifier(environ)
         self._stop = asyncio.Event()
         self._signals = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._activated = False
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        # SIGHUP must never kill the daemon; live reload is not implemented yet.
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("reload_not_supported", hint="restart poold to apply configuration changes"))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         rt = self.runtime
-        servers = await start_listeners(self.config.listen, lambda: ClientSession(rt))
-        control = ControlServer(rt, self.config.control)
+        config = rt.config
+
+        factory = lambda: ClientSession(rt)  # noqa: E731
+        passed = systemd_sockets(self.environ)
+        if passed:
+            self._activated = True
+            self._servers = await adopt_listeners(passed, factory, config.listen.backlog)
+        else:
+            self._servers = await start_listeners(config.listen, factory)
+        rt.listening = True
+        http = await start_http(config.http, rt, self.reloader)
+        control = ControlServer(self, config.control)
         await control.start()
-        janitor = loop.create_task(self._janitor())
-        self.notifier.notify("READY=1", f"STATUS=listening on port {self.config.listen.port}")
-        log.info("ready", port=self.config.listen.port, pid=os.getpid())
+        for coro in (self._janitor(), self._watchdog(), self._status_line()):
+            self._spawn(coro)
+
+        self.notifier.notify("READY=1", self._status_text())
+        log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
+                 generation=self.reloader.generation)
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------
-        self.notifier.notify("STOPPING=1", "STATUS=draining clients")
+        self.notifier.notify("STOPPING=1", "STATUS=shutting down: draining clients")
         log.info("shutting_down", clients=len(rt.clients))
-        stop_listeners(servers, self.config.listen)
         rt.shutting_down = True
-        await self._drain_clients(self.config.daemon.shutdown_timeout)
-        janitor.cancel()
+        await self.drain()
+        await self._wait_clients(rt.config.daemon.shutdown_timeout)
         control.close()
+        if http is not None:
+            await http.cleanup()
+        for task in self._tasks:
+            task.cancel()
         await rt.pools.close()
         self.notifier.close()
         log.info("stopped")
         return 0
+
+    # -- operations (also used by the control socket) ---------------------------
+
+    async def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            return await self.reloader.reload(dry_run=dry_run)
+        except ReloadRejected as exc:
+            return {"rejected": exc.errors}
+        finally:
+            self.notifier.notify("READY=1", self._status_text())
+
+    async def drain(self) -> None:
+        """Stop accepting; close each client at its next transaction boundary."""
+        rt = self.runtime
+        if rt.draining:
+            return
+        rt.draining = True
+        rt.listening = False
+        stop_listeners(self._servers, rt.config.listen, unlink=not self._activated)
+        log.info("draining", clients=len(rt.clients))
+        self._spawn(self._close_at_boundaries())
+
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+    # -- internals ------------------------------------------------------------------
 
     def _on_signal(self, sig: int) -> None:
         self._signals += 1
@@ -75,16 +132,20 @@ class App:
         log.info("signal", signal=signal.Signals(sig).name)
         self._stop.set()
 
-    async def _drain_clients(self, timeout: float) -> None:
-        """Close every client at its next transaction boundary, then any left."""
-        deadline = time.monotonic() + timeout
+    async def _close_at_boundaries(self) -> None:
         clients = self.runtime.clients
-        while clients and time.monotonic() < deadline:
+        while True:
             for client in list(clients):
-                client.terminate_at_boundary("57P01", "terminating connection: poold is shutting down")
+                client.terminate_at_boundary("57P01", "terminating connection: poold is draining")
+            await asyncio.sleep(DRAIN_POLL)
+
+    async def _wait_clients(self, timeout: float) -> None:
+        clients = self.runtime.clients
+        deadline = time.monotonic() + timeout
+        while clients and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for client in list(clients):
-            client._fatal("57P01", "terminating connection: poold shutdown_timeout reached")
+            client.terminate_now("57P01", "terminating connection: poold shutdown_timeout reached")
         await asyncio.sleep(0)  # let connection_lost callbacks run
 
     async def _janitor(self) -> None:
@@ -94,3 +155,34 @@ class App:
                 self.runtime.pools.maintain(time.monotonic())
             except Exception:  # task boundary: the janitor must keep running
                 log.exception("janitor_failed")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself, at half of WATCHDOG_USEC."""
+        usec = self.environ.get("WATCHDOG_USEC", "")
+        pid = self.environ.get("WATCHDOG_PID", "")
+        if not usec.isdigit() or (pid and pid != str(os.getpid())):
+            return
+        interval = int(usec) / 2e6
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _status_line(self) -> None:
+        if not self.notifier.enabled:
+            return
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            self.notifier.notify(self._status_text())
+
+    def _status_text(self) -> str:
+        rt = self.runtime
+        servers = sum(p.leased for p in rt.pools.pools.values())
+        state = "draining" if rt.draining else "serving"
+        return (f"STATUS={state}: {len(rt.clients)} clients, {servers} server connections, "
+                f"{len(rt.pools.pools)} pools, generation {self.reloader.generation}")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+

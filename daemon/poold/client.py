@@ -78,6 +78,14 @@ class ClientSession(asyncio.Protocol):
         self._server_paused = False
         self._self_paused = False
 
+    @property
+    def state(self) -> str:
+        if not self.relaying:
+            return "login"
+        if self.waiting:
+            return "waiting"
+        return "active" if self.server is not None else "idle"
+
     # -- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -229,6 +237,9 @@ class ClientSession(asyncio.Protocol):
             stats = self.pool.stats  # type: ignore[union-attr]
             stats.transactions += 1
             stats.xact.observe(time.monotonic() - self.xact_start)
+            if self.rt.draining and not self.in_batch and self.scanner.at_boundary:
+                self._fatal("57P01", "terminating connection: poold is draining")
+                return
             if not self.session_mode and not self.in_batch and self.scanner.at_boundary:
                 link, self.server = self.server, None
                 if link is not None:
@@ -261,10 +272,15 @@ class ClientSession(asyncio.Protocol):
 
     def terminate_at_boundary(self, sqlstate: str, message: str) -> bool:
         """Close now if no transaction is open; False if it must wait."""
-        if self.server is not None and (self.server.pending or self.server.status != b"I"):
+        if self.server is not None and (self.server.pending or self.server.status != b"I" or self.in_batch):
             return False
+        if self.buffered:
+            return False  # a request is waiting for a server connection: let it run
         self._fatal(sqlstate, message)
         return True
+
+    def terminate_now(self, sqlstate: str, message: str) -> None:
+        self._fatal(sqlstate, message)
 
     def _hand_back(self, link: ServerLink, pool: Pool) -> None:
         """The client is gone: return its server connection only if clean."""
@@ -342,8 +358,8 @@ class ClientSession(asyncio.Protocol):
             return
         rt = self.rt
         self.user, self.database = startup.user, startup.database
-        if len(rt.clients) > rt.config.clients.max_client_conn or rt.shutting_down:
-            if rt.shutting_down:
+        if len(rt.clients) > rt.config.clients.max_client_conn or rt.draining:
+            if rt.draining:
                 raise PooldError("57P01", "poold is shutting down")
             raise PooldError("53300", "sorry, too many clients already (max_client_conn)")
         db = rt.config.database(self.database)

@@ -83,6 +83,12 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"  # "" disables the HTTP endpoints
+    port: int = 9127
+
+
+@dataclass(frozen=True)
 class ControlSettings:
     socket: str = "/run/poold/control.sock"  # "" disables the control socket
     mode: int = 0o660
@@ -120,6 +126,7 @@ class Config:
     clients: ClientSettings
     daemon: DaemonSettings
     control: ControlSettings
+    http: HttpSettings
     pool: PoolSettings
     databases: Mapping[str, DatabaseSettings]
     path: str = ""
@@ -142,6 +149,7 @@ _SECTIONS: dict[str, type] = {
     "clients": ClientSettings,
     "daemon": DaemonSettings,
     "control": ControlSettings,
+    "http": HttpSettings,
     "pool": PoolSettings,
 }
 
@@ -310,6 +318,9 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
         errors.append("clients.login_timeout: must be > 0")
     if clients.max_message_size < 1024:
         errors.append("clients.max_message_size: must be >= 1024")
+    http: HttpSettings = s["http"]
+    if not 0 < http.port < 65536:
+        errors.append(f"http.port: must be in 1..65535, got {http.port}")
     control: ControlSettings = s["control"]
     if not 0 <= control.mode <= 0o777:
         errors.append("control.mode: must be a file mode such as 0o660")

@@ -16,41 +16,162 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from .config import ControlSettings
-from .runtime import Runtime
+from .reload import ReloadRejected, config_items
+
+if TYPE_CHECKING:
+    from .pools import Pool
+    from .reload import Reloader
+    from .runtime import Runtime
 
 log = structlog.get_logger("poold.control")
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024
 
-Command = Callable[[Runtime, dict[str, Any]], Awaitable[Any]]
+Command = Callable[["Operations", dict[str, Any]], Awaitable[Any]]
 
 
-async def _status(rt: Runtime, args: dict[str, Any]) -> dict[str, Any]:
+class Operations(Protocol):
+    """What control commands act on (the App)."""
+
+    runtime: Runtime
+    reloader: Reloader
+
+    async def drain(self) -> None: ...
+    def request_shutdown(self) -> None: ...
+
+
+async def _status(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
     from . import __version__
 
+    rt = ops.runtime
     return {
         "pid": os.getpid(),
         "version": __version__,
         "uptime": round(time.monotonic() - rt.started, 1),
         "config": rt.config.path,
+        "generation": ops.reloader.generation,
         "clients": len(rt.clients),
         "pools": len(rt.pools.pools),
         "server_connections": sum(p.leased for p in rt.pools.pools.values()),
-        "shutting_down": rt.shutting_down,
+        "draining": rt.draining,
     }
 
 
-async def _pools(rt: Runtime, args: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p.snapshot() for p in rt.pools.pools.values()]
+async def _pools(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p.snapshot() for p in ops.runtime.pools.pools.values()]
 
 
-COMMANDS: dict[str, Command] = {"status": _status, "pools": _pools}
+async def _clients(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
+    now = time.time()
+    return [
+        {
+            "id": c.key[0],
+            "peer": c.peer,
+            "database": c.database,
+            "user": c.user,
+            "state": c.state,
+            "server_pid": c.server.pid if c.server is not None else "",
+            "transactions": c.transactions,
+            "age": round(now - c.connected_at, 1),
+        }
+        for c in sorted(ops.runtime.clients, key=lambda c: c.connected_at)
+    ]
+
+
+async def _servers(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for p in ops.runtime.pools.pools.values():
+        for link, state in [(x, "active") for x in p.active] + [(x, "idle") for x in p.free]:
+            owner = link.owner
+            rows.append({
+                "pool": p.name,
+                "pid": link.pid,
+                "state": state,
+                "tx_status": link.status.decode(),
+                "client": getattr(owner, "key", ("",))[0],
+            })
+    return rows
+
+
+async def _config(ops: Operations, args: dict[str, Any]) -> Any:
+    action = args.get("action", "show")
+    if action == "show":
+        return config_items(ops.runtime.config) | {"generation": ops.reloader.generation}
+    if action == "diff":
+        return ops.reloader.diff()
+    raise ValueError(f"unknown config action {action!r} (show, diff)")
+
+
+async def _reload(ops: Operations, args: dict[str, Any]) -> Any:
+    return await ops.reloader.reload(dry_run=bool(args.get("dry_run")))
+
+
+async def _rollback(ops: Operations, args: dict[str, Any]) -> Any:
+    return await ops.reloader.rollback()
+
+
+def _select(ops: Operations, args: dict[str, Any]) -> list[Pool]:
+    name = args.get("pool")
+    pools = ops.runtime.pools.select(name)
+    if name and not pools:
+        raise ValueError(f"no pool named {name!r}")
+    return pools
+
+
+async def _pause(ops: Operations, args: dict[str, Any]) -> Any:
+    pools = _select(ops, args)
+    for p in pools:
+        p.pause()
+    deadline = time.monotonic() + float(args.get("timeout", 30))
+    while any(p.active for p in pools) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return {"paused": [p.name for p in pools], "still_active": sum(len(p.active) for p in pools)}
+
+
+async def _resume(ops: Operations, args: dict[str, Any]) -> Any:
+    pools = _select(ops, args)
+    for p in pools:
+        p.resume()
+    return {"resumed": [p.name for p in pools]}
+
+
+async def _reconnect(ops: Operations, args: dict[str, Any]) -> Any:
+    pools = _select(ops, args)
+    for p in pools:
+        await p.reconnect()
+    return {"reconnecting": [p.name for p in pools]}
+
+
+async def _drain(ops: Operations, args: dict[str, Any]) -> Any:
+    await ops.drain()
+    return {"draining": True, "clients": len(ops.runtime.clients)}
+
+
+async def _shutdown(ops: Operations, args: dict[str, Any]) -> Any:
+    ops.request_shutdown()
+    return {"shutting_down": True}
+
+
+COMMANDS: dict[str, Command] = {
+    "status": _status,
+    "pools": _pools,
+    "clients": _clients,
+    "servers": _servers,
+    "config": _config,
+    "reload": _reload,
+    "rollback": _rollback,
+    "pause": _pause,
+    "resume": _resume,
+    "reconnect": _reconnect,
+    "drain": _drain,
+    "shutdown": _shutdown,
+}
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -60,8 +181,8 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 class ControlServer:
-    def __init__(self, rt: Runtime, settings: ControlSettings) -> None:
-        self.rt = rt
+    def __init__(self, ops: Operations, settings: ControlSettings) -> None:
+        self.ops = ops
         self.settings = settings
         self.allowed = {0, os.getuid()} | {int(u) for u in settings.allowed_uids.split(",") if u.strip().isdigit()}
         self._server: asyncio.AbstractServer | None = None
@@ -120,7 +241,11 @@ class ControlServer:
         if handler is None:
             return {"version": PROTOCOL_VERSION, "ok": False, "error": f"unknown command {command!r}"}
         try:
-            result = await handler(self.rt, args)
+            result = await handler(self.ops, args)
+        except ReloadRejected as exc:
+            return {"version": PROTOCOL_VERSION, "ok": False, "error": "configuration rejected", "errors": exc.errors}
+        except ValueError as exc:
+            return {"version": PROTOCOL_VERSION, "ok": False, "error": str(exc)}
         except Exception as exc:  # reported to poolctl, logged here
             log.exception("control_command_failed", command=command)
             return {"version": PROTOCOL_VERSION, "ok": False, "error": str(exc)}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -47,11 +48,39 @@ async def start_listeners(
     return servers
 
 
-def stop_listeners(servers: list[asyncio.AbstractServer], listen: ListenSettings) -> None:
+def stop_listeners(servers: list[asyncio.AbstractServer], listen: ListenSettings, unlink: bool = True) -> None:
     for s in servers:
         s.close()
-    if listen.unix_socket_dir:
+    if unlink and listen.unix_socket_dir:
         try:
             os.unlink(unix_socket_path(listen))
         except OSError:
             pass
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def systemd_sockets(environ: Mapping[str, str]) -> list[socket.socket]:
+    """Sockets passed by systemd socket activation (LISTEN_FDS/LISTEN_PID)."""
+    pid, count = environ.get("LISTEN_PID", ""), environ.get("LISTEN_FDS", "")
+    if not count.isdigit() or pid != str(os.getpid()):
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for our children
+    return [socket.socket(fileno=fd) for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count))]
+
+
+async def adopt_listeners(
+    socks: list[socket.socket], factory: Callable[[], asyncio.Protocol], backlog: int
+) -> list[asyncio.AbstractServer]:
+    loop = asyncio.get_running_loop()
+    servers = []
+    for sock in socks:
+        sock.setblocking(False)
+        if sock.family == socket.AF_UNIX:
+            servers.append(await loop.create_unix_server(factory, sock=sock, backlog=backlog))
+        else:
+            servers.append(await loop.create_server(factory, sock=sock, backlog=backlog))
+        log.info("listening", address=str(sock.getsockname()), socket_activated=True)
+    return servers

@@ -431,15 +431,24 @@ class PoolRegistry:
 
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], Pool] = {}
+        self.retiring: list[Pool] = []  # databases removed by a reload, closed once unused
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def get(self, db: DatabaseSettings, user: str, server_password: str | None) -> Pool:
         key = (db.name, user)
         pool = self.pools.get(key)
-        if pool is None or pool.retired:
+        if pool is None:
             pool = Pool(db, user, server_password)
             self.pools[key] = pool
             await pool.open()
         return pool
+
+    def retire(self, pool: Pool) -> None:
+        """Its database left the configuration: no new clients; close when unused."""
+        pool.retired = True
+        self.pools.pop((pool.db.name, pool.user), None)
+        self.retiring.append(pool)
+        log.info("pool_retired", pool=pool.name, clients=pool.clients)
 
     def select(self, name: str | None) -> list[Pool]:
         """Pools matching a name: "db.user", "db", or all for None."""
@@ -448,8 +457,14 @@ class PoolRegistry:
         return [p for p in self.pools.values() if name in (p.name, p.db.name)]
 
     def maintain(self, now: float) -> None:
-        for pool in list(self.pools.values()):
+        for pool in list(self.pools.values()) + self.retiring:
             pool.maintain(now)
+        for pool in [p for p in self.retiring if p.clients == 0]:
+            self.retiring.remove(pool)
+            task = asyncio.get_running_loop().create_task(pool.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
+        pools = list(self.pools.values()) + self.retiring
+        await asyncio.gather(*(p.close() for p in pools), *self._tasks, return_exceptions=True)

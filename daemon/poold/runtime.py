@@ -29,6 +29,8 @@ class Runtime:
         self.clients: set[ClientSession] = set()
         self.by_key: dict[int, ClientSession] = {}
         self.shutting_down = False
+        self.draining = False  # no new clients; each closes at its next boundary
+        self.listening = False
         self.started = time.monotonic()
         self.stats = DaemonStats()
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)

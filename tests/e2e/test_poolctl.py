@@ -24,8 +24,8 @@ def test_status_and_pools(poold_factory: Callable[..., Poold]) -> None:
         pools = p.poolctl("pools")
         assert pools.returncode == 0, pools.stderr
         header, row = pools.stdout.splitlines()[:2]
-        assert header.split()[:3] == ["POOL", "MODE", "ACTIVE"]
-        assert row.split()[:2] == ["app.app", "transaction"]
+        assert header.split()[:4] == ["POOL", "MODE", "CLIENTS", "ACTIVE"]
+        assert row.split()[:3] == ["app.app", "transaction", "1"]
         data = json.loads(p.poolctl("--json", "pools").stdout)
         assert data[0]["max_size"] == 4 and data[0]["active"] == 0  # released between transactions
 
