@@ -58,7 +58,7 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_on_signal()))
         rt = self.runtime
         config = rt.config
 
@@ -70,6 +70,7 @@ class App:
         else:
             self._servers = await start_listeners(config.listen, factory)
         rt.listening = True
+        await rt.pools.open_configured(config.databases, rt.users)
         http = await start_http(config.http, rt, self.reloader)
         control = ControlServer(self, config.control)
         await control.start()
@@ -100,13 +101,31 @@ class App:
     # -- operations (also used by the control socket) ---------------------------
 
     async def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        """One reload; raises ReloadRejected (already logged) for a bad configuration."""
+        if dry_run:
+            return await self.reloader.reload(dry_run=True)
+        self._notify_reloading()
         try:
-            return await self.reloader.reload(dry_run=dry_run)
-        except ReloadRejected as exc:
-            return {"rejected": exc.errors}
+            return await self.reloader.reload()
         finally:
             self.notifier.notify("READY=1", self._status_text())
+
+    async def rollback(self) -> dict[str, Any]:
+        self._notify_reloading()
+        try:
+            return await self.reloader.rollback()
+        finally:
+            self.notifier.notify("READY=1", self._status_text())
+
+    async def _reload_on_signal(self) -> None:
+        try:
+            await self.reload()
+        except ReloadRejected:
+            pass  # logged by the reloader; the old configuration keeps serving
+
+    def _notify_reloading(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     async def drain(self) -> None:
         """Stop accepting; close each client at its next transaction boundary."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -85,6 +85,16 @@ async def open_stream(
         sock.close()
         raise
     return transport, protocol
+
+
+def made_with(conn: AsyncConnection[Any], conninfo: str) -> bool:
+    """Whether ``conn`` was opened with ``conninfo`` (not an older one).
+
+    psycopg_pool's drain() cannot catch a connection whose connect was already
+    in flight when the conninfo changed; poold checks at lease time.
+    """
+    actual = {i.keyword.decode(): i.val.decode() for i in conn.pgconn.info if i.val is not None}
+    return all(actual.get(k) == str(v) for k, v in conninfo_to_dict(conninfo).items())
 
 
 def reported_parameters(conn: AsyncConnection[Any]) -> dict[str, str]:

@@ -376,7 +376,7 @@ class ClientSession(asyncio.Protocol):
         await auth.authenticate(
             rt.config.auth.type, self.user, secret, self._read_typed, self.transport.write, rt.scram  # type: ignore[union-attr]
         )
-        self.pool = await rt.pools.get(db, self.user, secret.plain if secret else None)
+        self.pool = await rt.pools.get(db, self.user, rt.users)
         self.pool.clients += 1
         self.session_mode = self.pool.settings.mode == "session"
         defaults = await self.pool.prepare()

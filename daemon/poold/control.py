@@ -42,6 +42,8 @@ class Operations(Protocol):
     runtime: Runtime
     reloader: Reloader
 
+    async def reload(self, *, dry_run: bool = False) -> dict[str, Any]: ...
+    async def rollback(self) -> dict[str, Any]: ...
     async def drain(self) -> None: ...
     def request_shutdown(self) -> None: ...
 
@@ -109,11 +111,11 @@ async def _config(ops: Operations, args: dict[str, Any]) -> Any:
 
 
 async def _reload(ops: Operations, args: dict[str, Any]) -> Any:
-    return await ops.reloader.reload(dry_run=bool(args.get("dry_run")))
+    return await ops.reload(dry_run=bool(args.get("dry_run")))
 
 
 async def _rollback(ops: Operations, args: dict[str, Any]) -> Any:
-    return await ops.reloader.rollback()
+    return await ops.rollback()
 
 
 def _select(ops: Operations, args: dict[str, Any]) -> list[Pool]:

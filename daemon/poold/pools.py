@@ -32,6 +32,7 @@ from psycopg import AsyncConnection, OperationalError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import backend
+from .auth import Secret
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError
 from .relay import ServerLink
@@ -315,6 +316,12 @@ class Pool:
     async def _lease(self) -> ServerLink:
         try:
             conn = await self._pg.getconn()
+            for _ in range(self.settings.max_size + 1):
+                if backend.made_with(conn, self.conninfo):
+                    break
+                await backend.close(conn)  # from before a reconnect: replaced by psycopg_pool
+                await self._pg.putconn(conn)
+                conn = await self._pg.getconn()
         except PoolTimeout as exc:
             self.last_error = str(exc)
             raise PooldError(
@@ -434,14 +441,29 @@ class PoolRegistry:
         self.retiring: list[Pool] = []  # databases removed by a reload, closed once unused
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def get(self, db: DatabaseSettings, user: str, server_password: str | None) -> Pool:
-        key = (db.name, user)
+    async def get(self, db: DatabaseSettings, user: str, users: Mapping[str, Secret]) -> Pool:
+        """The pool serving ``user`` on ``db``: one per (database, server user).
+
+        A DSN that names its user serves every client with that one pool, as
+        PgBouncer's forced user does; otherwise each client user has its own.
+        """
+        server_user = db.conninfo.get("user") or user
+        key = (db.name, server_user)
         pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(db, user, server_password)
+            # Without a password in the DSN, the auth file's plain password of
+            # the server user logs in (PgBouncer does the same).
+            secret = users.get(server_user)
+            pool = Pool(db, server_user, secret.plain if secret else None)
             self.pools[key] = pool
             await pool.open()
         return pool
+
+    async def open_configured(self, databases: Mapping[str, DatabaseSettings], users: Mapping[str, Secret]) -> None:
+        """Open at once the pools whose DSN names a user, so min_size is warm."""
+        for db in databases.values():
+            if db.name != "*" and db.conninfo.get("user"):
+                await self.get(db, db.conninfo["user"], users)
 
     def retire(self, pool: Pool) -> None:
         """Its database left the configuration: no new clients; close when unused."""

@@ -172,6 +172,7 @@ class Reloader:
                 continue
             secret = users.get(pool.user)
             await pool.reconfigure(db, secret.plain if secret else None)
+        await rt.pools.open_configured(config.databases, users)
         self.generation += 1
         self.generations.append((self.generation, config))
         del self.generations[:-KEEP_GENERATIONS]
