@@ -1,0 +1,203 @@
+"""The real unit files under a real systemd user manager.
+
+The user manager runs with its own XDG_RUNTIME_DIR under /run (the unit's
+PrivateTmp hides /tmp from the service); units are installed in
+$XDG_RUNTIME_DIR/systemd/user from systemd/poold.service and poold.socket, with
+paths pointed at this checkout and the test cluster. The changes, all said here:
+User=/Group= are dropped (a user manager cannot switch users); a drop-in sends
+output to a file (no journald here); and a sandboxing directive that this
+machine cannot set up (a probe unit fails with 226/NAMESPACE, as ProtectHome
+and ProtectKernelTunables do in some containers, or cannot read the test's
+files, as ProtectControlGroups there) is turned off, as is ProtectHome when
+this Python lives under /root or /home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import APP_PASSWORD, ROOT, pgcluster, wait_until
+
+SYSTEMD = "/lib/systemd/systemd"
+
+
+class UserManager:
+    def __init__(self, runtime_dir: Path) -> None:
+        self.runtime_dir = runtime_dir
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir))
+        self.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        self.units = runtime_dir / "systemd" / "user"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        os.makedirs("/run/systemd/system", exist_ok=True)  # marks systemd as the init system
+        self.units.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([SYSTEMD, "--user"], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.ctl("is-system-running").stdout.strip() in ("running", "degraded"), timeout=30)
+
+    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(["systemctl", "--user", *args], env=self.env, capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, f"systemctl --user {' '.join(args)}: {r.stderr}"
+        return r
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.ctl("show", "-p", prop, "--value", unit).stdout.strip()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+SANDBOXING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
+              "ProtectKernelModules", "ProtectControlGroups", "RestrictNamespaces", "NoNewPrivileges",
+              "RestrictAddressFamilies", "LockPersonality", "SystemCallArchitectures")
+
+
+@pytest.fixture
+def manager() -> Iterator[UserManager]:
+    if not os.path.exists(SYSTEMD) or shutil.which("systemctl") is None:
+        pytest.fail("systemd is required for these tests (install the systemd package)")
+    base = Path(tempfile.mkdtemp(prefix="poold-systemd-", dir="/run"))
+    m = UserManager(base / "xdg")
+    m.runtime_dir.mkdir(mode=0o700)
+    m.start()
+    yield m
+    m.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def files(manager: UserManager) -> Path:
+    d = manager.runtime_dir.parent / "files"
+    d.mkdir()
+    return d
+
+
+def unsupported_here(m: UserManager, directives: list[str], probe: Path) -> list[str]:
+    """Sandboxing lines with which a probe unit cannot start, or cannot read ``probe``."""
+    probe.write_text("probe\n")
+    failing = []
+    for line in directives:
+        unit = f"[Service]\nType=oneshot\nExecStart=/bin/cat {probe}\n{line}\n"
+        (m.units / "probe.service").write_text(unit)
+        m.ctl("daemon-reload", check=True)
+        if m.ctl("start", "probe.service").returncode != 0:
+            failing.append(line.split("=")[0])
+    (m.units / "probe.service").unlink()
+    return failing
+
+
+def install_units(m: UserManager, pg: pgcluster.Cluster, tmp: Path, port: int) -> Path:
+    poold = Path(sys.executable).with_name("poold")
+    run = m.runtime_dir / "poold"
+    config = tmp / "poold.toml"
+    (tmp / "userlist.txt").write_text(f'"app" "{APP_PASSWORD}"\n')
+    (tmp / "poold.env").write_text("DB_POOL_MAX=3\n")
+    config.write_text(f"""
+[listen]
+host = "127.0.0.1"
+port = {port}
+unix_socket_dir = "{run}"
+[control]
+socket = "{run}/control.sock"
+[http]
+port = {pgcluster.free_port()}
+[auth]
+file = "userlist.txt"
+[daemon]
+env_file = "poold.env"
+[pool]
+min_size = 1
+[databases.app]
+dsn = "host={pg.host} port={pg.port} dbname=app user=app password={APP_PASSWORD}"
+""")
+    service = (ROOT / "systemd" / "poold.service").read_text()
+    service = "\n".join(line for line in service.splitlines() if not line.startswith(("User=", "Group=")))
+    sandboxing = [line for line in service.splitlines() if line.split("=")[0] in SANDBOXING]
+    service = (service.replace("/usr/bin/poold", str(poold))
+               .replace("/etc/poold/poold.toml", str(config))
+               .replace("/etc/poold/poold.env", str(tmp / "poold.env")))
+    (m.units / "poold.service").write_text(service)
+    socket_unit = (ROOT / "systemd" / "poold.socket").read_text()
+    socket_unit = (socket_unit.replace("127.0.0.1:6432", f"127.0.0.1:{port}")
+                   .replace("/run/poold/.s.PGSQL.6432", f"{tmp}/.s.PGSQL.{port}"))
+    (m.units / "poold.socket").write_text(socket_unit)
+    dropin = m.units / "poold.service.d"
+    dropin.mkdir()
+    # No journald under a bare user manager: keep poold's output in a file.
+    test_conf = f"[Service]\nStandardOutput=append:{tmp}/poold.log\nStandardError=append:{tmp}/poold.log\n"
+    relaxed = unsupported_here(m, sandboxing, tmp / "probe")
+    if str(Path(sys.executable).resolve()).startswith(("/root", "/home")) or str(ROOT).startswith(("/root", "/home")):
+        relaxed.append("ProtectHome")
+    test_conf += "".join(f"{name}=no\n" for name in sorted(set(relaxed)))
+    (dropin / "test.conf").write_text(test_conf)
+    m.ctl("daemon-reload", check=True)
+    return run / "control.sock"
+
+
+def poolctl(control: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "poolctl", "--socket", str(control), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def dsn(port: int) -> str:
+    return f"host=127.0.0.1 port={port} dbname=app user=app password={APP_PASSWORD}"
+
+
+def test_start_reload_stop_under_systemd(manager: UserManager, pg: pgcluster.Cluster, files: Path) -> None:
+    tmp_path = files
+    port = pgcluster.free_port()
+    control = install_units(manager, pg, tmp_path, port)
+    manager.ctl("start", "poold.service", check=True)  # returns once READY=1 arrived (Type=notify)
+    assert manager.show("poold.service", "ActiveState") == "active"
+    assert manager.show("poold.service", "StatusText").startswith("serving:")
+    assert manager.show("poold.service", "WatchdogUSec") == "30s"
+
+    with psycopg.connect(dsn(port), prepare_threshold=None, autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        (tmp_path / "poold.env").write_text("DB_POOL_MAX=7\n")
+        manager.ctl("reload", "poold.service", check=True)
+        wait_until(lambda: json.loads(poolctl(control, "--json", "status").stdout)["generation"] == 2)
+        assert json.loads(poolctl(control, "--json", "pools").stdout)[0]["max_size"] == 7
+        # the same client connection goes on after the reload
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    assert manager.show("poold.service", "ActiveState") == "active"
+
+    manager.ctl("stop", "poold.service", check=True)
+    assert manager.show("poold.service", "ActiveState") == "inactive"
+    assert manager.show("poold.service", "Result") == "success"
+    assert manager.show("poold.service", "ExecMainStatus") == "0"
+
+
+def test_socket_activation_serves_a_client(manager: UserManager, pg: pgcluster.Cluster, files: Path) -> None:
+    tmp_path = files
+    port = pgcluster.free_port()
+    install_units(manager, pg, tmp_path, port)
+    manager.ctl("start", "poold.socket", check=True)
+    assert manager.show("poold.service", "ActiveState") == "inactive"
+    deadline = time.monotonic() + 30
+    with psycopg.connect(dsn(port), prepare_threshold=None, autocommit=True, connect_timeout=30) as conn:
+        assert conn.execute("SELECT 'activated'").fetchone() == ("activated",)
+    assert time.monotonic() < deadline
+    assert manager.show("poold.service", "ActiveState") == "active"
+    with psycopg.connect(f"host={tmp_path} port={port} dbname=app user=app password={APP_PASSWORD}",
+                         prepare_threshold=None) as conn:  # the passed Unix socket too
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    manager.ctl("stop", "poold.service", "poold.socket", check=True)
