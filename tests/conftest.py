@@ -133,6 +133,9 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
                     pass
                 if self.proc.poll() is not None:
                     break
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGUSR1)  # stack dump into the log
+                time.sleep(0.5)
             raise AssertionError(f"poold did not become ready:\n{self.log_path.read_text()}")
         finally:
             sock.close()

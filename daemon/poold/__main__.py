@@ -29,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"poold: {path}: configuration OK ({len(config.databases)} databases)")
         return 0
 
+    import faulthandler
+    import signal
+
     from . import log
     from .app import App
+
+    # `kill -USR1` dumps every thread's stack to stderr: for a daemon that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     log.configure(config.daemon.log_format, config.daemon.log_level)
     try:
