@@ -25,7 +25,9 @@ class Notifier:
 
                 self._native = daemon.notify
             except ImportError:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a notification is dropped rather than ever
+                # stalling the event loop behind a full receiver.
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
     @property
     def enabled(self) -> bool:
@@ -41,7 +43,7 @@ class Notifier:
             elif self._sock is not None:
                 self._sock.sendto(text.encode(), self._addr)
         except OSError:
-            pass  # systemd gone: nothing useful to do about it
+            pass  # systemd gone or busy: nothing useful to do about it
 
     def close(self) -> None:
         if self._sock is not None:
