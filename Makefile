@@ -30,5 +30,10 @@ integration: venv
 e2e: venv
 	$(BIN)/python -m pytest tests/e2e
 
+lint: venv
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check daemon ctl tests scripts
+	$(BIN)/mypy daemon/poold ctl/poolctl
+
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info

@@ -50,7 +50,7 @@ class App:
         self.notifier = Notifier(environ)
         self._stop = asyncio.Event()
         self._signals = 0
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._activated = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -62,7 +62,7 @@ class App:
         rt = self.runtime
         config = rt.config
 
-        factory = lambda: ClientSession(rt)  # noqa: E731
+        factory = lambda: ClientSession(rt)
         passed = systemd_sockets(self.environ)
         if passed:
             self._activated = True

@@ -53,7 +53,7 @@ def parse_userlist(text: str) -> dict[str, Secret]:
     users: dict[str, Secret] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
-        if not stripped or stripped.startswith(";") or stripped.startswith("#"):
+        if not stripped or stripped.startswith((";", "#")):
             continue
         m = _LINE.match(line)
         if not m:

@@ -184,7 +184,7 @@ def build_config(raw: dict[str, Any], path: Path, errors: list[str] | None = Non
     errors = [] if errors is None else errors
     unknown = set(raw) - set(_SECTIONS) - {"databases"}
     errors += [f"{k}: unknown section" for k in sorted(unknown)]
-    sections = {}
+    sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):

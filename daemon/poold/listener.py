@@ -20,9 +20,9 @@ def unix_socket_path(listen: ListenSettings) -> str:
 
 async def start_listeners(
     listen: ListenSettings, factory: Callable[[], asyncio.Protocol]
-) -> list[asyncio.AbstractServer]:
+) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.AbstractServer] = []
+    servers: list[asyncio.Server] = []
     try:
         hosts = [h.strip() for h in listen.host.split(",") if h.strip()]
         if hosts:
@@ -48,7 +48,7 @@ async def start_listeners(
     return servers
 
 
-def stop_listeners(servers: list[asyncio.AbstractServer], listen: ListenSettings, unlink: bool = True) -> None:
+def stop_listeners(servers: list[asyncio.Server], listen: ListenSettings, unlink: bool = True) -> None:
     for s in servers:
         s.close()
     if unlink and listen.unix_socket_dir:
@@ -73,7 +73,7 @@ def systemd_sockets(environ: Mapping[str, str]) -> list[socket.socket]:
 
 async def adopt_listeners(
     socks: list[socket.socket], factory: Callable[[], asyncio.Protocol], backlog: int
-) -> list[asyncio.AbstractServer]:
+) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
     servers = []
     for sock in socks:

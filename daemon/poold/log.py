@@ -81,7 +81,7 @@ def _journal_send(environ: Mapping[str, str]) -> Callable[..., None] | None:
     if stream != f"{st.st_dev}:{st.st_ino}":
         return None
     try:
-        from systemd import journal  # type: ignore[import-not-found]
+        from systemd import journal  # type: ignore[import-not-found,attr-defined,unused-ignore]
     except ImportError:
         return None
     return journal.send  # type: ignore[no-any-return]

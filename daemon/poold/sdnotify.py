@@ -21,7 +21,7 @@ class Notifier:
         self._native = None
         if addr:
             try:
-                from systemd import daemon  # type: ignore[import-not-found]
+                from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]
 
                 self._native = daemon.notify
             except ImportError:

@@ -29,7 +29,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs as Prometheus wants them."""
         out, total = [], 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             total += n
             out.append(("+Inf" if bound == float("inf") else repr(bound), total))
         return out
@@ -38,7 +38,7 @@ class Histogram:
 class PoolStats:
     """Counters of one pool; they outlive a reload that keeps the pool."""
 
-    __slots__ = ("transactions", "queries", "bytes_in", "bytes_out", "wait", "xact", "server_errors")
+    __slots__ = ("bytes_in", "bytes_out", "queries", "server_errors", "transactions", "wait", "xact")
 
     def __init__(self) -> None:
         self.transactions = 0

@@ -16,14 +16,14 @@ from prometheus_client import CollectorRegistry
 
 from . import metrics
 from .config import HttpSettings
+from .reload import Reloader
+from .runtime import Runtime
 
 if TYPE_CHECKING:
     from .pools import Pool
-    from .reload import Reloader
-    from .runtime import Runtime
 
-RUNTIME = web.AppKey("runtime", "Runtime")
-RELOADER = web.AppKey("reloader", "Reloader")
+RUNTIME = web.AppKey("runtime", Runtime)
+RELOADER = web.AppKey("reloader", Reloader)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 

@@ -42,7 +42,7 @@ def test_twenty_reloads_one_invalid_one_rollback_under_pgbench(
                 os.kill(p.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
             else:
                 assert p.poolctl("reload").returncode == 0
-            wait_until(lambda: generation() == before + 1, timeout=10)
+            wait_until(lambda b=before: generation() == b + 1, timeout=10)
             reloads += 1
             current_max = target
             if i == 10:  # one invalid configuration: refused, nothing changes
@@ -55,7 +55,7 @@ def test_twenty_reloads_one_invalid_one_rollback_under_pgbench(
                 current_max = 12 if target == 4 else 4
             # the shrink settles at transaction boundaries; then the count stays within the max
             limit = current_max
-            wait_until(lambda: server_backends(pg) <= limit, timeout=5)
+            wait_until(lambda m=limit: server_backends(pg) <= m, timeout=5)
             for _ in range(5):
                 seen = server_backends(pg)
                 if seen > limit:

@@ -55,7 +55,7 @@ class FrameScanner:
     'S', 'E'). ``report_all``: also report every other message, without body.
     """
 
-    __slots__ = ("_watch", "_report_all", "_max", "_carry", "_skip", "_pending")
+    __slots__ = ("_carry", "_max", "_pending", "_report_all", "_skip", "_watch")
 
     def __init__(
         self,
