@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint venv clean
+.PHONY: run test unit integration e2e lint bench bench-quick venv clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ integration: venv
 
 e2e: venv
 	$(BIN)/python -m pytest tests/e2e
+
+bench: venv
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py
+
+bench-quick: venv
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py --quick
 
 lint: venv
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -1,0 +1,499 @@
+"""`make bench`: poold against PgBouncer and direct PostgreSQL, same machine, same run.
+
+Starts a throwaway PostgreSQL, PgBouncer (Debian's package; installed with
+apt-get when missing and we are root) and poold, both poolers in transaction
+mode with 10 server connections and SCRAM client auth. Then, in alternating
+rounds (poold, PgBouncer, direct; repeated --rounds times), runs pgbench -n:
+
+  select-only (-S) and TPC-B-like, each at -c 16 and -c 200, -M simple and
+  -M extended; and select-only -C (a new connection, with SCRAM, per transaction);
+
+and times a 100k-row SELECT and a 100k-row COPY TO STDOUT through each. For
+every run it records TPS, average and p99 latency (pgbench's per-transaction
+log, sampled), and the pooler's CPU time per transaction (/proc/PID/stat);
+peak RSS (VmHWM) per pooler. Last, it opens 10,000 idle client connections to
+each pooler and reports RSS per client connection.
+
+Prints one table of medians with poold/PgBouncer ratios, and writes
+bench/results/bench-<time>.json and .png. Loopback only; bounded in time
+(about 10 minutes by default, --quick about 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import pgcluster  # noqa: E402
+
+POOL_SIZE = 10
+USER = "bench"
+PASSWORD = "bench-pw"
+TARGETS = ("poold", "pgbouncer", "direct")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Workload:
+    name: str
+    args: list[str]
+    clients: int
+
+    @property
+    def pooled_only(self) -> bool:
+        return False
+
+
+def workloads() -> list[Workload]:
+    out = []
+    for script, flag in (("select-only", ["-S"]), ("tpcb", [])):
+        for clients in (16, 200):
+            for mode in ("simple", "extended"):
+                out.append(Workload(f"{script} c{clients} {mode}", [*flag, "-M", mode, "-c", str(clients)], clients))
+    out.append(Workload("select-only c16 -C", ["-S", "-C", "-c", "16"], 16))
+    return out
+
+
+# -- processes ---------------------------------------------------------------
+
+
+def ensure_pgbouncer() -> str:
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing pgbouncer (apt-get) ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    raise SystemExit("pgbouncer is not installed: apt-get install pgbouncer (as root)")
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    if os.geteuid() == 0 and hard < want:
+        hard = want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem(pid: int, key: str) -> int:
+    """VmRSS or VmHWM in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Rig:
+    """PostgreSQL, PgBouncer and poold, for one benchmark run."""
+
+    def __init__(self, work: Path, auth: str) -> None:
+        self.work = work
+        self.auth = auth
+        self.pg: pgcluster.Cluster | None = None
+        self.poold: subprocess.Popen[bytes] | None = None
+        self.pgbouncer: subprocess.Popen[bytes] | None = None
+        self.ports: dict[str, int] = {}
+
+    def start_postgres(self) -> None:
+        self.pg = pgcluster.Cluster(base=str(self.work / "pg"))
+        self.pg.init("max_connections = 400")
+        self.pg.start()
+        self.pg.create_role_and_db(USER, PASSWORD)
+        self.ports["direct"] = self.pg.port
+        verifier = self.pg.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")
+        (self.work / "userlist.txt").write_text(f'"{USER}" "{verifier}"\n')
+
+    def start_poolers(self) -> None:
+        assert self.pg is not None
+        self.stop_poolers()
+        pg = self.pg
+        dsn = f"host=127.0.0.1 port={pg.port} dbname={USER} user={USER} password={PASSWORD}"
+        pport, bport = pgcluster.free_port(), pgcluster.free_port()
+        self.ports["poold"], self.ports["pgbouncer"] = pport, bport
+        (self.work / "poold.toml").write_text(f"""
+[listen]
+port = {pport}
+unix_socket_dir = ""
+[control]
+socket = ""
+[http]
+host = ""
+[auth]
+type = "{self.auth}"
+file = "userlist.txt"
+[clients]
+max_client_conn = 12000
+[daemon]
+log_level = "warning"
+[pool]
+mode = "transaction"
+max_size = {POOL_SIZE}
+min_size = {POOL_SIZE}
+[databases.{USER}]
+dsn = "{dsn}"
+""")
+        bdir = self.work / "pgbouncer"
+        bdir.mkdir(exist_ok=True)
+        shutil.copy(self.work / "userlist.txt", bdir / "userlist.txt")
+        (bdir / "pgbouncer.ini").write_text(f"""
+[databases]
+{USER} = host=127.0.0.1 port={pg.port} dbname={USER} user={USER} password={PASSWORD}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {bport}
+unix_socket_dir =
+auth_type = {self.auth}
+auth_file = {bdir}/userlist.txt
+pool_mode = transaction
+default_pool_size = {POOL_SIZE}
+min_pool_size = {POOL_SIZE}
+max_client_conn = 12000
+logfile = {bdir}/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+""")
+        if pg.os_user:
+            for p in [bdir, *bdir.iterdir()]:
+                shutil.chown(p, pg.os_user, pg.os_user)
+        self.pgbouncer = subprocess.Popen([ensure_pgbouncer(), "-q", str(bdir / "pgbouncer.ini")],
+                                          user=pg.os_user, preexec_fn=raise_nofile)
+        self.poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(self.work / "poold.toml")],
+                                      preexec_fn=raise_nofile)
+        for name in ("poold", "pgbouncer"):
+            wait_port(self.ports[name])
+        # both pools warm before anything is measured
+        for name in ("poold", "pgbouncer"):
+            run_psql(self.ports[name], "SELECT 1")
+
+    def pid(self, target: str) -> int | None:
+        proc = {"poold": self.poold, "pgbouncer": self.pgbouncer}.get(target)
+        return proc.pid if proc is not None else None
+
+    def stop_poolers(self) -> None:
+        for proc in (self.poold, self.pgbouncer):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT if proc is self.pgbouncer else signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.poold = self.pgbouncer = None
+
+    def stop(self) -> None:
+        self.stop_poolers()
+        if self.pg is not None:
+            self.pg.destroy()
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on port {port}")
+
+
+def pg_env(port: int) -> dict[str, str]:
+    return dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER=USER, PGDATABASE=USER,
+                PGPASSWORD=PASSWORD, PGSSLMODE="disable")
+
+
+def run_psql(port: int, sql: str, out: Any = subprocess.DEVNULL) -> None:
+    subprocess.run([pgcluster.client_tool("psql"), "-X", "-q", "-c", sql], env=pg_env(port), check=True,
+                   stdout=out, stderr=subprocess.PIPE, timeout=300)
+
+
+# -- measurements --------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    tps: float
+    avg_ms: float
+    p99_ms: float
+    cpu_us_per_tx: float | None
+    failed: int
+
+
+def run_pgbench(rig: Rig, target: str, w: Workload, seconds: float, logdir: Path) -> Sample:
+    for f in logdir.glob("tx*"):
+        f.unlink()
+    pid = rig.pid(target)
+    cpu0 = proc_cpu(pid) if pid else 0.0
+    cmd = [pgcluster.client_tool("pgbench"), "-n", "-j", "2", "-T", str(int(seconds)), *w.args,
+           "-l", "--sampling-rate=0.2", f"--log-prefix={logdir}/tx"]
+    r = subprocess.run(cmd, env=pg_env(rig.ports[target]), capture_output=True, text=True, timeout=seconds + 120)
+    cpu1 = proc_cpu(pid) if pid else 0.0
+    if r.returncode != 0:
+        raise SystemExit(f"pgbench failed on {target} ({w.name}): {r.stderr.strip()[-500:]}")
+    tps = float(re.search(r"tps = ([\d.]+)", r.stdout).group(1))  # type: ignore[union-attr]
+    processed = int(re.search(r"transactions actually processed: (\d+)", r.stdout).group(1))  # type: ignore[union-attr]
+    failed_m = re.search(r"number of failed transactions: (\d+)", r.stdout)
+    latencies = []
+    for path in glob.glob(f"{logdir}/tx*"):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    latencies.append(int(parts[2]))
+    latencies.sort()
+    avg = statistics.fmean(latencies) / 1000 if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else float("nan")
+    cpu = (cpu1 - cpu0) / processed * 1e6 if pid and processed else None
+    return Sample(tps, avg, p99, cpu, int(failed_m.group(1)) if failed_m else 0)
+
+
+def time_bulk(rig: Rig, target: str, sql: str) -> tuple[float, float | None]:
+    """Wall seconds and pooler CPU seconds for one bulk statement through psql."""
+    pid = rig.pid(target)
+    cpu0 = proc_cpu(pid) if pid else 0.0
+    t0 = time.perf_counter()
+    run_psql(rig.ports[target], sql)
+    wall = time.perf_counter() - t0
+    cpu = proc_cpu(pid) - cpu0 if pid else None
+    return wall, cpu
+
+
+async def open_idle_clients(port: int, n: int) -> list[asyncio.StreamWriter]:
+    """n logged-in, idle client connections (trust auth), opened 200 at a time."""
+    body = struct.pack("!I", 196608) + f"user\0{USER}\0database\0{USER}\0\0".encode()
+    startup = struct.pack("!I", len(body) + 4) + body
+    writers: list[asyncio.StreamWriter] = []
+    sem = asyncio.Semaphore(200)
+
+    async def one() -> None:
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(startup)
+            buf = b""
+            while not buf.endswith(b"Z\0\0\0\5I"):
+                chunk = await asyncio.wait_for(reader.read(4096), 30)
+                if not chunk:
+                    raise ConnectionError(f"closed during login: {buf[-200:]!r}")
+                buf += chunk
+            writers.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return writers
+
+
+def memory_per_client(rig: Rig, target: str, n: int) -> dict[str, float]:
+    pid = rig.pid(target)
+    assert pid is not None
+    before = proc_mem(pid, "VmRSS")
+
+    async def main() -> int:
+        writers = await open_idle_clients(rig.ports[target], n)
+        await asyncio.sleep(1.0)
+        during = proc_mem(pid, "VmRSS")
+        for w in writers:
+            w.close()
+        return during
+
+    during = asyncio.run(main())
+    return {"rss_before_mb": before / 2**20, "rss_with_clients_mb": during / 2**20,
+            "kb_per_client": (during - before) / n / 1024}
+
+
+# -- report ----------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # workload -> target -> samples
+    bulk: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summary(res: Results) -> list[dict[str, Any]]:
+    rows = []
+    for wname, per_target in res.runs.items():
+        for metric, unit in (("tps", ""), ("avg_ms", "ms"), ("p99_ms", "ms"), ("cpu_us_per_tx", "us")):
+            row = {"workload": wname, "metric": metric}
+            for t in TARGETS:
+                row[t] = med([s[metric] for s in per_target.get(t, [])])
+            row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
+            rows.append(row)
+    for bname, per_target in res.bulk.items():
+        for metric in ("wall_s", "cpu_s"):
+            row = {"workload": bname, "metric": metric}
+            for t in TARGETS:
+                row[t] = med([s[metric] for s in per_target.get(t, [])])
+            row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
+            rows.append(row)
+    row = {"workload": "whole run", "metric": "peak_rss_mb", "direct": None}
+    row |= {t: res.peak_rss_mb.get(t) for t in ("poold", "pgbouncer")}
+    row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
+    rows.append(row)
+    if res.memory:
+        row = {"workload": f"{res.meta.get('idle_clients')} idle clients", "metric": "kb_per_client", "direct": None}
+        row |= {t: res.memory.get(t, {}).get("kb_per_client") for t in ("poold", "pgbouncer")}
+        row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
+        rows.append(row)
+    return rows
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = ["workload", "metric", "poold", "pgbouncer", "direct", "ratio"]
+    cells = [[fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    head = "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    return "\n".join([head, sep, *body])
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tps = [r for r in rows if r["metric"] == "tps"]
+    cpu = [r for r in rows if r["metric"] == "cpu_us_per_tx"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax, data, title, targets in ((axes[0], tps, "TPS (median)", TARGETS),
+                                     (axes[1], cpu, "pooler CPU per transaction, µs (median)", TARGETS[:2])):
+        names = [r["workload"] for r in data]
+        width = 0.8 / len(targets)
+        for i, t in enumerate(targets):
+            ax.bar([j + i * width for j in range(len(names))], [r[t] or 0 for r in data], width, label=t)
+        ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(names))])
+        ax.set_xticklabels(names, rotation=40, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="about 2 minutes: 1 s runs, 1,000 idle clients")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=None, help="pgbench -T per run")
+    ap.add_argument("--idle-clients", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    seconds = args.seconds or (1 if args.quick else 4)
+    idle = args.idle_clients or (1000 if args.quick else 10_000)
+    rounds = max(3, args.rounds)
+    raise_nofile()
+    ensure_pgbouncer()
+    pgcluster.ensure_binaries()
+
+    work = Path(tempfile.mkdtemp(prefix="poold-bench-"))
+    os.chmod(work, 0o755)
+    logdir = work / "pgbench-log"
+    logdir.mkdir()
+    res = Results(meta={"seconds": seconds, "rounds": rounds, "pool_size": POOL_SIZE, "idle_clients": idle,
+                        "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    rig = Rig(work, "scram-sha-256")
+    started = time.monotonic()
+    try:
+        rig.start_postgres()
+        assert rig.pg is not None
+        res.meta["postgres"] = rig.pg.psql("SHOW server_version")
+        res.meta["pgbouncer"] = subprocess.run([ensure_pgbouncer(), "--version"], capture_output=True,
+                                               text=True).stdout.splitlines()[0]
+        print(f"pgbench -i -s 10 ... ({res.meta['postgres']}, {res.meta['pgbouncer']})", flush=True)
+        subprocess.run([pgcluster.client_tool("pgbench"), "-i", "-q", "-s", "10"], env=pg_env(rig.ports["direct"]),
+                       check=True, capture_output=True)
+        run_psql(rig.ports["direct"],
+                 "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) AS a, now() AS b FROM generate_series(1, 100000) g")
+        rig.start_poolers()
+        for r in range(rounds):
+            for w in workloads():
+                for target in TARGETS:
+                    if w.clients > 200 and target == "direct":
+                        continue
+                    s = run_pgbench(rig, target, w, seconds, logdir)
+                    res.runs.setdefault(w.name, {}).setdefault(target, []).append(s.__dict__)
+                    print(f"round {r + 1}/{rounds} {w.name:<24} {target:<10} tps={s.tps:>9.0f} "
+                          f"avg={s.avg_ms:.2f}ms p99={s.p99_ms:.2f}ms cpu/tx={fmt(s.cpu_us_per_tx)}us "
+                          f"failed={s.failed}", flush=True)
+            for bname, sql in (("100k-row SELECT", "SELECT * FROM bench_rows"),
+                               ("100k-row COPY TO STDOUT", "COPY bench_rows TO STDOUT")):
+                for target in TARGETS:
+                    wall, cpu = time_bulk(rig, target, sql)
+                    res.bulk.setdefault(bname, {}).setdefault(target, []).append({"wall_s": wall, "cpu_s": cpu})
+        for t in ("poold", "pgbouncer"):
+            pid = rig.pid(t)
+            res.peak_rss_mb[t] = proc_mem(pid, "VmHWM") / 2**20 if pid else 0.0
+        # memory: idle clients, trust auth so the client side is not the bottleneck
+        rig.auth = "trust"
+        rig.start_poolers()
+        for t in ("poold", "pgbouncer"):
+            res.memory[t] = memory_per_client(rig, t, idle)
+            print(f"{idle} idle clients on {t}: {res.memory[t]['kb_per_client']:.1f} KiB each", flush=True)
+    finally:
+        rig.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    rows = summary(res)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-{stamp}.json").write_text(json.dumps({"meta": res.meta, "summary": rows, "runs": res.runs,
+                                                         "bulk": res.bulk, "memory": res.memory}, indent=1))
+    try:
+        chart(rows, out / f"bench-{stamp}.png")
+    except ImportError:
+        print("matplotlib missing: no chart (pip install matplotlib)", file=sys.stderr)
+    print(f"\nMedians of {rounds} alternating rounds, {seconds:g} s each; ratio = poold / PgBouncer "
+          f"({res.meta['elapsed_s']} s in all)\n")
+    print(table(rows))
+    print(f"\nresults: {out}/bench-{stamp}.json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
