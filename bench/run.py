@@ -89,11 +89,14 @@ def ensure_pgbouncer() -> str:
 
 
 def raise_nofile() -> None:
+    """Soft descriptor limit up to the hard one (10,000 idle clients need it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536
-    if os.geteuid() == 0 and hard < want:
-        hard = want
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    if hard == resource.RLIM_INFINITY or hard > 65536:
+        hard_target = 65536
+    else:
+        hard_target = hard
+    if soft < hard_target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard_target, hard))
 
 
 def proc_cpu(pid: int) -> float:

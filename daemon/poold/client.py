@@ -156,13 +156,12 @@ class ClientSession(asyncio.Protocol):
             self._fatal(exc.sqlstate, str(exc))
             return
         syncs = 0
-        for f in frames:
-            t = f.type
+        for t, start, _end, _body in frames:
             if t == _Q or t == _SYNC or t == _F:
                 syncs += 1
                 self.in_batch = False
             elif t == _X:
-                data = data[: f.start] if f.start > 0 else b""
+                data = data[:start] if start > 0 else b""
                 self.terminating = True
                 break
             else:
@@ -232,21 +231,25 @@ class ClientSession(asyncio.Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def on_server_ready(self, status: bytes) -> None:
-        if status == b"I":
-            self.transactions += 1
-            stats = self.pool.stats  # type: ignore[union-attr]
-            stats.transactions += 1
-            stats.xact.observe(time.monotonic() - self.xact_start)
-            if self.rt.draining and not self.in_batch and self.scanner.at_boundary:
-                self._fatal("57P01", "terminating connection: poold is draining")
-                return
-            if not self.session_mode and not self.in_batch and self.scanner.at_boundary:
-                link, self.server = self.server, None
-                if link is not None:
-                    if self._server_paused and link.transport is not None:
-                        link.transport.resume_reading()
-                        self._server_paused = False
-                    self.pool.release(link)  # type: ignore[union-attr]
+        if status != b"I":
+            return
+        now = time.monotonic()
+        self.transactions += 1
+        stats = self.pool.stats  # type: ignore[union-attr]
+        stats.transactions += 1
+        stats.xact.observe(now - self.xact_start)
+        if self.in_batch or not self.scanner.at_boundary:
+            return
+        if self.rt.draining:
+            self._fatal("57P01", "terminating connection: poold is draining")
+            return
+        if not self.session_mode:
+            link, self.server = self.server, None
+            if link is not None:
+                if self._server_paused and link.transport is not None:
+                    link.transport.resume_reading()
+                    self._server_paused = False
+                self.pool.release(link, now)  # type: ignore[union-attr]
 
     def on_server_parameter(self, name: str, value: str) -> None:
         if self.pool is not None and self.pool.defaults is not None and self.pool.defaults.get(name) == value:

@@ -109,23 +109,23 @@ class ServerLink(asyncio.Protocol):
             if owner is not None:
                 owner.on_server_data(data)
                 self.stats.bytes_out += len(data)
-                for f in frames:
-                    self._frame_for_owner(owner, f.type, f.body)
+                for t, _start, _end, body in frames:
+                    self._frame_for_owner(owner, t, body)
             else:
                 self._idle_frames(frames)
             return
         # Slow path: part (or all) of this chunk answers internal queries.
-        for i, f in enumerate(frames):
-            if f.type == _S and f.body is not None:
-                self._track(*messages.parse_parameter_status(f.body), owner)
-            elif f.type == _E and f.body is not None:
-                fields = messages.parse_error_fields(f.body)
+        for i, (t, _start, end, body) in enumerate(frames):
+            if t == _S and body is not None:
+                self._track(*messages.parse_parameter_status(body), owner)
+            elif t == _E and body is not None:
+                fields = messages.parse_error_fields(body)
                 log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
-            elif f.type == _Z and f.body is not None:
-                self.status = f.body
+            elif t == _Z and body is not None:
+                self.status = body
                 self.swallow -= 1
                 if not self.swallow:
-                    rest, later = data[f.end :], frames[i + 1 :]
+                    rest, later = data[end:], frames[i + 1 :]
                     done, self._on_internal_done = self._on_internal_done, None
                     if done is not None:
                         done(self)
@@ -135,7 +135,7 @@ class ServerLink(asyncio.Protocol):
                             owner.on_server_data(rest)
                             self.stats.bytes_out += len(rest)
                         for g in later:
-                            self._frame_for_owner(owner, g.type, g.body)
+                            self._frame_for_owner(owner, g[0], g[3])
                     elif later:
                         self._idle_frames(later)
                     return
@@ -212,12 +212,12 @@ class ServerLink(asyncio.Protocol):
             owner.on_server_parameter(canon, value)
 
     def _idle_frames(self, frames: list[Any]) -> None:
-        for f in frames:
-            if f.type == _E and f.body is not None:
-                fields = messages.parse_error_fields(f.body)
+        for t, _start, _end, body in frames:
+            if t == _E and body is not None:
+                fields = messages.parse_error_fields(body)
                 log.info("idle_server_error", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
-            elif f.type == _S and f.body is not None:
-                self._track(*messages.parse_parameter_status(f.body), None)
+            elif t == _S and body is not None:
+                self._track(*messages.parse_parameter_status(body), None)
 
 
 def quote_literal(value: str) -> str:

@@ -21,8 +21,6 @@ Both refuse a length below 4 or above the configured limit with a
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
-
 from .errors import MessageTooLarge, ProtocolError
 
 _HEADER = struct.Struct("!BI")
@@ -34,18 +32,11 @@ MAX_STARTUP_LENGTH = 10_000
 MAX_MESSAGE_LENGTH = 0x3FFFFFFF
 
 
-class Frame(NamedTuple):
-    """One message found in a chunk.
-
-    ``start`` and ``end`` are offsets into the chunk just fed; ``start`` is
-    negative when the message began in an earlier chunk. ``body`` is the body
-    for watched types and ``None`` otherwise.
-    """
-
-    type: int
-    start: int
-    end: int
-    body: bytes | None
+#: One message found in a chunk: (type, start, end, body). ``start`` and ``end``
+#: are offsets into the chunk just fed; ``start`` is negative when the message
+#: began in an earlier chunk. ``body`` is the body for watched types and None
+#: otherwise. A plain tuple: the relay makes a few per transaction.
+Frame = tuple[int, int, int, bytes | None]
 
 
 class FrameScanner:
@@ -94,7 +85,7 @@ class FrameScanner:
             if self._pending is not None:
                 t, s = self._pending
                 self._pending = None
-                frames.append(Frame(t, s, pos, None))
+                frames.append((t, s, pos, None))
         base = 0
         if self._carry:
             # Rare path: glue the carried bytes in front and shift offsets back.
@@ -115,7 +106,7 @@ class FrameScanner:
                 if end > n:
                     self._carry = data[pos:]
                     return frames
-                frames.append(Frame(t, pos - base, end - base, data[pos + 5 : end]))
+                frames.append((t, pos - base, end - base, data[pos + 5 : end]))
             elif end > n:
                 self._skip = end - n
                 if report_all:
@@ -123,7 +114,7 @@ class FrameScanner:
                     self._pending = (t, pos - n)
                 return frames
             elif report_all:
-                frames.append(Frame(t, pos - base, end - base, None))
+                frames.append((t, pos - base, end - base, None))
             pos = end
         if pos < n:
             self._carry = data[pos:]
