@@ -116,7 +116,7 @@ def test_arbitrary_bytes_never_crash_differently_when_split(data: bytes, cuts: l
     assert run(split_at(data, cuts)) == run([data])
 
 
-@pytest.mark.parametrize("length", [0, 3, -1 & 0xFFFFFFFF])
+@pytest.mark.parametrize("length", [0, 3, -1 & 0xFFFFFFFF, 0x80000000])
 def test_invalid_lengths_are_protocol_errors(length: int) -> None:
     s = FrameScanner(max_length=1 << 20)
     with pytest.raises(ProtocolError) as info:

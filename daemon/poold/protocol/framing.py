@@ -21,10 +21,11 @@ Both refuse a length below 4 or above the configured limit with a
 from __future__ import annotations
 
 import struct
+
 from .errors import MessageTooLarge, ProtocolError
 
-_HEADER = struct.Struct("!BI")
-_UNTYPED = struct.Struct("!I")
+_HEADER = struct.Struct("!Bi")  # lengths are signed int32, as PostgreSQL reads them
+_UNTYPED = struct.Struct("!i")
 
 #: PostgreSQL's own cap on a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_LENGTH = 10_000

@@ -1,0 +1,72 @@
+"""The circuit breaker of one pool: fail fast while the database is down.
+
+States: closed (connect freely) -> open after ``failures`` consecutive failed
+server connects (every client that needs a new server connection is failed at
+once with 57P03, instead of waiting out acquire_timeout) -> half-open once
+``reset`` seconds have passed (one probe connect is let through) -> closed on
+the probe's success, or open again for another ``reset`` on its failure.
+
+Pure: the clock is an argument, so tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class Breaker:
+    __slots__ = ("failures", "reset", "consecutive", "opened_at", "probing", "_open", "last_error")
+
+    def __init__(self, failures: int, reset: float) -> None:
+        self.failures = failures
+        self.reset = reset
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.probing = False
+        self._open = False
+        self.last_error = ""
+
+    def state(self, now: float) -> str:
+        if not self._open:
+            return CLOSED
+        return HALF_OPEN if now - self.opened_at >= self.reset else OPEN
+
+    def record_success(self) -> None:
+        self.consecutive = 0
+        self._open = False
+        self.probing = False
+        self.last_error = ""
+
+    def record_failure(self, now: float, error: str = "") -> bool:
+        """Count a failed connect; True when this failure opened the breaker."""
+        self.consecutive += 1
+        self.last_error = error or self.last_error
+        was_probing, self.probing = self.probing, False
+        if self._open and (was_probing or self.state(now) == HALF_OPEN):
+            self.opened_at = now  # the probe failed: open for another period
+            return False
+        if not self._open and self.consecutive >= self.failures:
+            self._open = True
+            self.opened_at = now
+            return True
+        return False
+
+    def allow(self, now: float) -> bool:
+        """May a client try for a new server connection now?
+
+        Closed: yes. Open: no. Half-open: exactly one caller (the probe) until
+        its outcome is recorded.
+        """
+        state = self.state(now)
+        if state == CLOSED:
+            return True
+        if state == HALF_OPEN and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until the next probe may run (0 when closed)."""
+        if not self._open:
+            return 0.0
+        return max(0.0, self.reset - (now - self.opened_at))
