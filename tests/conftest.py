@@ -199,10 +199,10 @@ def _md5(s: str) -> str:
 def poold_factory(tmp_path: Path, pg: pgcluster.Cluster) -> Iterator[Callable[..., Poold]]:
     started: list[Poold] = []
 
-    def start(**settings: object) -> Poold:
+    def start(cluster: pgcluster.Cluster | None = None, **settings: object) -> Poold:
         sub = tmp_path / f"poold{len(started)}"
         sub.mkdir()
-        p = Poold(sub, pg, **settings)
+        p = Poold(sub, cluster or pg, **settings)
         started.append(p)
         return p.start()
 

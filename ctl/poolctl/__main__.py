@@ -24,7 +24,7 @@ DEFAULT_SOCKET = "/run/poold/control.sock"
 
 TABLES = {
     "pools": ["pool", "mode", "clients", "active", "idle", "waiting", "total", "min_size", "max_size", "paused",
-              "last_error"],
+              "breaker", "last_error"],
     "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age"],
     "servers": ["pool", "pid", "state", "tx_status", "client"],
 }

@@ -59,6 +59,27 @@ def conninfo(info: Mapping[str, str], *, statement_timeout: float, password: str
     return make_conninfo("", **params)
 
 
+def connection_class(on_result: Callable[[BaseException | None], None]) -> type[AsyncConnection[Any]]:
+    """An AsyncConnection whose connect() reports each outcome (for the breaker).
+
+    psycopg_pool connects in its own workers, with its own backoff; this is how
+    poold sees every attempt, its own and psycopg_pool's.
+    """
+
+    class ReportingConnection(AsyncConnection[Any]):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            try:
+                conn = await super().connect(*args, **kwargs)
+            except BaseException as exc:
+                on_result(exc)
+                raise
+            on_result(None)
+            return conn
+
+    return ReportingConnection
+
+
 def connection_kwargs() -> dict[str, Any]:
     # autocommit: psycopg must never open a transaction of its own on a
     # connection poold relays for clients.

@@ -15,7 +15,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class Breaker:
-    __slots__ = ("failures", "reset", "consecutive", "opened_at", "probing", "_open", "last_error")
+    __slots__ = ("failures", "reset", "consecutive", "opened_at", "probing", "probe_at", "_open", "last_error")
 
     def __init__(self, failures: int, reset: float) -> None:
         self.failures = failures
@@ -23,6 +23,7 @@ class Breaker:
         self.consecutive = 0
         self.opened_at = 0.0
         self.probing = False
+        self.probe_at = 0.0
         self._open = False
         self.last_error = ""
 
@@ -55,13 +56,15 @@ class Breaker:
         """May a client try for a new server connection now?
 
         Closed: yes. Open: no. Half-open: exactly one caller (the probe) until
-        its outcome is recorded.
+        its outcome is recorded, or until it is ``reset`` seconds old (a probe
+        whose outcome never came must not keep the breaker half-open forever).
         """
         state = self.state(now)
         if state == CLOSED:
             return True
-        if state == HALF_OPEN and not self.probing:
+        if state == HALF_OPEN and (not self.probing or now - self.probe_at >= self.reset):
             self.probing = True
+            self.probe_at = now
             return True
         return False
 

@@ -41,12 +41,19 @@ class PooldCollector(Collector):
         wait = HistogramMetricFamily("poold_wait_seconds", "Time clients waited for a server connection", labels=["pool"])
         xact_time = HistogramMetricFamily("poold_transaction_seconds", "Transaction duration", labels=["pool"])
         errors = CounterMetricFamily("poold_errors", "Errors by SQLSTATE", labels=["sqlstate", "source"])
+        connects = CounterMetricFamily("poold_server_connects", "Server connect attempts by result",
+                                       labels=["pool", "result"])
+        breaker = GaugeMetricFamily("poold_breaker_open", "1 while the pool's circuit breaker is open or half-open",
+                                    labels=["pool"])
         server_errors: Counter[str] = Counter()
         for p in pools:
             snap = p.snapshot()
             for state in ("total", "idle", "active", "waiting"):
                 size.add_metric([p.name, state], snap[state])
             pressure.add_metric([p.name], snap["pressure"])
+            breaker.add_metric([p.name], int(snap["breaker"] != "closed"))
+            connects.add_metric([p.name, "ok"], p.stats.connects_ok)
+            connects.add_metric([p.name, "failed"], p.stats.connects_failed)
             maximum.add_metric([p.name], p.settings.max_size)
             s = p.stats
             xacts.add_metric([p.name], s.transactions)
@@ -60,7 +67,7 @@ class PooldCollector(Collector):
             errors.add_metric([code, "poold"], n)
         for code, n in sorted(server_errors.items()):
             errors.add_metric([code, "server"], n)
-        yield from (size, pressure, maximum, xacts, queries, nbytes, wait, xact_time, errors)
+        yield from (size, pressure, maximum, xacts, queries, nbytes, wait, xact_time, errors, breaker, connects)
 
         clients = GaugeMetricFamily("poold_clients", "Client connections by state", labels=["state"])
         for state, n in sorted(Counter(c.state for c in rt.clients).items()):

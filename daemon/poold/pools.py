@@ -33,12 +33,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import backend
 from .auth import Secret
+from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError
 from .relay import ServerLink
 from .stats import PoolStats
 
 log = structlog.get_logger("poold.pools")
+
+#: the longest psycopg_pool keeps retrying one failed connect on its own
+RECONNECT_TIMEOUT = 2.0
 
 
 class Waiter(Protocol):
@@ -61,8 +65,16 @@ class Pool:
         self.name = f"{db.name}.{user}"
         self.settings: PoolSettings = db.pool
         self.conninfo = pool_conninfo(db, user, server_password)
+        self.breaker = Breaker(db.pool.breaker_failures, db.pool.breaker_reset)
         self._pg: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             self.conninfo,
+            connection_class=backend.connection_class(self._on_connect_result),
+            # psycopg_pool retries a failed connect with exponential backoff and
+            # jitter (1 s, 2 s, ...); it gives up after a few seconds, so that
+            # while the database is down the breaker's probe, once per
+            # breaker_reset, is what tries again: attempts stay bounded, and a
+            # database that is back is found by the next probe.
+            reconnect_timeout=min(db.pool.breaker_reset, RECONNECT_TIMEOUT),
             kwargs=backend.connection_kwargs(),
             min_size=db.pool.min_size,
             max_size=db.pool.max_size,
@@ -85,6 +97,7 @@ class Pool:
         self.last_error = ""
         self.stats = PoolStats()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._leasing: set[asyncio.Task[None]] = set()  # getconn calls for waiters
         self._closed = False
         # Tracked settings a connection carried when it went back to
         # psycopg_pool (libpq never saw the relayed SETs), restored on re-lease.
@@ -102,6 +115,8 @@ class Pool:
     async def prepare(self) -> Mapping[str, str]:
         """The server's reported parameters, connecting once if none is known."""
         if self.defaults is None:
+            if not self.breaker.allow(time.monotonic()):
+                raise self.unavailable()
             self.connecting += 1
             try:
                 link = await self._lease()
@@ -123,11 +138,29 @@ class Pool:
                     self.active.add(link)
                     self.stats.wait.counts[0] += 1  # a zero wait (bucket le=0), without the bisect
                     return link
+        now = time.monotonic()
+        closed = self.breaker.state(now) == CLOSED
+        if not self.breaker.allow(now):
+            waiter.on_acquire_failed(self.unavailable())
+            return None
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.settings.acquire_timeout, self._wait_expired, waiter)
         self.waiters.append((waiter, timer))
-        self._grow()
+        if closed:
+            self._grow()
+        else:
+            self._start_lease()  # this caller is the breaker's probe: it connects now
         return None
+
+    def unavailable(self) -> PooldError:
+        b = self.breaker
+        retry = b.retry_in(time.monotonic())
+        reason = f": {b.last_error.strip().splitlines()[-1]}" if b.last_error.strip() else ""
+        return PooldError(
+            "57P03",
+            f"database {self.db.name!r} is unavailable (circuit breaker open after {b.consecutive} failed "
+            f"connects{reason}); poold retries in {retry:.0f} s",
+        )
 
     def release(self, link: ServerLink, now: float = 0.0) -> None:
         """Take back an idle link (ReadyForQuery 'I', nothing pending)."""
@@ -199,6 +232,10 @@ class Pool:
             self._pg.max_idle = new.idle_timeout
             self._pg.max_lifetime = new.max_lifetime
             changes.append("timeouts")
+        if (old.breaker_failures, old.breaker_reset) != (new.breaker_failures, new.breaker_reset):
+            self.breaker.failures, self.breaker.reset = new.breaker_failures, new.breaker_reset
+            self._pg.reconnect_timeout = min(new.breaker_reset, RECONNECT_TIMEOUT)
+            changes.append("breaker")
         if old.mode != new.mode:
             changes.append(f"mode {old.mode} -> {new.mode} (new clients)")
         if conninfo != self.conninfo:
@@ -265,9 +302,11 @@ class Pool:
             "idle": total - active,
             "total": total,
             "waiting": len(self.waiters),
+            "connecting": self.connecting,
             "clients": self.clients,
             "paused": self.paused,
             "pressure": round(active / self.settings.max_size, 3),
+            "breaker": self.breaker.state(time.monotonic()),
             "last_error": self.last_error,
         }
 
@@ -298,25 +337,36 @@ class Pool:
             and not self._closed
             and not self.paused
         ):
-            self.connecting += 1
-            self._spawn(self._lease_for_waiter())
+            self._start_lease()
+
+    def _start_lease(self) -> None:
+        self.connecting += 1
+        task = asyncio.get_running_loop().create_task(self._lease_for_waiter())
+        self._leasing.add(task)
+        task.add_done_callback(self._leasing.discard)
 
     async def _lease_for_waiter(self) -> None:
         try:
             link = await self._lease()
         except PooldError as exc:
-            self.connecting -= 1
             if self.waiters:
                 waiter, timer = self.waiters.popleft()
                 timer.cancel()
                 waiter.on_acquire_failed(exc)
             return
-        self.connecting -= 1
+        except asyncio.CancelledError:
+            return  # the breaker opened: nobody waits for this one any more
+        finally:
+            self.connecting -= 1
         self.release(link)
 
     async def _lease(self) -> ServerLink:
+        # While the breaker is not closed this is a probe: it waits no longer
+        # than one breaker period, and its failure keeps the breaker open.
+        probe = self.breaker.state(time.monotonic()) != CLOSED
+        timeout = min(self.settings.acquire_timeout, self.settings.breaker_reset) if probe else None
         try:
-            conn = await self._pg.getconn()
+            conn = await self._pg.getconn(timeout)
             for _ in range(self.settings.max_size + 1):
                 if backend.made_with(conn, self.conninfo):
                     break
@@ -324,7 +374,10 @@ class Pool:
                 await self._pg.putconn(conn)
                 conn = await self._pg.getconn()
         except PoolTimeout as exc:
-            self.last_error = str(exc)
+            self.last_error = self.last_error or str(exc)
+            if probe:
+                self.breaker.record_failure(time.monotonic(), self.last_error)
+                raise self.unavailable() from exc
             raise PooldError(
                 "53300",
                 f"no server connection available within acquire_timeout ({self.settings.acquire_timeout:g} s)",
@@ -332,15 +385,18 @@ class Pool:
         except OperationalError as exc:
             self.last_error = str(exc)
             raise PooldError("08006", f"cannot connect to the database: {exc}") from exc
-        self.last_error = ""
-        if self.defaults is None:
-            self.defaults = backend.reported_parameters(conn)
         try:
             _, link = await backend.open_stream(conn, lambda: ServerLink(self._on_link_lost))
-        except OSError as exc:
+        except BaseException as exc:  # OSError, or cancelled: the connection goes back
             await backend.close(conn)
             await self._pg.putconn(conn)
-            raise PooldError("08006", f"server connection unusable: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise PooldError("08006", f"server connection unusable: {exc}") from exc
+            raise
+        self.last_error = ""
+        self.breaker.record_success()
+        if self.defaults is None:
+            self.defaults = backend.reported_parameters(conn)
         link.conn = conn
         link.pid = backend.backend_pid(conn)
         link.defaults = self.defaults
@@ -350,6 +406,30 @@ class Pool:
         link.stats = self.stats
         self.leased += 1
         return link
+
+    def _on_connect_result(self, exc: BaseException | None) -> None:
+        """Every server connect attempt, poold's or psycopg_pool's, ends here."""
+        now = time.monotonic()
+        b = self.breaker
+        if exc is None:
+            self.stats.connects_ok += 1
+            if b.state(now) != CLOSED:
+                log.info("breaker_closed", pool=self.name)
+            b.record_success()
+            return
+        if not isinstance(exc, Exception):
+            return  # cancelled: says nothing about the database
+        self.stats.connects_failed += 1
+        self.last_error = str(exc).strip()
+        if b.record_failure(now, self.last_error):
+            log.error("breaker_open", pool=self.name, failures=b.consecutive, retry_in=b.reset, error=self.last_error)
+            error = self.unavailable()
+            while self.waiters:  # fail the waiting clients now, not at acquire_timeout
+                waiter, timer = self.waiters.popleft()
+                timer.cancel()
+                waiter.on_acquire_failed(error)
+            for task in list(self._leasing):  # and stop waiting in psycopg_pool for them
+                task.cancel()
 
     def _wait_expired(self, waiter: Waiter) -> None:
         for i, (w, _timer) in enumerate(self.waiters):

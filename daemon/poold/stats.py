@@ -38,7 +38,8 @@ class Histogram:
 class PoolStats:
     """Counters of one pool; they outlive a reload that keeps the pool."""
 
-    __slots__ = ("bytes_in", "bytes_out", "queries", "server_errors", "transactions", "wait", "xact")
+    __slots__ = ("bytes_in", "bytes_out", "connects_failed", "connects_ok", "queries", "server_errors",
+                 "transactions", "wait", "xact")
 
     def __init__(self) -> None:
         self.transactions = 0
@@ -48,6 +49,8 @@ class PoolStats:
         self.wait = Histogram(WAIT_BUCKETS)
         self.xact = Histogram(XACT_BUCKETS)
         self.server_errors: Counter[str] = Counter()  # SQLSTATE -> count
+        self.connects_ok = 0  # server connects, poold's and psycopg_pool's
+        self.connects_failed = 0
 
 
 class DaemonStats:

@@ -29,13 +29,13 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 def pool_health(pool: Pool) -> dict[str, Any]:
     snap = pool.snapshot()
-    if snap["last_error"] and snap["total"] == 0:
+    if snap["breaker"] != "closed" or (snap["last_error"] and snap["total"] == 0):
         state = "down"
     elif snap["waiting"] or snap["pressure"] >= pool.settings.pressure_threshold:
         state = "degraded"
     else:
         state = "ok"
-    return snap | {"state": state, "breaker": "closed"}
+    return snap | {"state": state}
 
 
 def overall(pools: list[dict[str, Any]], rt: Runtime) -> str:

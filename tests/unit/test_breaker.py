@@ -42,3 +42,11 @@ def test_background_failures_while_open_do_not_extend_it() -> None:
     b.record_failure(1.0)
     b.record_failure(3.0)  # psycopg_pool's own retries keep failing
     assert b.state(11.0) == HALF_OPEN
+
+
+def test_a_probe_without_outcome_expires() -> None:
+    b = Breaker(failures=1, reset=5)
+    b.record_failure(0.0)
+    assert b.allow(5.0)
+    assert not b.allow(9.9)
+    assert b.allow(10.0)  # the first probe never reported: another may go
