@@ -20,6 +20,7 @@ A client that vanishes mid-transaction has its server connection rolled back
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -43,6 +44,9 @@ _Q = messages.QUERY
 _F = messages.FUNCTION_CALL
 _SYNC = messages.SYNC
 _X = messages.TERMINATE
+
+#: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
+_TERMINATED = re.compile(rb"C57P0[123]\0")
 
 #: startup parameters that are not settings
 _STARTUP_KEYS = frozenset({"user", "database", "replication"})
@@ -72,6 +76,10 @@ class ClientSession(asyncio.Protocol):
         self.connected_at = time.time()
         self.transactions = 0
         self.xact_start = 0.0  # when the current transaction's first request went out
+        self.replay: list[bytes] | None = None  # sent on this server connection, no reply yet
+        self.replay_syncs = 0
+        self.replay_safe = False  # the server announced its termination before replying
+        self.replayed = False  # one replay per transaction at most
         self.wait_start = 0.0  # when the current wait for a server connection began
         self._more: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -179,6 +187,9 @@ class ClientSession(asyncio.Protocol):
                 server.pending += syncs
             if data:
                 server.write(data)
+                if self.replay is not None:
+                    self.replay.append(data)
+                    self.replay_syncs += syncs
         elif data:
             self.buffered.append(data)
             self.buffered_syncs += syncs
@@ -211,15 +222,21 @@ class ClientSession(asyncio.Protocol):
         link.owner = self
         if link.params != self.wanted:
             link.sync_parameters(self.wanted)
-        if self.buffered_syncs:
-            self.pool.stats.queries += self.buffered_syncs  # type: ignore[union-attr]
-            link.pending = self.buffered_syncs
+        syncs = self.buffered_syncs
+        if syncs:
+            self.pool.stats.queries += syncs  # type: ignore[union-attr]
+            link.pending = syncs
             link.busy_since = self.xact_start = time.monotonic()
             self.buffered_syncs = 0
         if self.buffered:
             data = b"".join(self.buffered) if len(self.buffered) > 1 else self.buffered[0]
             self.buffered.clear()
             link.write(data)
+            # Kept until the server's first reply: if this idle connection turns
+            # out to have been terminated under us, the request is replayed on
+            # another one (see on_server_lost).
+            if not self.replayed:
+                self.replay, self.replay_syncs, self.replay_safe = [data], syncs, False
 
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
@@ -228,12 +245,18 @@ class ClientSession(asyncio.Protocol):
     # -- relay.ServerOwner --------------------------------------------------
 
     def on_server_data(self, data: bytes) -> None:
+        if self.replay is not None:
+            if data[:1] == b"E" and _TERMINATED.search(data[:200]):
+                self.replay_safe = True
+                return  # the backend was terminated while idle: wait for its EOF, then replay
+            self.replay = None
         self.transport.write(data)  # type: ignore[union-attr]
 
     def on_server_ready(self, status: bytes) -> None:
         if status != b"I":
             return
         now = time.monotonic()
+        self.replayed = False
         self.transactions += 1
         stats = self.pool.stats  # type: ignore[union-attr]
         stats.transactions += 1
@@ -257,9 +280,21 @@ class ClientSession(asyncio.Protocol):
         else:
             self.wanted[name] = value
 
-    def on_server_lost(self) -> None:
+    def on_server_lost(self, sqlstate: str = "08006", message: str = "server connection lost") -> None:
         self.server = None
-        self._fatal("08006", "server connection lost")
+        replay, self.replay = self.replay, None
+        safe, self.replay_safe = self.replay_safe, False
+        if replay is not None and safe and not self.replayed and not self.closed:
+            # The server said it was terminated (57P01..57P03) before any reply
+            # to this request: the connection died while idle, and the request
+            # never ran. Send it again on another connection, once; the client
+            # sees no error. (Any other loss is reported, never replayed.)
+            log.info("request_replayed", peer=self.peer, db=self.database)
+            self.replayed = True
+            self.buffered, self.buffered_syncs = replay, self.replay_syncs
+            self._acquire()
+            return
+        self._fatal(sqlstate, message)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._self_paused:

@@ -41,6 +41,10 @@ from .stats import PoolStats
 
 log = structlog.get_logger("poold.pools")
 
+#: seconds a cancelled query may take to stop before poold drops its connection
+CANCEL_GRACE = 2.0
+#: seconds between two pool_pressure warnings while the pressure lasts
+PRESSURE_LOG_INTERVAL = 10.0
 #: the longest psycopg_pool keeps retrying one failed connect on its own
 RECONNECT_TIMEOUT = 2.0
 
@@ -75,6 +79,9 @@ class Pool:
             # breaker_reset, is what tries again: attempts stay bounded, and a
             # database that is back is found by the next probe.
             reconnect_timeout=min(db.pool.breaker_reset, RECONNECT_TIMEOUT),
+            # Checked when taken from psycopg_pool, which poold does only for a
+            # connection that sat idle past hold_time: not on every checkout.
+            check=AsyncConnectionPool.check_connection,
             kwargs=backend.connection_kwargs(),
             min_size=db.pool.min_size,
             max_size=db.pool.max_size,
@@ -95,6 +102,8 @@ class Pool:
         self.retired = False  # its database left the configuration
         self.clients = 0
         self.last_error = ""
+        self.pressure_since = 0.0  # monotonic start of the current pressure, 0 when none
+        self._pressure_logged = 0.0
         self.stats = PoolStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._leasing: set[asyncio.Task[None]] = set()  # getconn calls for waiters
@@ -274,17 +283,47 @@ class Pool:
     # -- maintenance ---------------------------------------------------------
 
     def maintain(self, now: float) -> None:
-        """Return links idle past ``hold_time``; cancel queries past query_timeout."""
+        """Return links idle past ``hold_time``; cancel queries past query_timeout;
+        report pressure."""
+        self._watch_pressure(now)
         hold = self.hold_time
         while self.free and now - self.free[0].idle_since > hold:
             self._give_back(self.free.popleft())
         qt = self.settings.query_timeout
         if qt > 0:
             for link in list(self.active):
-                if link.pending and not link.cancelling and now - link.busy_since > qt:
-                    link.cancelling = True
+                if not link.pending or now - link.busy_since <= qt:
+                    continue
+                if not link.cancel_at:
+                    link.cancel_at = now
                     log.warning("query_timeout", pool=self.name, server_pid=link.pid, seconds=qt)
                     self._spawn(self._cancel(link))
+                elif now - link.cancel_at > CANCEL_GRACE:
+                    # The server did not answer the cancel either: give up on it.
+                    log.error("query_timeout_server_unresponsive", pool=self.name, server_pid=link.pid)
+                    owner = link.owner
+                    self.discard(link)
+                    if owner is not None:
+                        owner.on_server_lost(
+                            "57014", f"query_timeout ({qt:g} s) reached and the server did not answer the cancel"
+                        )
+
+    def _watch_pressure(self, now: float) -> None:
+        """A warning at most every PRESSURE_LOG_INTERVAL while under pressure; a line when it ends."""
+        utilisation = len(self.active) / self.settings.max_size
+        pressed = utilisation >= self.settings.pressure_threshold or bool(self.waiters)
+        if pressed:
+            if not self.pressure_since:
+                self.pressure_since = now
+            if now - self._pressure_logged >= PRESSURE_LOG_INTERVAL:
+                self._pressure_logged = now
+                log.warning("pool_pressure", pool=self.name, utilisation=round(utilisation, 3),
+                            waiting=len(self.waiters), threshold=self.settings.pressure_threshold,
+                            seconds=round(now - self.pressure_since, 1))
+        elif self.pressure_since:
+            log.info("pool_pressure_cleared", pool=self.name, seconds=round(now - self.pressure_since, 1))
+            self.pressure_since = 0.0
+            self._pressure_logged = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         pg = self._pg.get_stats()
@@ -505,8 +544,6 @@ class Pool:
             await backend.cancel(conn)
         except Exception as exc:  # task boundary: a failed cancel is logged, not fatal
             log.warning("cancel_failed", pool=self.name, server_pid=link.pid, error=str(exc))
-        finally:
-            link.cancelling = False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

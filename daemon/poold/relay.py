@@ -18,6 +18,7 @@ rather than delivered to the next client, and EOF retires the link at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,7 +64,7 @@ class ServerOwner(Protocol):
     def on_server_data(self, data: bytes) -> None: ...
     def on_server_ready(self, status: bytes) -> None: ...
     def on_server_parameter(self, name: str, value: str) -> None: ...
-    def on_server_lost(self) -> None: ...
+    def on_server_lost(self, sqlstate: str = "08006", message: str = "server connection lost") -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
@@ -85,7 +86,7 @@ class ServerLink(asyncio.Protocol):
         self.busy_since = 0.0  # monotonic time the oldest pending request began
         self.idle_since = 0.0
         self.expires_at = float("inf")
-        self.cancelling = False
+        self.cancel_at = 0.0  # when poold cancelled the running query (query_timeout)
         self.closed = False
         self.epoch = 0  # the pool's reconnect epoch when this link was leased
         self.stats = PoolStats()  # replaced by the pool's own at lease
@@ -191,9 +192,12 @@ class ServerLink(asyncio.Protocol):
         if t == _Z:
             self.status = body or b"I"
             self.pending -= 1
+            self.cancel_at = 0.0
             if self.pending <= 0:
                 self.pending = 0
                 owner.on_server_ready(self.status)
+            else:  # pipelined requests: the next one's clock starts now
+                self.busy_since = time.monotonic()
         elif t == _S and body is not None:
             name, value = messages.parse_parameter_status(body)
             self._track(name, value, owner)

@@ -48,7 +48,7 @@ class Collector:
     def on_server_parameter(self, name: str, value: str) -> None:
         pass
 
-    def on_server_lost(self) -> None:
+    def on_server_lost(self, sqlstate: str = "08006", message: str = "") -> None:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("lost"))
 
