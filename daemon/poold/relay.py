@@ -220,6 +220,12 @@ class ServerLink(asyncio.Protocol):
             if t == _E and body is not None:
                 fields = messages.parse_error_fields(body)
                 log.info("idle_server_error", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
+                if fields.get("S") in ("FATAL", "PANIC") and not self.closed:
+                    # Its EOF follows; retire it now so no client is handed it in between.
+                    self.closed = True
+                    self.abort()
+                    self._on_lost(self)
+                    return
             elif t == _S and body is not None:
                 self._track(*messages.parse_parameter_status(body), None)
 
