@@ -60,6 +60,7 @@ class ClientSession(asyncio.Protocol):
         self.reader = MessageReader()
         self.scanner = FrameScanner(report_all=True, max_length=runtime.config.clients.max_message_size)
         self.relaying = False
+        self.tls = False
         self.closed = False
         self.pool: Pool | None = None
         self.server: ServerLink | None = None
@@ -434,10 +435,13 @@ class ClientSession(asyncio.Protocol):
             self._relay(rest)
 
     async def _negotiate(self) -> messages.StartupMessage | None:
-        """Answer SSL/GSSENC requests with 'N'; serve a CancelRequest."""
+        """Answer SSLRequest ('S' and TLS when configured, else 'N') and GSSENCRequest
+        ('N'); serve a CancelRequest."""
         for _ in range(3):
             request = messages.parse_startup(await self._read_untyped())
             if isinstance(request, messages.StartupMessage):
+                if self.rt.config.tls.require and not self.tls:
+                    raise PooldError("28000", "TLS is required: connect with sslmode=require")
                 return request
             if isinstance(request, messages.CancelRequest):
                 self.rt.cancel(request.pid, request.secret)
@@ -447,6 +451,12 @@ class ClientSession(asyncio.Protocol):
                 # Bytes pipelined after SSLRequest would be read as TLS by a
                 # server that said 'S': refuse, as PostgreSQL does.
                 raise ProtocolError("received unencrypted data after SSL request")
-            self.transport.write(b"N")  # type: ignore[union-attr]
+            ctx = self.rt.ssl_context
+            if isinstance(request, messages.SSLRequest) and ctx is not None and not self.tls:
+                self.transport.write(b"S")  # type: ignore[union-attr]
+                loop = asyncio.get_running_loop()
+                self.transport = await loop.start_tls(self.transport, self, ctx, server_side=True)  # type: ignore[arg-type]
+                self.tls = True
+            else:
+                self.transport.write(b"N")  # type: ignore[union-attr]
         raise ProtocolError("too many encryption negotiation requests")
-

@@ -83,6 +83,13 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    cert_file: str = ""  # PEM certificate (chain) shown to clients; "" = no TLS
+    key_file: str = ""  # its private key
+    require: bool = False  # refuse clients that do not ask for TLS
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     host: str = "127.0.0.1"  # "" disables the HTTP endpoints
     port: int = 9127
@@ -127,6 +134,7 @@ class Config:
     daemon: DaemonSettings
     control: ControlSettings
     http: HttpSettings
+    tls: TlsSettings
     pool: PoolSettings
     databases: Mapping[str, DatabaseSettings]
     path: str = ""
@@ -150,6 +158,7 @@ _SECTIONS: dict[str, type] = {
     "daemon": DaemonSettings,
     "control": ControlSettings,
     "http": HttpSettings,
+    "tls": TlsSettings,
     "pool": PoolSettings,
 }
 
@@ -318,6 +327,22 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
         errors.append("clients.login_timeout: must be > 0")
     if clients.max_message_size < 1024:
         errors.append("clients.max_message_size: must be >= 1024")
+    tls: TlsSettings = s["tls"]
+    if bool(tls.cert_file) != bool(tls.key_file):
+        errors.append("tls.cert_file: cert_file and key_file go together")
+    for key in ("cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path and not os.path.isfile(path):
+            errors.append(f"tls.{key}: {path}: no such file")
+    if tls.require and not tls.cert_file:
+        errors.append("tls.require: needs cert_file and key_file")
+    if tls.cert_file and tls.key_file and not errors:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            errors.append(f"tls.cert_file: cannot load the certificate and key: {exc}")
     http: HttpSettings = s["http"]
     if not 0 < http.port < 65536:
         errors.append(f"http.port: must be in 1..65535, got {http.port}")

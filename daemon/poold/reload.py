@@ -20,6 +20,7 @@ import structlog
 
 from .auth import Secret, load_userlist
 from .config import Config, ConfigError, load_config
+from .tls import server_context
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -35,7 +36,7 @@ KEEP_GENERATIONS = 20
 def config_items(config: Config) -> dict[str, Any]:
     """The configuration as flat ``section.key`` items, with secrets masked."""
     items: dict[str, Any] = {}
-    for section in ("listen", "auth", "clients", "daemon", "control", "http", "pool"):
+    for section in ("listen", "auth", "clients", "daemon", "control", "http", "tls", "pool"):
         obj = getattr(config, section)
         for f in fields(obj):
             items[f"{section}.{f.name}"] = getattr(obj, f.name)
@@ -165,6 +166,7 @@ class Reloader:
         rt = self.rt
         rt.config = config
         rt.users = users
+        rt.ssl_context = server_context(config.tls)
         for pool in list(rt.pools.pools.values()):
             db = config.database(pool.db.name)
             if db is None:

@@ -15,6 +15,7 @@ from .auth import ScramCache, Secret
 from .config import Config
 from .pools import PoolRegistry
 from .stats import DaemonStats
+from .tls import server_context
 
 if TYPE_CHECKING:
     from .client import ClientSession
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 class Runtime:
     def __init__(self, config: Config, users: dict[str, Secret]) -> None:
         self.config = config
+        self.ssl_context = server_context(config.tls)
         self.users = users
         self.scram = ScramCache()
         self.pools = PoolRegistry()
