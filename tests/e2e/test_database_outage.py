@@ -62,17 +62,17 @@ def test_breaker_fails_fast_and_recovers(poold_factory: Callable[..., Poold], ow
     wait_until(lambda: value(scrape(p), "poold_breaker_open", pool="app.app") == 1, timeout=15)
     # While open: every client fails fast with 57P03 and a message that says when poold retries.
     for _ in range(5):
-        raw_start = time.monotonic()
-        try:
-            with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as c:
+        with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as c:  # login needs no server
+            query_start = time.monotonic()
+            try:
                 c.execute("SELECT 1")
-        except psycopg.OperationalError as exc:
-            text = str(exc)
-            assert "57P03" in text or "unavailable" in text, text
-            assert "retries in" in text
-        else:
-            raise AssertionError("query worked while the database was down")
-        assert time.monotonic() - raw_start < 1.0  # login + one query, failing fast
+            except psycopg.OperationalError as exc:
+                text = str(exc)
+                assert "57P03" in text or "unavailable" in text, text
+                assert "retries in" in text
+            else:
+                raise AssertionError("query worked while the database was down")
+            assert time.monotonic() - query_start < 0.1  # failed fast: 57P03 within 100 ms
     status, body = p.http("/health/ready")
     assert status == 503 and "every pool is down" in body
     pools = p.poolctl("--json", "pools")
