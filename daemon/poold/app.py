@@ -85,7 +85,6 @@ class App:
         # -- shutdown, in order ------------------------------------------------
         self.notifier.notify("STOPPING=1", "STATUS=shutting down: draining clients")
         log.info("shutting_down", clients=len(rt.clients))
-        rt.shutting_down = True
         await self.drain()
         await self._wait_clients(rt.config.daemon.shutdown_timeout)
         control.close()

@@ -30,7 +30,6 @@ class Runtime:
         self.pools = PoolRegistry()
         self.clients: set[ClientSession] = set()
         self.by_key: dict[int, ClientSession] = {}
-        self.shutting_down = False
         self.draining = False  # no new clients; each closes at its next boundary
         self.listening = False
         self.started = time.monotonic()

@@ -59,4 +59,3 @@ class DaemonStats:
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()  # SQLSTATEs poold answered clients with
         self.reloads: Counter[str] = Counter()  # result -> count
-        self.clients_total = 0

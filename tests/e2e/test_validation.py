@@ -12,12 +12,9 @@ import psycopg
 from tests.conftest import Poold, pgcluster, server_backends, wait_until
 
 
-def test_terminated_idle_backends_are_replaced_without_client_errors(
-    poold_factory: Callable[..., Poold], pg: pgcluster.Cluster
-) -> None:
-    p = poold_factory(mode="transaction", max_size=4, min_size=2)
-    conns = [psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) for _ in range(4)]
-    barrier = threading.Barrier(4)
+def burst(conns: list[psycopg.Connection]) -> None:  # type: ignore[type-arg]
+    """One query on every connection at the same moment: each holds a server connection."""
+    barrier = threading.Barrier(len(conns))
 
     def busy(c: psycopg.Connection) -> None:  # type: ignore[type-arg]
         barrier.wait()
@@ -28,6 +25,14 @@ def test_terminated_idle_backends_are_replaced_without_client_errors(
         t.start()
     for t in threads:
         t.join()
+
+
+def test_terminated_idle_backends_are_replaced_without_client_errors(
+    poold_factory: Callable[..., Poold], pg: pgcluster.Cluster
+) -> None:
+    p = poold_factory(mode="transaction", max_size=4, min_size=2)
+    conns = [psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) for _ in range(4)]
+    burst(conns)
     before = pg.psql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE usename = 'app' "
                      "AND backend_type = 'client backend'")
     killed = pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app' "
@@ -51,17 +56,7 @@ def test_max_lifetime_recycles_and_idle_timeout_shrinks(
         wait_until(lambda: conn.execute("SELECT pg_backend_pid()").fetchone() != first, timeout=10, interval=0.2)
     # a burst opens all four, then idleness brings the pool back to min_size
     conns = [psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) for _ in range(4)]
-    barrier = threading.Barrier(4)
-
-    def busy(c: psycopg.Connection) -> None:  # type: ignore[type-arg]
-        barrier.wait()
-        c.execute("SELECT pg_sleep(0.3)")
-
-    threads = [threading.Thread(target=busy, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    burst(conns)
     assert server_backends(pg) >= 3
     wait_until(lambda: server_backends(pg) <= 1, timeout=15, interval=0.2)
     for c in conns:
