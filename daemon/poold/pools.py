@@ -103,7 +103,8 @@ class Pool:
         self.clients = 0
         self.last_error = ""
         self.pressure_since = 0.0  # monotonic start of the current pressure, 0 when none
-        self._pressure_logged = 0.0
+        self._pressure_logged = -PRESSURE_LOG_INTERVAL  # monotonic time of the last warning
+        self._pressure_warned = False  # a warning was logged for the current episode
         self.stats = PoolStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._leasing: set[asyncio.Task[None]] = set()  # getconn calls for waiters
@@ -309,7 +310,8 @@ class Pool:
                         )
 
     def _watch_pressure(self, now: float) -> None:
-        """A warning at most every PRESSURE_LOG_INTERVAL while under pressure; a line when it ends."""
+        """At most one pool_pressure warning per PRESSURE_LOG_INTERVAL, however often
+        the pressure comes and goes; pool_pressure_cleared once it has ended."""
         utilisation = len(self.active) / self.settings.max_size
         pressed = utilisation >= self.settings.pressure_threshold or bool(self.waiters)
         if pressed:
@@ -317,13 +319,15 @@ class Pool:
                 self.pressure_since = now
             if now - self._pressure_logged >= PRESSURE_LOG_INTERVAL:
                 self._pressure_logged = now
+                self._pressure_warned = True
                 log.warning("pool_pressure", pool=self.name, utilisation=round(utilisation, 3),
                             waiting=len(self.waiters), threshold=self.settings.pressure_threshold,
                             seconds=round(now - self.pressure_since, 1))
         elif self.pressure_since:
-            log.info("pool_pressure_cleared", pool=self.name, seconds=round(now - self.pressure_since, 1))
+            if self._pressure_warned:
+                log.info("pool_pressure_cleared", pool=self.name, seconds=round(now - self.pressure_since, 1))
             self.pressure_since = 0.0
-            self._pressure_logged = 0.0
+            self._pressure_warned = False
 
     def snapshot(self) -> dict[str, Any]:
         pg = self._pg.get_stats()
