@@ -77,7 +77,7 @@ class ClientSession(asyncio.Protocol):
         self.connected_at = time.time()
         self.transactions = 0
         self.xact_start = 0.0  # when the current transaction's first request went out
-        self.replay: list[bytes] | None = None  # sent on this server connection, no reply yet
+        self.replay: bytes | None = None  # sent on this server connection, no reply yet
         self.replay_syncs = 0
         self.replay_safe = False  # the server announced its termination before replying
         self.replayed = False  # one replay per transaction at most
@@ -177,10 +177,10 @@ class ClientSession(asyncio.Protocol):
                 self.in_batch = True
         stats = self.pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)
+        stats.queries += syncs
         server = self.server
         if server is not None:
             if syncs:
-                stats.queries += syncs
                 if not server.pending:
                     server.busy_since = time.monotonic()
                     if server.status == b"I":
@@ -188,8 +188,8 @@ class ClientSession(asyncio.Protocol):
                 server.pending += syncs
             if data:
                 server.write(data)
-                if self.replay is not None:
-                    self.replay.append(data)
+                if self.replay is not None:  # pipelined before the first reply (rare)
+                    self.replay += data
                     self.replay_syncs += syncs
         elif data:
             self.buffered.append(data)
@@ -225,7 +225,6 @@ class ClientSession(asyncio.Protocol):
             link.sync_parameters(self.wanted)
         syncs = self.buffered_syncs
         if syncs:
-            self.pool.stats.queries += syncs  # type: ignore[union-attr]
             link.pending = syncs
             link.busy_since = self.xact_start = time.monotonic()
             self.buffered_syncs = 0
@@ -237,7 +236,7 @@ class ClientSession(asyncio.Protocol):
             # out to have been terminated under us, the request is replayed on
             # another one (see on_server_lost).
             if not self.replayed:
-                self.replay, self.replay_syncs, self.replay_safe = [data], syncs, False
+                self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
 
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
@@ -270,9 +269,7 @@ class ClientSession(asyncio.Protocol):
         if not self.session_mode:
             link, self.server = self.server, None
             if link is not None:
-                if self._server_paused and link.transport is not None:
-                    link.transport.resume_reading()
-                    self._server_paused = False
+                self._unpause(link)
                 self.pool.release(link, now)  # type: ignore[union-attr]
 
     def on_server_parameter(self, name: str, value: str) -> None:
@@ -292,7 +289,7 @@ class ClientSession(asyncio.Protocol):
             # sees no error. (Any other loss is reported, never replayed.)
             log.info("request_replayed", peer=self.peer, db=self.database)
             self.replayed = True
-            self.buffered, self.buffered_syncs = replay, self.replay_syncs
+            self.buffered, self.buffered_syncs = [replay], self.replay_syncs
             self._acquire()
             return
         self._fatal(sqlstate, message)
@@ -318,14 +315,19 @@ class ClientSession(asyncio.Protocol):
         self._fatal(sqlstate, message)
         return True
 
+    def _unpause(self, link: ServerLink) -> None:
+        """A server leaving this client must not stay paused by its flow control."""
+        if self._server_paused and link.transport is not None:
+            link.transport.resume_reading()
+        self._server_paused = False
+
     def terminate_now(self, sqlstate: str, message: str) -> None:
         self._fatal(sqlstate, message)
 
     def _hand_back(self, link: ServerLink, pool: Pool) -> None:
         """The client is gone: return its server connection only if clean."""
         link.owner = None
-        if self._server_paused and link.transport is not None:
-            link.transport.resume_reading()
+        self._unpause(link)
         if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary:
             log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
             pool.discard(link, cancel=bool(link.pending))

@@ -421,10 +421,7 @@ class Pool:
             if probe:
                 self.breaker.record_failure(time.monotonic(), self.last_error)
                 raise self.unavailable() from exc
-            raise PooldError(
-                "53300",
-                f"no server connection available within acquire_timeout ({self.settings.acquire_timeout:g} s)",
-            ) from exc
+            raise self._timed_out() from exc
         except OperationalError as exc:
             self.last_error = str(exc)
             raise PooldError("08006", f"cannot connect to the database: {exc}") from exc
@@ -479,11 +476,11 @@ class Pool:
             if w is waiter:
                 del self.waiters[i]
                 break
-        waiter.on_acquire_failed(
-            PooldError(
-                "53300",
-                f"no server connection available within acquire_timeout ({self.settings.acquire_timeout:g} s)",
-            )
+        waiter.on_acquire_failed(self._timed_out())
+
+    def _timed_out(self) -> PooldError:
+        return PooldError(
+            "53300", f"no server connection available within acquire_timeout ({self.settings.acquire_timeout:g} s)"
         )
 
     def _on_link_lost(self, link: ServerLink) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from .protocol import messages
+from .protocol.errors import ProtocolError
 from .protocol.framing import FrameScanner
 from .stats import PoolStats
 
@@ -101,12 +102,13 @@ class ServerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.scanner.feed(data)
-        except Exception:
+        except ProtocolError:
             log.error("server_stream_corrupt", server_pid=self.pid)
             self.close()
             return
         owner = self.owner
         if not self.swallow:
+            # The hot path, kept inline; the slow path below ends the same way.
             if owner is not None:
                 owner.on_server_data(data)
                 self.stats.bytes_out += len(data)
