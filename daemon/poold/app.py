@@ -30,6 +30,7 @@ from .client import ClientSession
 from .config import Config
 from .control import ControlServer
 from .listener import adopt_listeners, start_listeners, stop_listeners, systemd_sockets
+from .protocol.framing import NativeFrameScanner
 from .reload import Reloader, ReloadRejected
 from .runtime import Runtime
 from .sdnotify import Notifier
@@ -79,7 +80,7 @@ class App:
 
         self.notifier.notify("READY=1", self._status_text())
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
-                 generation=self.reloader.generation)
+                 generation=self.reloader.generation, frame_scanner="native" if NativeFrameScanner else "python")
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poold.protocol.errors import MessageTooLarge, ProtocolError
-from poold.protocol.framing import FrameScanner, MessageReader
+from poold.protocol.framing import MessageReader, PyFrameScanner
+
+Scanner = type[PyFrameScanner]
 
 
 def msg(t: bytes, body: bytes) -> bytes:
@@ -41,7 +43,7 @@ EXPECTED_WATCHED = [
 ]
 
 
-def absolute(chunks: list[bytes], scanner: FrameScanner) -> list[tuple[int, int, int, bytes | None]]:
+def absolute(chunks: list[bytes], scanner: PyFrameScanner) -> list[tuple[int, int, int, bytes | None]]:
     """Feed chunks; return frames with offsets made absolute in the whole stream."""
     out = []
     pos = 0
@@ -62,31 +64,31 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     return chunks
 
 
-def test_watched_messages_whole() -> None:
-    frames = FrameScanner(b"ZSE").feed(SERVER_STREAM)
+def test_watched_messages_whole(scanner: Scanner) -> None:
+    frames = scanner(b"ZSE").feed(SERVER_STREAM)
     assert [(t, body) for t, _s, _e, body in frames] == EXPECTED_WATCHED
     # offsets point at the message in the chunk
     _t, start, end, _body = frames[0]
     assert SERVER_STREAM[start:end] == msg(b"Z", b"I")
 
 
-def test_watched_messages_bytewise_equal_whole() -> None:
-    whole = absolute([SERVER_STREAM], FrameScanner(b"ZSE"))
-    bytewise = absolute([SERVER_STREAM[i : i + 1] for i in range(len(SERVER_STREAM))], FrameScanner(b"ZSE"))
+def test_watched_messages_bytewise_equal_whole(scanner: Scanner) -> None:
+    whole = absolute([SERVER_STREAM], scanner(b"ZSE"))
+    bytewise = absolute([SERVER_STREAM[i : i + 1] for i in range(len(SERVER_STREAM))], scanner(b"ZSE"))
     assert bytewise == whole
     assert len(whole) == 5
 
 
-def test_report_all_gives_every_message_with_exact_bounds() -> None:
-    frames = absolute([SERVER_STREAM[i : i + 7] for i in range(0, len(SERVER_STREAM), 7)], FrameScanner(report_all=True))
+def test_report_all_gives_every_message_with_exact_bounds(scanner: Scanner) -> None:
+    frames = absolute([SERVER_STREAM[i : i + 7] for i in range(0, len(SERVER_STREAM), 7)], scanner(report_all=True))
     assert [chr(t) for t, *_ in frames] == list("TDCZSEZDZ")
     for t, start, end, _ in frames:
         assert SERVER_STREAM[start] == t
         assert struct.unpack_from("!I", SERVER_STREAM, start + 1)[0] + 1 == end - start
 
 
-def test_at_boundary_tracks_partial_messages() -> None:
-    s = FrameScanner(report_all=True)
+def test_at_boundary_tracks_partial_messages(scanner: Scanner) -> None:
+    s = scanner(report_all=True)
     data = msg(b"Q", b"SELECT 1\x00")
     s.feed(data[:3])
     assert not s.at_boundary
@@ -98,16 +100,16 @@ def test_at_boundary_tracks_partial_messages() -> None:
 
 @given(st.lists(st.integers(min_value=0, max_value=len(SERVER_STREAM)), max_size=30))
 @settings(max_examples=300, deadline=None)
-def test_any_split_gives_the_same_frames(cuts: list[int]) -> None:
-    whole = absolute([SERVER_STREAM], FrameScanner(b"ZSE", report_all=True))
-    assert absolute(split_at(SERVER_STREAM, cuts), FrameScanner(b"ZSE", report_all=True)) == whole
+def test_any_split_gives_the_same_frames(scanner: Scanner, cuts: list[int]) -> None:
+    whole = absolute([SERVER_STREAM], scanner(b"ZSE", report_all=True))
+    assert absolute(split_at(SERVER_STREAM, cuts), scanner(b"ZSE", report_all=True)) == whole
 
 
 @given(st.binary(max_size=200), st.lists(st.integers(min_value=0, max_value=200), max_size=10))
 @settings(max_examples=300, deadline=None)
-def test_arbitrary_bytes_never_crash_differently_when_split(data: bytes, cuts: list[int]) -> None:
+def test_arbitrary_bytes_never_crash_differently_when_split(scanner: Scanner, data: bytes, cuts: list[int]) -> None:
     def run(chunks: list[bytes]) -> object:
-        s = FrameScanner(b"Z", report_all=True, max_length=1000)
+        s = scanner(b"Z", report_all=True, max_length=1000)
         try:
             return absolute(chunks, s)
         except ProtocolError as exc:
@@ -117,15 +119,15 @@ def test_arbitrary_bytes_never_crash_differently_when_split(data: bytes, cuts: l
 
 
 @pytest.mark.parametrize("length", [0, 3, -1 & 0xFFFFFFFF, 0x80000000])
-def test_invalid_lengths_are_protocol_errors(length: int) -> None:
-    s = FrameScanner(max_length=1 << 20)
+def test_invalid_lengths_are_protocol_errors(scanner: Scanner, length: int) -> None:
+    s = scanner(max_length=1 << 20)
     with pytest.raises(ProtocolError) as info:
         s.feed(b"Q" + struct.pack("!I", length) + b"xxxx")
     assert info.value.sqlstate in ("08P01", "54000")
 
 
-def test_oversized_message_is_refused_before_its_body_arrives() -> None:
-    s = FrameScanner(max_length=1024)
+def test_oversized_message_is_refused_before_its_body_arrives(scanner: Scanner) -> None:
+    s = scanner(max_length=1024)
     with pytest.raises(MessageTooLarge) as info:
         s.feed(b"d" + struct.pack("!I", 5000))
     assert info.value.sqlstate == "54000"
@@ -169,3 +171,37 @@ def test_message_reader_limits() -> None:
     r = MessageReader()
     with pytest.raises(MessageTooLarge):
         r.feed(b"\0" * 30_000)
+
+
+def _typed_stream() -> st.SearchStrategy[bytes]:
+    """Streams of well-formed messages (mostly) with a random byte here and there."""
+    message = st.builds(
+        lambda t, body: bytes([t]) + struct.pack("!I", len(body) + 4) + body,
+        st.sampled_from(b"ZSEDTCQPBXd"),
+        st.binary(max_size=40),
+    )
+    return st.lists(st.one_of(message, message, message, st.binary(max_size=6)), max_size=12).map(b"".join)
+
+
+@given(_typed_stream(), st.lists(st.integers(min_value=0, max_value=400), max_size=12), st.sampled_from([b"", b"Z", b"ZSE"]), st.booleans())
+@settings(max_examples=1500, deadline=None)
+def test_native_scanner_matches_the_reference(data: bytes, cuts: list[int], watch: bytes, report_all: bool) -> None:
+    """The C scanner gives the frames, boundary state and errors of the Python one, chunk by chunk."""
+    from poold.protocol.framing import NativeFrameScanner
+
+    assert NativeFrameScanner is not None, "poold.protocol._framing was not built"
+    ref = PyFrameScanner(watch, report_all=report_all, max_length=60)
+    nat = NativeFrameScanner(watch, report_all=report_all, max_length=60)
+    for chunk in split_at(data, cuts):
+        try:
+            expected: object = ref.feed(chunk)
+        except ProtocolError as exc:
+            expected = (type(exc), str(exc), exc.sqlstate)
+        try:
+            got: object = nat.feed(chunk)
+        except ProtocolError as exc:
+            got = (type(exc), str(exc), exc.sqlstate)
+        assert got == expected
+        if isinstance(expected, tuple):
+            return
+        assert nat.at_boundary == ref.at_boundary

@@ -40,8 +40,11 @@ MAX_MESSAGE_LENGTH = 0x3FFFFFFF
 Frame = tuple[int, int, int, bytes | None]
 
 
-class FrameScanner:
+class PyFrameScanner:
     """Finds message boundaries in a typed-message stream (sans-IO).
+
+    The reference implementation; ``_framing.c`` is the same walk in C and is
+    what :data:`FrameScanner` names when it was built.
 
     ``watch``: message types whose bodies are returned (keep them small: 'Z',
     'S', 'E'). ``report_all``: also report every other message, without body.
@@ -120,6 +123,15 @@ class FrameScanner:
         if pos < n:
             self._carry = data[pos:]
         return frames
+
+
+try:
+    from ._framing import FrameScanner as NativeFrameScanner
+except ImportError:  # built without a C compiler: the reference scanner serves
+    NativeFrameScanner = None
+
+#: The scanner the relay uses: native when built, else the reference one.
+FrameScanner: type[PyFrameScanner] = NativeFrameScanner or PyFrameScanner  # type: ignore[assignment]
 
 
 def _bad_length(t: int, length: int, limit: int) -> ProtocolError:
