@@ -175,11 +175,29 @@ class ClientSession(asyncio.Protocol):
                 break
             else:
                 self.in_batch = True
-        stats = self.pool.stats  # type: ignore[union-attr]
+        pool = self.pool
+        stats = pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)
         stats.queries += syncs
         server = self.server
-        if server is not None:
+        if server is None:
+            if not data:
+                pass
+            elif self.waiting or self.terminating or self.buffered:
+                self.buffered.append(data)
+                self.buffered_syncs += syncs
+            else:
+                # The first request of a transaction: lease a server connection now.
+                self.waiting = True
+                server = pool.acquire(self)  # type: ignore[union-attr]  # records a zero wait itself
+                if server is not None:
+                    self._attach(server)
+                    self._send_first(server, data, syncs)
+                elif self.waiting:  # queued: on_server follows (else it failed, and we are closed)
+                    self.wait_start = time.monotonic()
+                    self.buffered.append(data)
+                    self.buffered_syncs += syncs
+        else:
             if syncs:
                 if not server.pending:
                     server.busy_since = time.monotonic()
@@ -187,56 +205,59 @@ class ClientSession(asyncio.Protocol):
                         self.xact_start = server.busy_since
                 server.pending += syncs
             if data:
-                server.write(data)
+                server.transport.write(data)  # type: ignore[union-attr]
                 if self.replay is not None:  # pipelined before the first reply (rare)
                     self.replay += data
                     self.replay_syncs += syncs
-        elif data:
-            self.buffered.append(data)
-            self.buffered_syncs += syncs
-            if not self.waiting and not self.terminating:
-                self._acquire()
         if self.terminating:
             self._close()
 
     def _acquire(self) -> None:
+        """Lease a server connection for the buffered requests."""
         assert self.pool is not None
         self.waiting = True
         link = self.pool.acquire(self)  # the fast path records a zero wait itself
         if link is not None:
             self.on_server(link)
-        else:
+        elif self.waiting:
             self.wait_start = time.monotonic()
 
-    # -- pools.Waiter -------------------------------------------------------
-
-    def on_server(self, link: ServerLink) -> None:
+    def _attach(self, link: ServerLink) -> None:
         self.waiting = False
-        if self.wait_start:
-            self.pool.stats.wait.observe(time.monotonic() - self.wait_start)  # type: ignore[union-attr]
-            self.wait_start = 0.0
-        if self.closed:
-            assert self.pool is not None
-            self.pool.release(link)
-            return
         self.server = link
         link.owner = self
         if link.params != self.wanted:
             link.sync_parameters(self.wanted)
-        syncs = self.buffered_syncs
+
+    def _send_first(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        """The first request on a freshly leased server connection."""
         if syncs:
             link.pending = syncs
             link.busy_since = self.xact_start = time.monotonic()
-            self.buffered_syncs = 0
+        link.transport.write(data)  # type: ignore[union-attr]
+        # Kept until the server's first reply: if this idle connection turns
+        # out to have been terminated under us, the request is replayed on
+        # another one (see on_server_lost).
+        if not self.replayed:
+            self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
+
+    # -- pools.Waiter -------------------------------------------------------
+
+    def on_server(self, link: ServerLink) -> None:
+        if self.wait_start:
+            self.pool.stats.wait.observe(time.monotonic() - self.wait_start)  # type: ignore[union-attr]
+            self.wait_start = 0.0
+        if self.closed:
+            self.waiting = False
+            assert self.pool is not None
+            self.pool.release(link)
+            return
+        self._attach(link)
+        syncs, self.buffered_syncs = self.buffered_syncs, 0
         if self.buffered:
             data = b"".join(self.buffered) if len(self.buffered) > 1 else self.buffered[0]
             self.buffered.clear()
-            link.write(data)
-            # Kept until the server's first reply: if this idle connection turns
-            # out to have been terminated under us, the request is replayed on
-            # another one (see on_server_lost).
-            if not self.replayed:
-                self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
+            self._send_first(link, data, syncs)
 
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
@@ -258,7 +279,8 @@ class ClientSession(asyncio.Protocol):
         now = time.monotonic()
         self.replayed = False
         self.transactions += 1
-        stats = self.pool.stats  # type: ignore[union-attr]
+        pool = self.pool
+        stats = pool.stats  # type: ignore[union-attr]
         stats.transactions += 1
         stats.xact.observe(now - self.xact_start)
         if self.in_batch or not self.scanner.at_boundary:
@@ -269,8 +291,9 @@ class ClientSession(asyncio.Protocol):
         if not self.session_mode:
             link, self.server = self.server, None
             if link is not None:
-                self._unpause(link)
-                self.pool.release(link, now)  # type: ignore[union-attr]
+                if self._server_paused:
+                    self._unpause(link)
+                pool.release(link, now)  # type: ignore[union-attr]
 
     def on_server_parameter(self, name: str, value: str) -> None:
         if self.pool is not None and self.pool.defaults is not None and self.pool.defaults.get(name) == value:

@@ -93,7 +93,10 @@ class Pool:
         )
         self.free: deque[ServerLink] = deque()
         self.active: set[ServerLink] = set()
-        self.waiters: deque[tuple[Waiter, asyncio.TimerHandle]] = deque()
+        # Clients waiting for a server connection, with their acquire_timeout deadline.
+        # One timer per pool, armed for the earliest deadline (not one per wait).
+        self.waiters: deque[tuple[Waiter, float]] = deque()
+        self._wait_timer: asyncio.TimerHandle | None = None
         self.defaults: dict[str, str] | None = None
         self.leased = 0  # links poold holds (free + active)
         self.connecting = 0  # getconn calls in flight
@@ -154,8 +157,10 @@ class Pool:
             waiter.on_acquire_failed(self.unavailable())
             return None
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.settings.acquire_timeout, self._wait_expired, waiter)
-        self.waiters.append((waiter, timer))
+        deadline = loop.time() + self.settings.acquire_timeout  # the loop's clock, as call_at's
+        self.waiters.append((waiter, deadline))
+        if self._wait_timer is None:
+            self._wait_timer = loop.call_at(deadline, self._expire_waiters)
         if closed:
             self._grow()
         else:
@@ -186,8 +191,7 @@ class Pool:
             self._retire(link)  # shrinking after a reload
             return
         if self.waiters and not self.paused:
-            waiter, timer = self.waiters.popleft()
-            timer.cancel()
+            waiter, _deadline = self.waiters.popleft()
             self.active.add(link)
             waiter.on_server(link)
             return
@@ -202,9 +206,8 @@ class Pool:
             self.discard(link)
 
     def cancel_wait(self, waiter: Waiter) -> None:
-        for i, (w, timer) in enumerate(self.waiters):
+        for i, (w, _deadline) in enumerate(self.waiters):
             if w is waiter:
-                timer.cancel()
                 del self.waiters[i]
                 return
 
@@ -275,8 +278,7 @@ class Pool:
         log.info("pool_resumed", pool=self.name)
         while self.waiters and self.free:
             link = self.free.pop()
-            waiter, timer = self.waiters.popleft()
-            timer.cancel()
+            waiter, _deadline = self.waiters.popleft()
             self.active.add(link)
             waiter.on_server(link)
         self._grow()
@@ -358,8 +360,9 @@ class Pool:
 
     async def close(self) -> None:
         self._closed = True
-        for waiter, timer in self.waiters:
-            timer.cancel()
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+        for waiter, _deadline in self.waiters:
             waiter.on_acquire_failed(PooldError("57P01", "poold is shutting down"))
         self.waiters.clear()
         while self.free:
@@ -393,8 +396,7 @@ class Pool:
             link = await self._lease()
         except PooldError as exc:
             if self.waiters:
-                waiter, timer = self.waiters.popleft()
-                timer.cancel()
+                waiter, _deadline = self.waiters.popleft()
                 waiter.on_acquire_failed(exc)
             return
         except asyncio.CancelledError:
@@ -465,18 +467,24 @@ class Pool:
             log.error("breaker_open", pool=self.name, failures=b.consecutive, retry_in=b.reset, error=self.last_error)
             error = self.unavailable()
             while self.waiters:  # fail the waiting clients now, not at acquire_timeout
-                waiter, timer = self.waiters.popleft()
-                timer.cancel()
+                waiter, _deadline = self.waiters.popleft()
                 waiter.on_acquire_failed(error)
             for task in list(self._leasing):  # and stop waiting in psycopg_pool for them
                 task.cancel()
 
-    def _wait_expired(self, waiter: Waiter) -> None:
-        for i, (w, _timer) in enumerate(self.waiters):
-            if w is waiter:
-                del self.waiters[i]
-                break
-        waiter.on_acquire_failed(self._timed_out())
+    def _expire_waiters(self) -> None:
+        """The wait timer: fail the waiters past their deadline, re-arm for the next."""
+        self._wait_timer = None
+        now = asyncio.get_running_loop().time()
+        if any(deadline <= now for _w, deadline in self.waiters):
+            expired = [w for w, deadline in self.waiters if deadline <= now]
+            # Deadlines are in arrival order unless a reload changed acquire_timeout.
+            self.waiters = deque((w, d) for w, d in self.waiters if d > now)
+            for waiter in expired:
+                waiter.on_acquire_failed(self._timed_out())
+        if self.waiters and self._wait_timer is None:
+            deadline = min(d for _w, d in self.waiters)
+            self._wait_timer = asyncio.get_running_loop().call_at(deadline, self._expire_waiters)
 
     def _timed_out(self) -> PooldError:
         return PooldError(

@@ -113,7 +113,13 @@ class ServerLink(asyncio.Protocol):
                 owner.on_server_data(data)
                 self.stats.bytes_out += len(data)
                 for t, _start, _end, body in frames:
-                    self._frame_for_owner(owner, t, body)
+                    if t == _Z and self.pending == 1 and body:  # the reply to the last request: the usual case
+                        self.status = body
+                        self.pending = 0
+                        self.cancel_at = 0.0
+                        owner.on_server_ready(body)
+                    else:
+                        self._frame_for_owner(owner, t, body)
             else:
                 self._idle_frames(frames)
             return
