@@ -4,10 +4,11 @@ The auth file uses PgBouncer's userlist.txt format: one ``"user" "secret"`` per
 line, where the secret is a plain password, ``md5`` + md5(password + user), or a
 SCRAM verifier ``SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>``.
 
-SCRAM uses scramp. PBKDF2 (deriving keys from a plain password) is the only
-expensive step; it runs in a worker thread, once per (user, password), and the
-derived keys are cached, as PgBouncer 1.25 does, so a reconnecting client costs
-a few HMACs on the event loop.
+SCRAM: the exchange is protocol/scram.py (a few HMACs per login). Deriving keys
+from a plain password (SASLprep, then PBKDF2) is scramp's make_auth_info and
+the only expensive step; it runs in a worker thread, once per (user, password),
+and the derived keys are cached, as PgBouncer 1.25 does. An unknown user is run
+through the exchange against random keys, so it costs the same and cannot pass.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import scramp
 
 from .protocol import messages
 from .protocol.errors import ProtocolError
+from .protocol.scram import ScramError, ScramExchange
 
 _LINE = re.compile(r'^\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"')
 _SCRAM = re.compile(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$")
@@ -106,6 +108,7 @@ class ScramCache:
     def __init__(self) -> None:
         self._mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
         self._cache: dict[tuple[str, str], asyncio.Future[AuthInfo]] = {}
+        self._mock_key = os.urandom(32)
 
     async def auth_info(self, user: str, secret: Secret) -> AuthInfo:
         if secret.kind == "scram":
@@ -126,24 +129,12 @@ class ScramCache:
             self._cache.pop(key, None)
             raise
 
-    def make_server(self, info: AuthInfo) -> scramp.core.ScramServer:
-        return self._mechanism.make_server(lambda _username: info)
-
-
-def _set_client_first(server: scramp.core.ScramServer, client_first: str) -> None:
-    """Feed client-first to scramp, tolerating libpq's empty user name.
-
-    libpq sends ``n,,n=,r=...``: PostgreSQL ignores the SCRAM user name (the
-    startup packet names the user) but scramp rejects an empty one. scramp gets
-    a placeholder name, and the client's exact bare message is put back, since
-    the proof is computed over the message as the client sent it.
-    """
-    gs2, sep, bare = client_first.partition(",n=,")
-    if not sep or "," in gs2[2:]:
-        server.set_client_first(client_first)
-        return
-    server.set_client_first(f"{gs2},n=*,{bare}")
-    server.client_first_bare = f"n=,{bare}"
+    def mock_info(self, user: str) -> AuthInfo:
+        """Keys for an unknown user: the exchange runs and no proof matches. The
+        salt is stable per user name, as PostgreSQL's mock salt is, so that
+        asking twice cannot tell an unknown user from a known one."""
+        salt = hashlib.sha256(self._mock_key + user.encode()).digest()[:16]
+        return salt, self._mock_key, os.urandom(32), 4096
 
 
 ReadMessage = Callable[[], Awaitable[tuple[int, bytes]]]
@@ -161,31 +152,27 @@ async def authenticate(
     """Run one authentication exchange; raise AuthFailed or ProtocolError."""
     if method == "trust":
         return
-    if secret is None:
-        # Run the exchange anyway so an unknown user cannot be told from a
-        # wrong password; then fail.
-        secret = Secret("plain", os.urandom(16).hex())
-        known = False
-    else:
-        known = True
     # md5 when asked for, and also when the stored secret is an md5 hash, which
     # cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise.
-    if secret.kind == "md5" or (method == "md5" and secret.kind == "plain"):
-        salt = os.urandom(4)
-        send(messages.auth_md5(salt))
-        t, body = await read()
-        if t != messages.PASSWORD:
-            raise ProtocolError("expected password response", "28000")
-        if not (known and check_md5(messages.parse_password(body), secret, user, salt)):
-            raise AuthFailed(f'password authentication failed for user "{user}"')
-        return
-    await _scram(user, secret, known, read, send, cache)
+    if secret is not None and (secret.kind == "md5" or (method == "md5" and secret.kind == "plain")):
+        await _md5(user, secret, read, send)
+    elif secret is None and method == "md5":
+        await _md5(user, None, read, send)  # the exchange runs anyway: unknown user looks like a wrong password
+    else:
+        await _scram(user, secret, read, send, cache)
 
 
-async def _scram(
-    user: str, secret: Secret, known: bool, read: ReadMessage, send: Send, cache: ScramCache
-) -> None:
-    failed = AuthFailed(f'password authentication failed for user "{user}"')
+async def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> None:
+    salt = os.urandom(4)
+    send(messages.auth_md5(salt))
+    t, body = await read()
+    if t != messages.PASSWORD:
+        raise ProtocolError("expected password response", "28000")
+    if secret is None or not check_md5(messages.parse_password(body), secret, user, salt):
+        raise AuthFailed(f'password authentication failed for user "{user}"')
+
+
+async def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> None:
     send(messages.auth_sasl(["SCRAM-SHA-256"]))
     t, body = await read()
     if t != messages.PASSWORD:
@@ -193,18 +180,18 @@ async def _scram(
     mechanism, client_first = messages.parse_sasl_initial(body)
     if mechanism != "SCRAM-SHA-256":
         raise ProtocolError(f"client selected an invalid SASL mechanism {mechanism!r}", "28000")
-    info = await cache.auth_info(user, secret)
-    server = cache.make_server(info)
+    salt, stored_key, server_key, iterations = (
+        await cache.auth_info(user, secret) if secret is not None else cache.mock_info(user)
+    )
+    exchange = ScramExchange(stored_key, server_key, salt, iterations)
     try:
-        _set_client_first(server, client_first.decode())
-        send(messages.auth_sasl_continue(server.get_server_first().encode()))
+        send(messages.auth_sasl_continue(exchange.server_first(client_first)))
         t, body = await read()
         if t != messages.PASSWORD:
             raise ProtocolError("expected SASL response", "28000")
-        server.set_client_final(body.decode())
-        final = server.get_server_final()
-    except (scramp.ScramException, UnicodeDecodeError) as exc:
-        raise failed from exc
-    if not known:
-        raise failed
-    send(messages.auth_sasl_final(final.encode()))
+        final = exchange.server_final(body)
+    except ScramError as exc:
+        raise AuthFailed(f'password authentication failed for user "{user}"') from exc
+    if secret is None:  # no proof matches the mock keys; refused here all the same
+        raise AuthFailed(f'password authentication failed for user "{user}"')
+    send(messages.auth_sasl_final(final))
