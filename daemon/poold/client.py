@@ -43,6 +43,7 @@ _Q = messages.QUERY
 _F = messages.FUNCTION_CALL
 _SYNC = messages.SYNC
 _X = messages.TERMINATE
+_SYNC_POINTS = bytes((_Q, _SYNC, _F))
 
 #: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
 _TERMINATED = re.compile(rb"C57P0[123]\0")
@@ -156,21 +157,16 @@ class ClientSession(asyncio.Protocol):
 
     def _relay(self, data: bytes) -> None:
         try:
-            frames = self.scanner.feed(data)
+            # Query, Sync and FunctionCall each owe one ReadyForQuery; Terminate ends it.
+            syncs, stop_at, last = self.scanner.tally(data, _SYNC_POINTS, _X)
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
             return
-        syncs = 0
-        for t, start, _end, _body in frames:
-            if t == _Q or t == _SYNC or t == _F:
-                syncs += 1
-                self.in_batch = False
-            elif t == _X:
-                data = data[:start] if start > 0 else b""
-                self.terminating = True
-                break
-            else:
-                self.in_batch = True
+        if last >= 0:
+            self.in_batch = last not in _SYNC_POINTS  # messages sent since the last sync point
+        if stop_at is not None:
+            data = data[:stop_at] if stop_at > 0 else b""
+            self.terminating = True
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)

@@ -205,3 +205,40 @@ def test_native_scanner_matches_the_reference(data: bytes, cuts: list[int], watc
         if isinstance(expected, tuple):
             return
         assert nat.at_boundary == ref.at_boundary
+
+
+def test_tally_counts_sync_points_and_stops_at_terminate(scanner: Scanner) -> None:
+    batch = msg(b"P", b"s\x00SELECT 1\x00\x00\x00") + msg(b"B", b"\x00" * 8) + msg(b"E", b"\x00" * 5)
+    stream = msg(b"Q", b"SELECT 1\x00") + batch + msg(b"S", b"") + batch + msg(b"X", b"") + msg(b"Q", b"x\x00")
+    s = scanner(report_all=True)
+    count, stop_at, last = s.tally(stream, b"QSF", ord("X"))
+    assert count == 2  # Q and S; the Q after Terminate is not scanned
+    assert stop_at is not None and stream[stop_at : stop_at + 1] == b"X"
+    assert last == ord("E")  # a batch was left open before Terminate
+    # Without a Terminate: the walk covers the chunk; a half message is carried.
+    s = scanner(report_all=True)
+    assert s.tally(stream[:20], b"QSF", ord("X")) == (1, None, ord("Q"))  # Parse not complete yet
+    assert not s.at_boundary
+
+
+@given(_typed_stream(), st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+@settings(max_examples=1000, deadline=None)
+def test_native_tally_matches_the_reference(data: bytes, cuts: list[int]) -> None:
+    from poold.protocol.framing import NativeFrameScanner
+
+    assert NativeFrameScanner is not None, "poold.protocol._framing was not built"
+    ref = PyFrameScanner(report_all=True, max_length=60)
+    nat = NativeFrameScanner(report_all=True, max_length=60)
+    for chunk in split_at(data, cuts):
+        try:
+            expected: object = ref.tally(chunk, b"QSF", ord("X"))
+        except ProtocolError as exc:
+            expected = (type(exc), str(exc))
+        try:
+            got: object = nat.tally(chunk, b"QSF", ord("X"))
+        except ProtocolError as exc:
+            got = (type(exc), str(exc))
+        assert got == expected
+        if not isinstance(expected, tuple) or len(expected) != 3 or expected[1] is not None:
+            return  # an error, or Terminate: the stream ends here
+        assert nat.at_boundary == ref.at_boundary

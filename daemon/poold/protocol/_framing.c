@@ -93,34 +93,56 @@ set_carry(Scanner *self, PyObject *value)
     Py_XDECREF(old);
 }
 
-static PyObject *
-Scanner_feed(Scanner *self, PyObject *arg)
-{
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *frames = PyList_New(0);
-    PyObject *joined = NULL;
-    if (frames == NULL)
-        goto error;
+/* Where the walk's messages go: a list of frames (feed), or counters (tally). */
+typedef struct {
+    PyObject *frames;         /* feed: the list; tally: NULL */
+    unsigned char counted[256];
+    int stop;                 /* tally: the type that ends the walk, or -1 */
+    Py_ssize_t count;
+    Py_ssize_t stop_start;
+    int stopped;
+    int last;                 /* tally: the type of the last message reported, or -1 */
+} Sink;
 
-    const unsigned char *data = (const unsigned char *)view.buf;
-    Py_ssize_t n = view.len;
+/* Report one message; 1 when the walk must stop, -1 on error. body: new reference or NULL. */
+static int
+emit(Sink *sink, int t, Py_ssize_t start, Py_ssize_t end, PyObject *body)
+{
+    if (sink->frames != NULL)
+        return append_frame(sink->frames, t, start, end, body);
+    Py_XDECREF(body);
+    if (t == sink->stop) {
+        sink->stopped = 1;
+        sink->stop_start = start;
+        return 1;
+    }
+    sink->count += sink->counted[t];
+    sink->last = t;
+    return 0;
+}
+
+/* The walk of framing.PyFrameScanner.feed; 0, or -1 with an exception set. */
+static int
+walk(Scanner *self, const unsigned char *data, Py_ssize_t n, Sink *sink)
+{
+    PyObject *joined = NULL;
     Py_ssize_t pos = 0;
+    int rc;
 
     if (self->skip) {
         if (self->skip > n) {
             self->skip -= n;
             if (self->has_pending)
                 self->pending_start -= n;
-            goto done;
+            return 0;
         }
         pos = self->skip;
         self->skip = 0;
         if (self->has_pending) {
             self->has_pending = 0;
-            if (append_frame(frames, self->pending_type, self->pending_start, pos, NULL) < 0)
-                goto error;
+            rc = emit(sink, self->pending_type, self->pending_start, pos, NULL);
+            if (rc)
+                return rc < 0 ? -1 : 0;
         }
     }
     Py_ssize_t base = 0;
@@ -130,7 +152,7 @@ Scanner_feed(Scanner *self, PyObject *arg)
         base = PyBytes_GET_SIZE(self->carry);
         joined = PyBytes_FromStringAndSize(NULL, base + n);
         if (joined == NULL)
-            goto error;
+            return -1;
         memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(self->carry), base);
         memcpy(PyBytes_AS_STRING(joined) + base, data, n);
         set_carry(self, NULL);
@@ -153,9 +175,17 @@ Scanner_feed(Scanner *self, PyObject *arg)
                     goto error;
                 goto done;
             }
-            PyObject *body = PyBytes_FromStringAndSize((const char *)data + pos + 5, end - pos - 5);
-            if (body == NULL || append_frame(frames, t, pos - base, end - base, body) < 0)
+            PyObject *body = NULL;
+            if (sink->frames != NULL) {
+                body = PyBytes_FromStringAndSize((const char *)data + pos + 5, end - pos - 5);
+                if (body == NULL)
+                    goto error;
+            }
+            rc = emit(sink, t, pos - base, end - base, body);
+            if (rc < 0)
                 goto error;
+            if (rc)
+                goto done;
         }
         else if (end > n) {
             self->skip = end - n;
@@ -168,8 +198,11 @@ Scanner_feed(Scanner *self, PyObject *arg)
             goto done;
         }
         else if (self->report_all) {
-            if (append_frame(frames, t, pos - base, end - base, NULL) < 0)
+            rc = emit(sink, t, pos - base, end - base, NULL);
+            if (rc < 0)
                 goto error;
+            if (rc)
+                goto done;
         }
         pos = end;
     }
@@ -180,13 +213,54 @@ Scanner_feed(Scanner *self, PyObject *arg)
     }
 done:
     Py_XDECREF(joined);
-    PyBuffer_Release(&view);
-    return frames;
+    return 0;
 error:
     Py_XDECREF(joined);
-    Py_XDECREF(frames);
+    return -1;
+}
+
+static PyObject *
+Scanner_feed(Scanner *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Sink sink = {.frames = PyList_New(0), .stop = -1, .last = -1};
+    if (sink.frames == NULL || walk(self, (const unsigned char *)view.buf, view.len, &sink) < 0) {
+        Py_XDECREF(sink.frames);
+        sink.frames = NULL;
+    }
     PyBuffer_Release(&view);
-    return NULL;
+    return sink.frames;
+}
+
+static PyObject *
+Scanner_tally(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tally(data, counted, stop) takes 3 arguments");
+        return NULL;
+    }
+    Py_buffer view, counted;
+    int stop = (int)PyLong_AsLong(args[2]);
+    if (stop == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &counted, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Sink sink = {.frames = NULL, .stop = stop, .last = -1};
+    memset(sink.counted, 0, sizeof(sink.counted));
+    for (Py_ssize_t i = 0; i < counted.len; i++)
+        sink.counted[((const unsigned char *)counted.buf)[i]] = 1;
+    PyBuffer_Release(&counted);
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = walk(self, (const unsigned char *)view.buf, view.len, &sink);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+    if (sink.stopped)
+        return Py_BuildValue("nni", sink.count, sink.stop_start, sink.last);
+    return Py_BuildValue("nOi", sink.count, Py_None, sink.last);
 }
 
 static PyObject *
@@ -227,6 +301,8 @@ Scanner_dealloc(Scanner *self)
 static PyMethodDef Scanner_methods[] = {
     {"feed", (PyCFunction)Scanner_feed, METH_O,
      "feed(data) -> list of (type, start, end, body) frames, as framing.PyFrameScanner.feed."},
+    {"tally", (PyCFunction)(void (*)(void))Scanner_tally, METH_FASTCALL,
+     "tally(data, counted, stop) -> (count, stop_start, last_type), as framing.PyFrameScanner.tally."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -74,6 +74,10 @@ class PyFrameScanner:
         return not self._skip and not self._carry
 
     def feed(self, data: bytes) -> list[Frame]:
+        return self._walk(data, -1)
+
+    def _walk(self, data: bytes, stop: int) -> list[Frame]:
+        """The header walk; it ends after a reported message of type ``stop``."""
         frames: list[Frame] = []
         n = len(data)
         pos = 0
@@ -90,6 +94,8 @@ class PyFrameScanner:
                 t, s = self._pending
                 self._pending = None
                 frames.append((t, s, pos, None))
+                if t == stop:
+                    return frames
         base = 0
         if self._carry:
             # Rare path: glue the carried bytes in front and shift offsets back.
@@ -111,6 +117,8 @@ class PyFrameScanner:
                     self._carry = data[pos:]
                     return frames
                 frames.append((t, pos - base, end - base, data[pos + 5 : end]))
+                if t == stop:
+                    return frames
             elif end > n:
                 self._skip = end - n
                 if report_all:
@@ -119,11 +127,30 @@ class PyFrameScanner:
                 return frames
             elif report_all:
                 frames.append((t, pos - base, end - base, None))
+                if t == stop:
+                    return frames
             pos = end
         if pos < n:
             self._carry = data[pos:]
         return frames
 
+    def tally(self, data: bytes, counted: bytes, stop: int) -> tuple[int, int | None, int]:
+        """Walk like :meth:`feed` (``report_all`` scanners), without building frames.
+
+        Returns (how many messages of a ``counted`` type, the start of the first
+        ``stop`` message or None, the type of the last message before it or -1).
+        The walk ends at a ``stop`` message: what follows it is not scanned.
+        The client relay uses this: sync points, Terminate, and whether a batch
+        is left open.
+        """
+        n, last = 0, -1
+        for t, start, _end, _body in self._walk(data, stop):
+            if t == stop:
+                return n, start, last
+            if t in counted:
+                n += 1
+            last = t
+        return n, None, last
 
 try:
     from ._framing import FrameScanner as NativeFrameScanner
