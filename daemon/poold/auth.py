@@ -108,11 +108,17 @@ class ScramCache:
     def __init__(self) -> None:
         self._mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
         self._cache: dict[tuple[str, str], asyncio.Future[AuthInfo]] = {}
+        self._verifiers: dict[str, AuthInfo] = {}  # parsed SCRAM verifiers
         self._mock_key = os.urandom(32)
 
     async def auth_info(self, user: str, secret: Secret) -> AuthInfo:
         if secret.kind == "scram":
-            return scram_info_from_verifier(secret.value)
+            info = self._verifiers.get(secret.value)
+            if info is None:
+                info = self._verifiers[secret.value] = scram_info_from_verifier(secret.value)
+                if len(self._verifiers) > 10_000:  # bounded, as the derived keys are
+                    self._verifiers.pop(next(iter(self._verifiers)))
+            return info
         key = (user, secret.value)
         fut = self._cache.get(key)
         if fut is None:
@@ -148,18 +154,23 @@ async def authenticate(
     read: ReadMessage,
     send: Send,
     cache: ScramCache,
-) -> None:
-    """Run one authentication exchange; raise AuthFailed or ProtocolError."""
+) -> bytes:
+    """Run one authentication exchange; raise AuthFailed or ProtocolError.
+
+    Returns what is left to send with AuthenticationOk: SCRAM's final message,
+    or nothing; the caller joins it to its welcome, saving a write.
+    """
     if method == "trust":
-        return
+        return b""
     # md5 when asked for, and also when the stored secret is an md5 hash, which
     # cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise.
     if secret is not None and (secret.kind == "md5" or (method == "md5" and secret.kind == "plain")):
         await _md5(user, secret, read, send)
-    elif secret is None and method == "md5":
+        return b""
+    if secret is None and method == "md5":
         await _md5(user, None, read, send)  # the exchange runs anyway: unknown user looks like a wrong password
-    else:
-        await _scram(user, secret, read, send, cache)
+        return b""
+    return await _scram(user, secret, read, send, cache)
 
 
 async def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> None:
@@ -172,7 +183,7 @@ async def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) 
         raise AuthFailed(f'password authentication failed for user "{user}"')
 
 
-async def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> None:
+async def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> bytes:
     send(messages.auth_sasl(["SCRAM-SHA-256"]))
     t, body = await read()
     if t != messages.PASSWORD:
@@ -194,4 +205,4 @@ async def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send
         raise AuthFailed(f'password authentication failed for user "{user}"') from exc
     if secret is None:  # no proof matches the mock keys; refused here all the same
         raise AuthFailed(f'password authentication failed for user "{user}"')
-    send(messages.auth_sasl_final(final))
+    return messages.auth_sasl_final(final)

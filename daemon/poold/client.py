@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import structlog
@@ -44,6 +45,7 @@ _F = messages.FUNCTION_CALL
 _SYNC = messages.SYNC
 _X = messages.TERMINATE
 _SYNC_POINTS = bytes((_Q, _SYNC, _F))
+_AUTH_OK = messages.auth_ok()
 
 #: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
 _TERMINATED = re.compile(rb"C57P0[123]\0")
@@ -53,6 +55,13 @@ _STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
 
 class ClientSession(asyncio.Protocol):
+    # Slots: one of these lives per client connection, idle ones included.
+    __slots__ = ("_login_task", "_login_timer", "_more", "_self_paused", "_server_paused", "buffered",
+                 "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "peer", "pool",
+                 "reader", "relaying", "replay", "replay_safe", "replay_syncs", "replayed", "rt", "scanner",
+                 "server", "session_mode", "terminating", "tls", "transactions", "transport", "user",
+                 "wait_start", "waiting", "wanted", "xact_start")
+
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.transport: asyncio.Transport | None = None
@@ -84,6 +93,7 @@ class ClientSession(asyncio.Protocol):
         self.wait_start = 0.0  # when the current wait for a server connection began
         self._more: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
         self._server_paused = False
         self._self_paused = False
 
@@ -102,12 +112,18 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.rt.clients.add(self)
-        self._login_task = asyncio.get_running_loop().create_task(self._login())
+        loop = asyncio.get_running_loop()
+        self._login_task = loop.create_task(self._login())
+        # One timer handle rather than an asyncio.timeout() context: cheaper per connection.
+        self._login_timer = loop.call_later(self.rt.config.clients.login_timeout, self._login_timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self.relaying:
             self._relay(data)
-            return
+        else:
+            self._login_data(data)
+
+    def _login_data(self, data: bytes) -> None:
         try:
             self.reader.feed(data)
         except ProtocolError as exc:
@@ -183,8 +199,18 @@ class ClientSession(asyncio.Protocol):
                 self.waiting = True
                 server = pool.acquire(self)  # type: ignore[union-attr]  # records a zero wait itself
                 if server is not None:
-                    self._attach(server)
-                    self._send_first(server, data, syncs)
+                    # _attach and _send_first, inline: this runs once per transaction.
+                    self.waiting = False
+                    self.server = server
+                    server.owner = self
+                    if server.params != self.wanted:
+                        server.sync_parameters(self.wanted)
+                    if syncs:
+                        server.pending = syncs
+                        server.busy_since = self.xact_start = time.monotonic()
+                    server.transport.write(data)  # type: ignore[union-attr]
+                    if not self.replayed:
+                        self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
                 elif self.waiting:  # queued: on_server follows (else it failed, and we are closed)
                     self.wait_start = time.monotonic()
                     self.buffered.append(data)
@@ -274,7 +300,10 @@ class ClientSession(asyncio.Protocol):
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.transactions += 1
-        stats.xact.observe(now - self.xact_start)
+        xact = stats.xact  # Histogram.observe, inline
+        elapsed = now - self.xact_start
+        xact.counts[bisect_left(xact.bounds, elapsed)] += 1
+        xact.sum += elapsed
         if self.in_batch or not self.scanner.at_boundary:
             return
         if self.rt.draining:
@@ -392,14 +421,21 @@ class ClientSession(asyncio.Protocol):
             await self._wait_data()
         return msg
 
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.relaying or self.closed:
+            return
+        if self._login_task is not None:
+            self._login_task.cancel()
+        self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
+
     async def _login(self) -> None:
         try:
-            async with asyncio.timeout(self.rt.config.clients.login_timeout):
-                await self._login_steps()
+            await self._login_steps()
+        except asyncio.CancelledError:
+            return  # the login timer fired, or poold is stopping: already answered
         except ConnectionError:
             self._close()
-        except TimeoutError:
-            self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
         except PooldError as exc:
@@ -407,6 +443,11 @@ class ClientSession(asyncio.Protocol):
         except Exception:  # task boundary: one broken login must not hurt others
             log.exception("login_failed", peer=self.peer)
             self._fatal("XX000", "internal error during login")
+        finally:
+            if self._login_timer is not None:
+                self._login_timer.cancel()
+                self._login_timer = None
+            self._login_task = None
 
     async def _login_steps(self) -> None:
         startup = await self._negotiate()
@@ -429,7 +470,7 @@ class ClientSession(asyncio.Protocol):
             elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
                 raise PooldError("08P01", f"unsupported startup parameter: {name}")
         secret = rt.users.get(self.user)
-        await auth.authenticate(
+        sasl_final = await auth.authenticate(
             rt.config.auth.type, self.user, secret, self._read_typed, self.transport.write, rt.scram  # type: ignore[union-attr]
         )
         self.pool = await rt.pools.get(db, self.user, rt.users)
@@ -437,11 +478,14 @@ class ClientSession(asyncio.Protocol):
         self.session_mode = self.pool.settings.mode == "session"
         defaults = await self.pool.prepare()
         self.wanted = {k: v for k, v in wanted.items() if defaults.get(k) != v}
-        out = [messages.auth_ok()]
+        # One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery.
+        out = [sasl_final, _AUTH_OK]
         if startup.minor or startup.protocol_options:
             out.insert(0, messages.negotiate_protocol_version(0, startup.protocol_options))
-        for name, value in defaults.items():
-            out.append(messages.parameter_status(name, self.wanted.get(name, value)))
+        status = self.pool.status_messages
+        for name in defaults:
+            own = self.wanted.get(name)
+            out.append(status[name] if own is None else messages.parameter_status(name, own))
         self.key = rt.register(self)
         out.append(messages.backend_key_data(*self.key))
         out.append(messages.ready_for_query())

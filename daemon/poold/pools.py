@@ -36,6 +36,7 @@ from .auth import Secret
 from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError
+from .protocol import messages
 from .relay import ServerLink
 from .stats import PoolStats
 
@@ -98,6 +99,8 @@ class Pool:
         self.waiters: deque[tuple[Waiter, float]] = deque()
         self._wait_timer: asyncio.TimerHandle | None = None
         self.defaults: dict[str, str] | None = None
+        # The defaults as ParameterStatus messages, encoded once for every login.
+        self.status_messages: dict[str, bytes] = {}
         self.leased = 0  # links poold holds (free + active)
         self.connecting = 0  # getconn calls in flight
         self.epoch = 0  # bumped by reconnect: older links are not reused
@@ -439,6 +442,7 @@ class Pool:
         self.breaker.record_success()
         if self.defaults is None:
             self.defaults = backend.reported_parameters(conn)
+            self.status_messages = {k: messages.parameter_status(k, v) for k, v in self.defaults.items()}
         link.conn = conn
         link.pid = backend.backend_pid(conn)
         link.defaults = self.defaults

@@ -73,6 +73,10 @@ class ServerOwner(Protocol):
 class ServerLink(asyncio.Protocol):
     """Relay state of one leased server connection."""
 
+    __slots__ = ("_on_internal_done", "_on_lost", "busy_since", "cancel_at", "closed", "conn", "defaults", "epoch",
+                 "expires_at", "idle_since", "owner", "params", "pending", "pid", "scanner", "stats", "status",
+                 "swallow", "transport")
+
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport: asyncio.Transport | None = None
         self.conn: AsyncConnection[Any] | None = None

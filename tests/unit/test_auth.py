@@ -81,7 +81,9 @@ class Peer:
 
 async def exchange(method: str, user: str, password: str, known: dict[str, auth.Secret]) -> Peer:
     peer = Peer(user, password)
-    await auth.authenticate(method, user, known.get(user), peer.read, peer.send, auth.ScramCache())
+    final = await auth.authenticate(method, user, known.get(user), peer.read, peer.send, auth.ScramCache())
+    if final:  # SCRAM's final message, sent by the caller with AuthenticationOk
+        peer.send(final)
     return peer
 
 
@@ -149,3 +151,10 @@ def test_malformed_sasl_is_refused() -> None:
     with pytest.raises(auth.AuthFailed):
         asyncio.run(main())
     assert messages.PASSWORD == ord("p")
+
+
+def test_unknown_users_meet_a_stable_salt_per_name() -> None:
+    """As PostgreSQL's mock salt: asking twice for the same unknown user gives the same salt."""
+    cache = auth.ScramCache()
+    assert cache.mock_info("ghost")[0] == cache.mock_info("ghost")[0]
+    assert cache.mock_info("ghost")[0] != cache.mock_info("other")[0]

@@ -100,7 +100,7 @@ class ScramExchange:
             raise ScramError("malformed proof")
         auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
         client_signature = hmac.digest(self._stored_key, auth_message, "sha256")
-        client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
+        client_key = (int.from_bytes(proof) ^ int.from_bytes(client_signature)).to_bytes(len(proof))
         if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._stored_key):
             raise ScramError("wrong password")
         server_signature = hmac.digest(self._server_key, auth_message, "sha256")
@@ -116,4 +116,4 @@ def _text(data: bytes) -> str:
 
 def _printable(value: str) -> bool:
     """RFC 5802 printable: %x21-2B / %x2D-7E (no comma)."""
-    return all(0x21 <= ord(c) <= 0x7E and c != "," for c in value)
+    return value.isascii() and value.isprintable() and " " not in value and "," not in value
