@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick venv clean
+.PHONY: run test unit integration e2e lint bench bench-quick bench-cpu venv clean
 
 venv: $(VENV)/.installed
 
@@ -38,9 +38,12 @@ bench-quick: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --quick
 
+bench-cpu: venv
+	$(BIN)/python bench/cpu_split.py
+
 lint: venv
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/ruff check daemon ctl tests scripts
+	$(BIN)/ruff check daemon ctl tests scripts bench
 	$(BIN)/mypy daemon/poold ctl/poolctl
 
 clean:

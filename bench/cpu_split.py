@@ -1,0 +1,90 @@
+"""Where a pooler's CPU goes per transaction: user and kernel time, side by side.
+
+    .venv/bin/python bench/cpu_split.py [--rounds 3] [--seconds 5] [pgbench args]
+
+Runs pgbench -n (default: -S -c 16 -j 2) against poold, PgBouncer and a
+*floor proxy*, alternating, and prints the median user and system CPU
+microseconds each spent per transaction (/proc/PID/stat) with the TPS.
+
+The floor proxy (``floor_proxy.py``) is the least any Python pooler on uvloop
+can do: one server connection per client, bytes copied from one transport to
+the other, no parsing, no pooling. What poold spends above it is poold's own
+work; what the floor spends above PgBouncer is the interpreter and the event
+loop. Same rig as ``make bench`` (bench/run.py): a throwaway PostgreSQL,
+loopback only, bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import run as bench_run  # bench/run.py
+from run import CLK_TCK, Rig, pg_env, wait_port
+
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
+    args, pgbench_args = ap.parse_known_args()
+    pgbench_args = pgbench_args or ["-S", "-c", "16", "-j", "2"]
+    bench_run.ensure_pgbouncer()
+    work = Path(tempfile.mkdtemp(prefix="poold-cpu-"))
+    os.chmod(work, 0o755)
+    rig = Rig(work, "scram-sha-256")
+    floor = None
+    try:
+        rig.start_postgres()
+        subprocess.run(["pgbench", "-i", "-q", "-s", "10"], env=pg_env(rig.ports["direct"]), check=True,
+                       capture_output=True)
+        rig.start_poolers()
+        floor_port = bench_run.pgcluster.free_port()
+        floor = subprocess.Popen([sys.executable, str(HERE / "floor_proxy.py"), str(floor_port),
+                                  str(rig.ports["direct"])])
+        wait_port(floor_port)
+        ports = {"poold": rig.ports["poold"], "pgbouncer": rig.ports["pgbouncer"], "floor": floor_port}
+        pids = {"poold": rig.pid("poold"), "pgbouncer": rig.pid("pgbouncer"), "floor": floor.pid}
+        results: dict[str, list[tuple[float, float, float]]] = {t: [] for t in ports}
+        for _ in range(args.rounds):
+            for target, port in ports.items():
+                pid = pids[target]
+                assert pid is not None
+                before = cpu_split(pid)
+                out = subprocess.run(["pgbench", "-n", "-T", str(args.seconds), *pgbench_args], env=pg_env(port),
+                                     capture_output=True, text=True, check=True).stdout
+                after = cpu_split(pid)
+                n = int(re.search(r"processed: (\d+)", out).group(1))  # type: ignore[union-attr]
+                tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+                results[target].append((tps, (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6))
+                time.sleep(0.5)
+        print(f"pgbench -n {' '.join(pgbench_args)}: medians of {args.rounds} alternating rounds of {args.seconds:g} s")
+        print(f"{'':10} {'tps':>8} {'user us/tx':>11} {'sys us/tx':>10} {'total':>7}")
+        for target, rows in results.items():
+            tps, user, system = (statistics.median(r[i] for r in rows) for i in range(3))
+            print(f"{target:10} {tps:8.0f} {user:11.1f} {system:10.1f} {user + system:7.1f}")
+        return 0
+    finally:
+        if floor is not None:
+            floor.kill()
+        rig.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
