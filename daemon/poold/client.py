@@ -56,7 +56,7 @@ _STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
 class ClientSession(asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login_task", "_login_timer", "_more", "_self_paused", "_server_paused", "buffered",
+    __slots__ = ("_login_task", "_login_timer", "_loop", "_more", "_self_paused", "_server_paused", "buffered",
                  "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "peer", "pool",
                  "reader", "relaying", "replay", "replay_safe", "replay_syncs", "replayed", "rt", "scanner",
                  "server", "session_mode", "terminating", "tls", "transactions", "transport", "user",
@@ -94,6 +94,7 @@ class ClientSession(asyncio.Protocol):
         self._more: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._login_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() is a getpid() on 3.11
         self._server_paused = False
         self._self_paused = False
 
@@ -112,7 +113,7 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.rt.clients.add(self)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._login_task = loop.create_task(self._login())
         # One timer handle rather than an asyncio.timeout() context: cheaper per connection.
         self._login_timer = loop.call_later(self.rt.config.clients.login_timeout, self._login_timed_out)
@@ -405,7 +406,7 @@ class ClientSession(asyncio.Protocol):
     async def _wait_data(self) -> None:
         if self.closed:
             raise ConnectionError("client went away")
-        self._more = asyncio.get_running_loop().create_future()
+        self._more = (self._loop or asyncio.get_running_loop()).create_future()
         await self._more
         self._more = None
         if self.closed:

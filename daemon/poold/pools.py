@@ -115,6 +115,9 @@ class Pool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._leasing: set[asyncio.Task[None]] = set()  # getconn calls for waiters
         self._closed = False
+        # The event loop, from open(): asyncio.get_running_loop() costs a getpid()
+        # system call on Python 3.11, too much for a path taken per waiting request.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Tracked settings a connection carried when it went back to
         # psycopg_pool (libpq never saw the relayed SETs), restored on re-lease.
         self._carried_params: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
@@ -124,6 +127,7 @@ class Pool:
         return min(self.settings.idle_timeout / 2, 5.0)
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._pg.open(wait=False)
         log.info("pool_created", pool=self.name, mode=self.settings.mode,
                  min_size=self.settings.min_size, max_size=self.settings.max_size)
@@ -159,7 +163,7 @@ class Pool:
         if not self.breaker.allow(now):
             waiter.on_acquire_failed(self.unavailable())
             return None
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout  # the loop's clock, as call_at's
         self.waiters.append((waiter, deadline))
         if self._wait_timer is None:
@@ -479,7 +483,8 @@ class Pool:
     def _expire_waiters(self) -> None:
         """The wait timer: fail the waiters past their deadline, re-arm for the next."""
         self._wait_timer = None
-        now = asyncio.get_running_loop().time()
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
         if any(deadline <= now for _w, deadline in self.waiters):
             expired = [w for w, deadline in self.waiters if deadline <= now]
             # Deadlines are in arrival order unless a reload changed acquire_timeout.
@@ -488,7 +493,7 @@ class Pool:
                 waiter.on_acquire_failed(self._timed_out())
         if self.waiters and self._wait_timer is None:
             deadline = min(d for _w, d in self.waiters)
-            self._wait_timer = asyncio.get_running_loop().call_at(deadline, self._expire_waiters)
+            self._wait_timer = loop.call_at(deadline, self._expire_waiters)
 
     def _timed_out(self) -> PooldError:
         return PooldError(
