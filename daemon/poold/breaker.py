@@ -27,6 +27,11 @@ class Breaker:
         self._open = False
         self.last_error = ""
 
+    @property
+    def closed(self) -> bool:
+        """Closed: connect freely (no clock needed to tell)."""
+        return not self._open
+
     def state(self, now: float) -> str:
         if not self._open:
             return CLOSED

@@ -158,9 +158,9 @@ class Pool:
                     self.active.add(link)
                     self.stats.wait.counts[0] += 1  # a zero wait (bucket le=0), without the bisect
                     return link
-        now = time.monotonic()
-        closed = self.breaker.state(now) == CLOSED
-        if not self.breaker.allow(now):
+        breaker = self.breaker
+        closed = breaker.closed
+        if not closed and not breaker.allow(time.monotonic()):
             waiter.on_acquire_failed(self.unavailable())
             return None
         loop = self._loop or asyncio.get_running_loop()
@@ -168,10 +168,10 @@ class Pool:
         self.waiters.append((waiter, deadline))
         if self._wait_timer is None:
             self._wait_timer = loop.call_at(deadline, self._expire_waiters)
-        if closed:
-            self._grow()
-        else:
+        if not closed:
             self._start_lease()  # this caller is the breaker's probe: it connects now
+        elif len(self.waiters) > self.connecting and self.leased + self.connecting < self.settings.max_size:
+            self._grow()  # (checked here first: at saturation, the usual case, there is nothing to grow)
         return None
 
     def unavailable(self) -> PooldError:

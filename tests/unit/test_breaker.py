@@ -50,3 +50,15 @@ def test_a_probe_without_outcome_expires() -> None:
     assert b.allow(5.0)
     assert not b.allow(9.9)
     assert b.allow(10.0)  # the first probe never reported: another may go
+
+
+def test_closed_property_follows_the_state() -> None:
+    b = Breaker(failures=2, reset=5)
+    assert b.closed
+    b.record_failure(0.0)
+    assert b.closed  # one failure of two
+    b.record_failure(0.1)
+    assert not b.closed and b.state(0.2) == "open"
+    assert not b.closed and b.state(6.0) == "half-open"  # half-open is not closed either
+    b.record_success()
+    assert b.closed
