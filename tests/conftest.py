@@ -71,7 +71,7 @@ class Poold:
 
     def write_config(self, **settings: object) -> None:
         pool = {"mode": "transaction", "max_size": 5, "min_size": 1} | {
-            k: v for k, v in settings.items() if k not in ("auth_type", "max_client_conn", "login_timeout", "raw")
+            k: v for k, v in settings.items() if k not in ("auth_type", "max_client_conn", "login_timeout", "raw", "environ")
         }
         pool_toml = "\n".join(f"{k} = {_toml(v)}" for k, v in pool.items())
         (self.tmp / "userlist.txt").write_text(
@@ -118,6 +118,7 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
         sock.bind(notify_path)
         sock.settimeout(0.2)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        env.update(self.settings.get("environ") or {})  # type: ignore[call-overload]
         env.pop("POOLD_CONFIG", None)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

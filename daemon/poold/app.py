@@ -30,7 +30,7 @@ from .client import ClientSession
 from .config import Config
 from .control import ControlServer
 from .listener import adopt_listeners, start_listeners, stop_listeners, systemd_sockets
-from .protocol.framing import NativeFrameScanner
+from .protocol.framing import FrameScanner, PyFrameScanner
 from .reload import Reloader, ReloadRejected
 from .runtime import Runtime
 from .sdnotify import Notifier
@@ -80,7 +80,7 @@ class App:
 
         self.notifier.notify("READY=1", self._status_text())
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
-                 generation=self.reloader.generation, frame_scanner="native" if NativeFrameScanner else "python")
+                 generation=self.reloader.generation, frame_scanner="python" if FrameScanner is PyFrameScanner else "native")
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import threading
@@ -64,3 +65,25 @@ def test_pgbench_zero_failures_and_bounded_server_connections(
     assert failed == 0
     assert tps > 0
     assert 1 <= peak <= max_size
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_reference_scanner_serves_the_same(poold_factory: Callable[..., Poold], protocol: str) -> None:
+    """The daemon as it runs where the C scanner was not built (POOLD_FRAME_SCANNER=python)."""
+    p = poold_factory(mode="transaction", max_size=MAX_SIZE, environ={"POOLD_FRAME_SCANNER": "python"})
+    assert '"frame_scanner": "python"' in p.log_text()
+    init = run_pgbench(p, "-i", "-q", "-s", "1")
+    assert init.returncode == 0, init.stderr
+    r = run_pgbench(p, "-n", "-c", "8", "-j", "2", "-T", "3", "-M", protocol)
+    assert r.returncode == 0, r.stderr + r.stdout
+    failed, tps = failed_and_tps(r.stdout)
+    assert failed == 0 and tps > 0
+    # A COPY of 20,000 rows crosses many chunk boundaries the scanner must carry.
+    copy = subprocess.run(
+        [pgcluster.client_tool("psql"), "-v", "ON_ERROR_STOP=1", "-At", "-c",
+         "COPY (SELECT g, md5(g::text) FROM generate_series(1, 20000) g) TO STDOUT"],
+        env=p.env(), capture_output=True, text=True, timeout=60,
+    )
+    assert copy.returncode == 0, copy.stderr
+    lines = copy.stdout.splitlines()
+    assert len(lines) == 20000 and lines[-1] == "20000\t" + hashlib.md5(b"20000").hexdigest()

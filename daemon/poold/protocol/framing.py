@@ -20,6 +20,7 @@ Both refuse a length below 4 or above the configured limit with a
 
 from __future__ import annotations
 
+import os
 import struct
 
 from .errors import MessageTooLarge, ProtocolError
@@ -158,7 +159,12 @@ except ImportError:  # built without a C compiler: the reference scanner serves
     NativeFrameScanner = None
 
 #: The scanner the relay uses: native when built, else the reference one.
-FrameScanner: type[PyFrameScanner] = NativeFrameScanner or PyFrameScanner  # type: ignore[assignment]
+#: POOLD_FRAME_SCANNER=python picks the reference one anyway (a diagnostic, and
+#: how the tests run the daemon as it runs where no C compiler was found).
+FrameScanner: type[PyFrameScanner] = (
+    NativeFrameScanner if NativeFrameScanner is not None and os.environ.get("POOLD_FRAME_SCANNER") != "python"
+    else PyFrameScanner
+)
 
 
 def _bad_length(t: int, length: int, limit: int) -> ProtocolError:
