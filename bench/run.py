@@ -183,8 +183,11 @@ log_disconnections = 0
                 shutil.chown(p, pg.os_user, pg.os_user)
         self.pgbouncer = subprocess.Popen([ensure_pgbouncer(), "-q", str(bdir / "pgbouncer.ini")],
                                           user=pg.os_user, preexec_fn=raise_nofile)
-        self.poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(self.work / "poold.toml")],
-                                      preexec_fn=raise_nofile)
+        # poold's log (pool_pressure warnings: the pools are saturated on purpose) goes to a
+        # file, so that the bench's output stays the table.
+        with open(self.work / "poold.log", "ab") as log:
+            self.poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(self.work / "poold.toml")],
+                                          preexec_fn=raise_nofile, stdout=subprocess.DEVNULL, stderr=log)
         for name in ("poold", "pgbouncer"):
             wait_port(self.ports[name])
         # both pools warm before anything is measured
@@ -347,6 +350,17 @@ def med(values: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def paired(per_target: dict[str, list[dict[str, Any]]], metric: str) -> dict[str, Any]:
+    """poold/PgBouncer within each round (measured a few seconds apart, so slow
+    drifts in the machine's load cancel): their median and their range."""
+    ratios = [p[metric] / b[metric] for p, b in zip(per_target.get("poold", []), per_target.get("pgbouncer", []),
+                                                                strict=False)  # a run that failed is left out
+              if p.get(metric) and b.get(metric)]
+    if not ratios:
+        return {"paired": None, "rounds": None}
+    return {"paired": statistics.median(ratios), "rounds": f"{min(ratios):.2f}-{max(ratios):.2f}"}
+
+
 def summary(res: Results) -> list[dict[str, Any]]:
     rows = []
     for wname, per_target in res.runs.items():
@@ -355,14 +369,14 @@ def summary(res: Results) -> list[dict[str, Any]]:
             for t in TARGETS:
                 row[t] = med([s[metric] for s in per_target.get(t, [])])
             row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
-            rows.append(row)
+            rows.append(row | paired(per_target, metric))
     for bname, per_target in res.bulk.items():
         for metric in ("wall_s", "cpu_s"):
             row = {"workload": bname, "metric": metric}
             for t in TARGETS:
                 row[t] = med([s[metric] for s in per_target.get(t, [])])
             row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
-            rows.append(row)
+            rows.append(row | paired(per_target, metric))
     row = {"workload": "whole run", "metric": "peak_rss_mb", "direct": None}
     row |= {t: res.peak_rss_mb.get(t) for t in ("poold", "pgbouncer")}
     row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
@@ -384,8 +398,8 @@ def fmt(v: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["workload", "metric", "poold", "pgbouncer", "direct", "ratio"]
-    cells = [[fmt(r[c]) for c in cols] for r in rows]
+    cols = ["workload", "metric", "poold", "pgbouncer", "direct", "ratio", "paired", "rounds"]
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     head = "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -493,8 +507,8 @@ def main() -> int:
         chart(rows, out / f"bench-{stamp}.png")
     except ImportError:
         print("matplotlib missing: no chart (pip install matplotlib)", file=sys.stderr)
-    print(f"\nMedians of {rounds} alternating rounds, {seconds:g} s each; ratio = poold / PgBouncer "
-          f"({res.meta['elapsed_s']} s in all)\n")
+    print(f"\nMedians of {rounds} alternating rounds, {seconds:g} s each; ratio = poold / PgBouncer of the "
+          f"medians; paired = median of the per-round ratios, rounds = their range ({res.meta['elapsed_s']} s in all)\n")
     print(table(rows))
     print(f"\nresults: {out}/bench-{stamp}.json and .png")
     return 0
