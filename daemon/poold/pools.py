@@ -98,6 +98,7 @@ class Pool:
         # One timer per pool, armed for the earliest deadline (not one per wait).
         self.waiters: deque[tuple[Waiter, float]] = deque()
         self._wait_timer: asyncio.TimerHandle | None = None
+        self._wait_armed_for = 0.0  # the deadline _wait_timer fires at
         self.defaults: dict[str, str] | None = None
         # The defaults as ParameterStatus messages, encoded once for every login.
         self.status_messages: dict[str, bytes] = {}
@@ -166,8 +167,8 @@ class Pool:
         loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout  # the loop's clock, as call_at's
         self.waiters.append((waiter, deadline))
-        if self._wait_timer is None:
-            self._wait_timer = loop.call_at(deadline, self._expire_waiters)
+        if self._wait_timer is None or deadline < self._wait_armed_for:  # (earlier: acquire_timeout was reloaded)
+            self._arm_wait_timer(loop, deadline)
         if not closed:
             self._start_lease()  # this caller is the breaker's probe: it connects now
         elif len(self.waiters) > self.connecting and self.leased + self.connecting < self.settings.max_size:
@@ -484,7 +485,7 @@ class Pool:
         """The wait timer: fail the waiters past their deadline, re-arm for the next."""
         self._wait_timer = None
         loop = self._loop or asyncio.get_running_loop()
-        now = loop.time()
+        now = loop.time() + 0.001  # the loop's timers have millisecond resolution
         if any(deadline <= now for _w, deadline in self.waiters):
             expired = [w for w, deadline in self.waiters if deadline <= now]
             # Deadlines are in arrival order unless a reload changed acquire_timeout.
@@ -492,8 +493,13 @@ class Pool:
             for waiter in expired:
                 waiter.on_acquire_failed(self._timed_out())
         if self.waiters and self._wait_timer is None:
-            deadline = min(d for _w, d in self.waiters)
-            self._wait_timer = loop.call_at(deadline, self._expire_waiters)
+            self._arm_wait_timer(loop, min(d for _w, d in self.waiters))
+
+    def _arm_wait_timer(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+        self._wait_timer = loop.call_at(deadline, self._expire_waiters)
+        self._wait_armed_for = deadline
 
     def _timed_out(self) -> PooldError:
         return PooldError(

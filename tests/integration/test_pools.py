@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,6 +148,30 @@ def test_acquire_timeout_fails_the_waiter_with_53300(tmp_path: Path, pg: pgclust
             assert info.value.sqlstate == "53300"
             assert 0.4 < time.monotonic() - start < 3
             pool.release(held)
+
+    asyncio.run(main())
+
+
+def test_waits_follow_each_their_own_deadline_across_a_reload(tmp_path: Path, pg: pgcluster.Cluster) -> None:
+    """One timer serves all waiters: a wait begun after a reload shortened
+    acquire_timeout still ends on time, and the earlier, longer wait is kept."""
+
+    async def main() -> None:
+        async with opened_pool(tmp_path, pg, max_size=1, min_size=0, acquire_timeout=5) as pool:
+            held = await lease(pool)
+            long_wait, short_wait = Waiter(), Waiter()
+            assert pool.acquire(long_wait) is None
+            pool.settings = dataclasses.replace(pool.settings, acquire_timeout=0.3)  # as a reload does
+            assert pool.acquire(short_wait) is None
+            start = time.monotonic()
+            with pytest.raises(PooldError) as info:
+                await asyncio.wait_for(short_wait.fut, 5)
+            assert info.value.sqlstate == "53300"
+            assert 0.2 < time.monotonic() - start < 2
+            assert not long_wait.fut.done()
+            pool.release(held)
+            link = await asyncio.wait_for(long_wait.fut, 5)
+            pool.release(link)
 
     asyncio.run(main())
 
