@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import structlog
@@ -196,26 +195,7 @@ class ClientSession(asyncio.Protocol):
                 self.buffered.append(data)
                 self.buffered_syncs += syncs
             else:
-                # The first request of a transaction: lease a server connection now.
-                self.waiting = True
-                server = pool.acquire(self)  # type: ignore[union-attr]  # records a zero wait itself
-                if server is not None:
-                    # _attach and _send_first, inline: this runs once per transaction.
-                    self.waiting = False
-                    self.server = server
-                    server.owner = self
-                    if server.params != self.wanted:
-                        server.sync_parameters(self.wanted)
-                    if syncs:
-                        server.pending = syncs
-                        server.busy_since = self.xact_start = time.monotonic()
-                    server.transport.write(data)  # type: ignore[union-attr]
-                    if not self.replayed:
-                        self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
-                elif self.waiting:  # queued: on_server follows (else it failed, and we are closed)
-                    self.wait_start = time.monotonic()
-                    self.buffered.append(data)
-                    self.buffered_syncs += syncs
+                self._lease_and_send(data, syncs)  # the first request of a transaction
         else:
             if syncs:
                 if not server.pending:
@@ -231,34 +211,35 @@ class ClientSession(asyncio.Protocol):
         if self.terminating:
             self._close()
 
-    def _acquire(self) -> None:
-        """Lease a server connection for the buffered requests."""
+    def _lease_and_send(self, data: bytes, syncs: int) -> None:
+        """Lease a server connection and send ``data``; or queue it until one is free."""
         assert self.pool is not None
         self.waiting = True
         link = self.pool.acquire(self)  # the fast path records a zero wait itself
         if link is not None:
-            self.on_server(link)
-        elif self.waiting:
+            self._attach(link, data, syncs)
+        elif self.waiting:  # queued: on_server follows (else it failed, and we are closed)
             self.wait_start = time.monotonic()
+            self.buffered.append(data)
+            self.buffered_syncs += syncs
 
-    def _attach(self, link: ServerLink) -> None:
+    def _attach(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        """Take a freshly leased server connection and send it the first request."""
         self.waiting = False
         self.server = link
         link.owner = self
         if link.params != self.wanted:
             link.sync_parameters(self.wanted)
-
-    def _send_first(self, link: ServerLink, data: bytes, syncs: int) -> None:
-        """The first request on a freshly leased server connection."""
         if syncs:
             link.pending = syncs
             link.busy_since = self.xact_start = time.monotonic()
-        link.transport.write(data)  # type: ignore[union-attr]
-        # Kept until the server's first reply: if this idle connection turns
-        # out to have been terminated under us, the request is replayed on
-        # another one (see on_server_lost).
-        if not self.replayed:
-            self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
+        if data:
+            link.transport.write(data)  # type: ignore[union-attr]
+            # Kept until the server's first reply: if this idle connection turns
+            # out to have been terminated under us, the request is replayed on
+            # another one (see on_server_lost).
+            if not self.replayed:
+                self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
 
     # -- pools.Waiter -------------------------------------------------------
 
@@ -271,12 +252,10 @@ class ClientSession(asyncio.Protocol):
             assert self.pool is not None
             self.pool.release(link)
             return
-        self._attach(link)
         syncs, self.buffered_syncs = self.buffered_syncs, 0
-        if self.buffered:
-            data = b"".join(self.buffered) if len(self.buffered) > 1 else self.buffered[0]
-            self.buffered.clear()
-            self._send_first(link, data, syncs)
+        data = b"".join(self.buffered)
+        self.buffered.clear()
+        self._attach(link, data, syncs)
 
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
@@ -301,10 +280,7 @@ class ClientSession(asyncio.Protocol):
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.transactions += 1
-        xact = stats.xact  # Histogram.observe, inline
-        elapsed = now - self.xact_start
-        xact.counts[bisect_left(xact.bounds, elapsed)] += 1
-        xact.sum += elapsed
+        stats.xact.observe(now - self.xact_start)
         if self.in_batch or not self.scanner.at_boundary:
             return
         if self.rt.draining:
@@ -334,8 +310,7 @@ class ClientSession(asyncio.Protocol):
             # sees no error. (Any other loss is reported, never replayed.)
             log.info("request_replayed", peer=self.peer, db=self.database)
             self.replayed = True
-            self.buffered, self.buffered_syncs = [replay], self.replay_syncs
-            self._acquire()
+            self._lease_and_send(replay, self.replay_syncs)
             return
         self._fatal(sqlstate, message)
 

@@ -98,7 +98,6 @@ class Pool:
         # One timer per pool, armed for the earliest deadline (not one per wait).
         self.waiters: deque[tuple[Waiter, float]] = deque()
         self._wait_timer: asyncio.TimerHandle | None = None
-        self._wait_armed_for = 0.0  # the deadline _wait_timer fires at
         self.defaults: dict[str, str] | None = None
         # The defaults as ParameterStatus messages, encoded once for every login.
         self.status_messages: dict[str, bytes] = {}
@@ -157,7 +156,7 @@ class Pool:
                 link = free.pop()
                 if not link.closed:
                     self.active.add(link)
-                    self.stats.wait.counts[0] += 1  # a zero wait (bucket le=0), without the bisect
+                    self.stats.wait.observe(0.0)  # no wait
                     return link
         breaker = self.breaker
         closed = breaker.closed
@@ -167,7 +166,7 @@ class Pool:
         loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout  # the loop's clock, as call_at's
         self.waiters.append((waiter, deadline))
-        if self._wait_timer is None or deadline < self._wait_armed_for:  # (earlier: acquire_timeout was reloaded)
+        if self._wait_timer is None or deadline < self._wait_timer.when():  # (earlier: acquire_timeout was reloaded)
             self._arm_wait_timer(loop, deadline)
         if not closed:
             self._start_lease()  # this caller is the breaker's probe: it connects now
@@ -486,9 +485,9 @@ class Pool:
         self._wait_timer = None
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time() + 0.001  # the loop's timers have millisecond resolution
-        if any(deadline <= now for _w, deadline in self.waiters):
-            expired = [w for w, deadline in self.waiters if deadline <= now]
-            # Deadlines are in arrival order unless a reload changed acquire_timeout.
+        # Deadlines are in arrival order unless a reload changed acquire_timeout: look at all.
+        expired = [w for w, deadline in self.waiters if deadline <= now]
+        if expired:
             self.waiters = deque((w, d) for w, d in self.waiters if d > now)
             for waiter in expired:
                 waiter.on_acquire_failed(self._timed_out())
@@ -499,7 +498,6 @@ class Pool:
         if self._wait_timer is not None:
             self._wait_timer.cancel()
         self._wait_timer = loop.call_at(deadline, self._expire_waiters)
-        self._wait_armed_for = deadline
 
     def _timed_out(self) -> PooldError:
         return PooldError(

@@ -110,24 +110,11 @@ class ServerLink(asyncio.Protocol):
             log.error("server_stream_corrupt", server_pid=self.pid)
             self.close()
             return
-        owner = self.owner
         if not self.swallow:
-            # The hot path, kept inline; the slow path below ends the same way.
-            if owner is not None:
-                owner.on_server_data(data)
-                self.stats.bytes_out += len(data)
-                for t, _start, _end, body in frames:
-                    if t == _Z and self.pending == 1 and body:  # the reply to the last request: the usual case
-                        self.status = body
-                        self.pending = 0
-                        self.cancel_at = 0.0
-                        owner.on_server_ready(body)
-                    else:
-                        self._frame_for_owner(owner, t, body)
-            else:
-                self._idle_frames(frames)
+            self._deliver(data, frames)
             return
-        # Slow path: part (or all) of this chunk answers internal queries.
+        # Part (or all) of this chunk answers internal queries.
+        owner = self.owner
         for i, (t, _start, end, body) in enumerate(frames):
             if t == _S and body is not None:
                 self._track(*messages.parse_parameter_status(body), owner)
@@ -142,15 +129,7 @@ class ServerLink(asyncio.Protocol):
                     done, self._on_internal_done = self._on_internal_done, None
                     if done is not None:
                         done(self)
-                    owner = self.owner
-                    if owner is not None:
-                        if rest:
-                            owner.on_server_data(rest)
-                            self.stats.bytes_out += len(rest)
-                        for g in later:
-                            self._frame_for_owner(owner, g[0], g[3])
-                    elif later:
-                        self._idle_frames(later)
+                    self._deliver(rest, later)
                     return
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -199,6 +178,18 @@ class ServerLink(asyncio.Protocol):
             self.transport.abort()
 
     # -- internals --------------------------------------------------------
+
+    def _deliver(self, data: bytes, frames: list[Any]) -> None:
+        """Client traffic: to the owner, or read as idle chatter when there is none."""
+        owner = self.owner
+        if owner is None:
+            self._idle_frames(frames)
+            return
+        if data:
+            owner.on_server_data(data)
+            self.stats.bytes_out += len(data)
+        for t, _start, _end, body in frames:
+            self._frame_for_owner(owner, t, body)
 
     def _frame_for_owner(self, owner: ServerOwner, t: int, body: bytes | None) -> None:
         if t == _Z:
