@@ -189,13 +189,11 @@ class ClientSession(asyncio.Protocol):
         stats.queries += syncs
         server = self.server
         if server is None:
-            if not data:
-                pass
-            elif self.waiting or self.terminating or self.buffered:
+            if data and not (self.waiting or self.terminating or self.buffered):
+                self._lease_and_send(data, syncs)  # the first request of a transaction
+            elif data:
                 self.buffered.append(data)
                 self.buffered_syncs += syncs
-            else:
-                self._lease_and_send(data, syncs)  # the first request of a transaction
         else:
             if syncs:
                 if not server.pending:
