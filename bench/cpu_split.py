@@ -4,7 +4,11 @@
 
 Runs pgbench -n (default: -S -c 16 -j 2) against poold, PgBouncer and a
 *floor proxy*, alternating, and prints the median user and system CPU
-microseconds each spent per transaction (/proc/PID/stat) with the TPS.
+microseconds each spent per transaction (/proc/PID/stat) with the TPS; and,
+for the whole machine (/proc/stat: pgbench, PostgreSQL and the pooler
+together), the busy CPU microseconds per transaction and the idle share. On a
+saturated machine TPS follows the whole machine's CPU per transaction, which
+can differ between poolers by more than the poolers' own.
 
 The floor proxy (``floor_proxy.py``) is the least any Python pooler on uvloop
 can do: one server connection per client, bytes copied from one transport to
@@ -38,6 +42,13 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Busy and idle seconds of the whole machine so far (all CPUs)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / CLK_TCK, idle / CLK_TCK
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -60,24 +71,28 @@ def main() -> int:
         wait_port(floor_port)
         ports = {"poold": rig.ports["poold"], "pgbouncer": rig.ports["pgbouncer"], "floor": floor_port}
         pids = {"poold": rig.pid("poold"), "pgbouncer": rig.pid("pgbouncer"), "floor": floor.pid}
-        results: dict[str, list[tuple[float, float, float]]] = {t: [] for t in ports}
+        results: dict[str, list[tuple[float, ...]]] = {t: [] for t in ports}
         for _ in range(args.rounds):
             for target, port in ports.items():
                 pid = pids[target]
                 assert pid is not None
-                before = cpu_split(pid)
+                before, machine_before = cpu_split(pid), machine_cpu()
                 out = subprocess.run(["pgbench", "-n", "-T", str(args.seconds), *pgbench_args], env=pg_env(port),
                                      capture_output=True, text=True, check=True).stdout
-                after = cpu_split(pid)
+                after, machine_after = cpu_split(pid), machine_cpu()
                 n = int(re.search(r"processed: (\d+)", out).group(1))  # type: ignore[union-attr]
                 tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
-                results[target].append((tps, (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6))
+                busy, idle = (b - a for a, b in zip(machine_before, machine_after, strict=True))
+                results[target].append((tps, (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6,
+                                        busy / n * 1e6, idle / (busy + idle)))
                 time.sleep(0.5)
         print(f"pgbench -n {' '.join(pgbench_args)}: medians of {args.rounds} alternating rounds of {args.seconds:g} s")
-        print(f"{'':10} {'tps':>8} {'user us/tx':>11} {'sys us/tx':>10} {'total':>7}")
+        print(f"{'':10} {'tps':>8} {'user us/tx':>11} {'sys us/tx':>10} {'total':>7}   "
+              f"{'machine us/tx':>13} {'idle':>6}")
         for target, rows in results.items():
-            tps, user, system = (statistics.median(r[i] for r in rows) for i in range(3))
-            print(f"{target:10} {tps:8.0f} {user:11.1f} {system:10.1f} {user + system:7.1f}")
+            tps, user, system, machine, idle = (statistics.median(r[i] for r in rows) for i in range(5))
+            print(f"{target:10} {tps:8.0f} {user:11.1f} {system:10.1f} {user + system:7.1f}   "
+                  f"{machine:13.1f} {idle:6.1%}")
         return 0
     finally:
         if floor is not None:

@@ -3,7 +3,9 @@
 Starts a throwaway PostgreSQL, PgBouncer (Debian's package; installed with
 apt-get when missing and we are root) and poold, both poolers in transaction
 mode with 10 server connections and SCRAM client auth. Then, in alternating
-rounds (poold, PgBouncer, direct; 5 rounds, --rounds to change), runs pgbench -n:
+rounds (poold, PgBouncer, direct, the order rotated each round so that no
+target always runs in the same place, e.g. always right after direct's heavier
+load; 5 rounds, --rounds to change), runs pgbench -n:
 
   select-only (-S) and TPC-B-like, each at -c 16 and -c 200, -M simple and
   -M extended; and select-only -C (a new connection, with SCRAM, per transaction);
@@ -50,6 +52,12 @@ PASSWORD = "bench-pw"
 TARGETS = ("poold", "pgbouncer", "direct")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BULK_REPEAT = 5
+
+
+def round_order(r: int) -> tuple[str, ...]:
+    """The targets in round ``r``: rotated, so each takes each place in turn."""
+    k = r % len(TARGETS)
+    return TARGETS[k:] + TARGETS[:k]
 
 
 @dataclass
@@ -455,7 +463,7 @@ def main() -> int:
     os.chmod(work, 0o755)
     logdir = work / "pgbench-log"
     logdir.mkdir()
-    res = Results(meta={"seconds": seconds, "rounds": rounds, "pool_size": POOL_SIZE, "idle_clients": idle,
+    res = Results(meta={"seconds": seconds, "rounds": rounds, "order": "rotated each round", "pool_size": POOL_SIZE, "idle_clients": idle,
                         "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     rig = Rig(work, "scram-sha-256")
     started = time.monotonic()
@@ -473,7 +481,7 @@ def main() -> int:
         rig.start_poolers()
         for r in range(rounds):
             for w in workloads():
-                for target in TARGETS:
+                for target in round_order(r):
                     s = run_pgbench(rig, target, w, seconds, logdir)
                     res.runs.setdefault(w.name, {}).setdefault(target, []).append(s.__dict__)
                     print(f"round {r + 1}/{rounds} {w.name:<24} {target:<10} tps={s.tps:>9.0f} "
@@ -481,7 +489,7 @@ def main() -> int:
                           f"failed={s.failed}", flush=True)
             for bname, sql in (("100k-row SELECT", "SELECT * FROM bench_rows"),
                                ("100k-row COPY TO STDOUT", "COPY bench_rows TO STDOUT")):
-                for target in TARGETS:
+                for target in round_order(r):
                     wall, cpu = time_bulk(rig, target, sql)
                     res.bulk.setdefault(bname, {}).setdefault(target, []).append({"wall_s": wall, "cpu_s": cpu})
         for t in ("poold", "pgbouncer"):
