@@ -3,12 +3,13 @@
     .venv/bin/python bench/cpu_split.py [--rounds 3] [--seconds 5] [pgbench args]
 
 Runs pgbench -n (default: -S -c 16 -j 2) against poold, PgBouncer and a
-*floor proxy*, alternating, and prints the median user and system CPU
-microseconds each spent per transaction (/proc/PID/stat) with the TPS; and,
-for the whole machine (/proc/stat: pgbench, PostgreSQL and the pooler
-together), the busy CPU microseconds per transaction and the idle share. On a
-saturated machine TPS follows the whole machine's CPU per transaction, which
-can differ between poolers by more than the poolers' own.
+*floor proxy*, alternating (the order rotated each round), and prints the
+median user and system CPU microseconds each spent per transaction
+(/proc/PID/stat) with the TPS. Beside them: the CPU microseconds per
+transaction of PostgreSQL (the postmaster's children) and of pgbench (its
+rusage), and of the whole machine (/proc/stat) with its idle share. On a
+saturated machine TPS follows the whole machine's CPU per transaction, and a
+pooler can change what PostgreSQL and pgbench spend, not only its own.
 
 The floor proxy (``floor_proxy.py``) is the least any Python pooler on uvloop
 can do: one server connection per client, bytes copied from one transport to
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,6 +42,25 @@ HERE = Path(__file__).resolve().parent
 def cpu_split(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def postgres_cpu(datadir: Path) -> float:
+    """CPU seconds of the postmaster's children (backends, background processes)."""
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    total = 0.0
+    for pid in children:
+        try:
+            total += sum(cpu_split(int(pid)))
+        except OSError:
+            pass  # exited meanwhile
+    return total
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children: pgbench, the one run at a time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -65,6 +86,8 @@ def main() -> int:
         subprocess.run(["pgbench", "-i", "-q", "-s", "10"], env=pg_env(rig.ports["direct"]), check=True,
                        capture_output=True)
         rig.start_poolers()
+        assert rig.pg is not None
+        datadir = rig.pg.datadir
         floor_port = bench_run.pgcluster.free_port()
         floor = subprocess.Popen([sys.executable, str(HERE / "floor_proxy.py"), str(floor_port),
                                   str(rig.ports["direct"])])
@@ -72,27 +95,30 @@ def main() -> int:
         ports = {"poold": rig.ports["poold"], "pgbouncer": rig.ports["pgbouncer"], "floor": floor_port}
         pids = {"poold": rig.pid("poold"), "pgbouncer": rig.pid("pgbouncer"), "floor": floor.pid}
         results: dict[str, list[tuple[float, ...]]] = {t: [] for t in ports}
-        for _ in range(args.rounds):
-            for target, port in ports.items():
-                pid = pids[target]
+        for r in range(args.rounds):
+            for target in bench_run.round_order(r, tuple(ports)):
+                port, pid = ports[target], pids[target]
                 assert pid is not None
-                before, machine_before = cpu_split(pid), machine_cpu()
+                before, pg_before, machine_before = cpu_split(pid), postgres_cpu(datadir), machine_cpu()
+                client_before = children_cpu()
                 out = subprocess.run(["pgbench", "-n", "-T", str(args.seconds), *pgbench_args], env=pg_env(port),
                                      capture_output=True, text=True, check=True).stdout
-                after, machine_after = cpu_split(pid), machine_cpu()
+                client = children_cpu() - client_before
+                after, pg_after, machine_after = cpu_split(pid), postgres_cpu(datadir), machine_cpu()
                 n = int(re.search(r"processed: (\d+)", out).group(1))  # type: ignore[union-attr]
                 tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
                 busy, idle = (b - a for a, b in zip(machine_before, machine_after, strict=True))
-                results[target].append((tps, (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6,
-                                        busy / n * 1e6, idle / (busy + idle)))
+                per_tx = [x / n * 1e6 for x in (after[0] - before[0], after[1] - before[1], pg_after - pg_before,
+                                                client, busy)]
+                results[target].append((tps, *per_tx, idle / (busy + idle)))
                 time.sleep(0.5)
         print(f"pgbench -n {' '.join(pgbench_args)}: medians of {args.rounds} alternating rounds of {args.seconds:g} s")
         print(f"{'':10} {'tps':>8} {'user us/tx':>11} {'sys us/tx':>10} {'total':>7}   "
-              f"{'machine us/tx':>13} {'idle':>6}")
+              f"{'postgres':>8} {'pgbench':>8} {'machine':>8} {'idle':>6}")
         for target, rows in results.items():
-            tps, user, system, machine, idle = (statistics.median(r[i] for r in rows) for i in range(5))
+            tps, user, system, pg, client, machine, idle = (statistics.median(r[i] for r in rows) for i in range(7))
             print(f"{target:10} {tps:8.0f} {user:11.1f} {system:10.1f} {user + system:7.1f}   "
-                  f"{machine:13.1f} {idle:6.1%}")
+                  f"{pg:8.1f} {client:8.1f} {machine:8.1f} {idle:6.1%}")
         return 0
     finally:
         if floor is not None:

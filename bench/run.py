@@ -54,10 +54,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BULK_REPEAT = 5
 
 
-def round_order(r: int) -> tuple[str, ...]:
+def round_order(r: int, targets: tuple[str, ...] = TARGETS) -> tuple[str, ...]:
     """The targets in round ``r``: rotated, so each takes each place in turn."""
-    k = r % len(TARGETS)
-    return TARGETS[k:] + TARGETS[:k]
+    k = r % len(targets)
+    return targets[k:] + targets[:k]
 
 
 @dataclass
