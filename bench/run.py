@@ -463,8 +463,9 @@ def main() -> int:
     os.chmod(work, 0o755)
     logdir = work / "pgbench-log"
     logdir.mkdir()
-    res = Results(meta={"seconds": seconds, "rounds": rounds, "order": "rotated each round", "pool_size": POOL_SIZE, "idle_clients": idle,
-                        "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    res = Results(meta={"seconds": seconds, "rounds": rounds, "order": "rotated each round",
+                        "pool_size": POOL_SIZE, "idle_clients": idle, "cpus": os.cpu_count(),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     rig = Rig(work, "scram-sha-256")
     started = time.monotonic()
     try:
