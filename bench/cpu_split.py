@@ -34,14 +34,9 @@ import time
 from pathlib import Path
 
 import run as bench_run  # bench/run.py
-from run import CLK_TCK, Rig, pg_env, wait_port
+from run import CLK_TCK, Rig, pg_env, proc_cpu, proc_cpu_split, wait_port
 
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def postgres_cpu(datadir: Path) -> float:
@@ -51,7 +46,7 @@ def postgres_cpu(datadir: Path) -> float:
     total = 0.0
     for pid in children:
         try:
-            total += sum(cpu_split(int(pid)))
+            total += proc_cpu(int(pid))
         except OSError:
             pass  # exited meanwhile
     return total
@@ -99,12 +94,12 @@ def main() -> int:
             for target in bench_run.round_order(r, tuple(ports)):
                 port, pid = ports[target], pids[target]
                 assert pid is not None
-                before, pg_before, machine_before = cpu_split(pid), postgres_cpu(datadir), machine_cpu()
+                before, pg_before, machine_before = proc_cpu_split(pid), postgres_cpu(datadir), machine_cpu()
                 client_before = children_cpu()
                 out = subprocess.run(["pgbench", "-n", "-T", str(args.seconds), *pgbench_args], env=pg_env(port),
                                      capture_output=True, text=True, check=True).stdout
                 client = children_cpu() - client_before
-                after, pg_after, machine_after = cpu_split(pid), postgres_cpu(datadir), machine_cpu()
+                after, pg_after, machine_after = proc_cpu_split(pid), postgres_cpu(datadir), machine_cpu()
                 n = int(re.search(r"processed: (\d+)", out).group(1))  # type: ignore[union-attr]
                 tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
                 busy, idle = (b - a for a, b in zip(machine_before, machine_after, strict=True))

@@ -104,9 +104,14 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard_target, hard))
 
 
-def proc_cpu(pid: int) -> float:
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu(pid: int) -> float:
+    return sum(proc_cpu_split(pid))
 
 
 def proc_mem(pid: int, key: str) -> int:

@@ -164,11 +164,11 @@ async def authenticate(
         return b""
     # md5 when asked for, and also when the stored secret is an md5 hash, which
     # cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise.
-    if secret is not None and (secret.kind == "md5" or (method == "md5" and secret.kind == "plain")):
+    # An unknown user (no secret) meets the configured method's exchange all the
+    # same, so that it cannot be told from a wrong password.
+    kind = secret.kind if secret is not None else None
+    if kind == "md5" or (method == "md5" and kind in ("plain", None)):
         await _md5(user, secret, read, send)
-        return b""
-    if secret is None and method == "md5":
-        await _md5(user, None, read, send)  # the exchange runs anyway: unknown user looks like a wrong password
         return b""
     return await _scram(user, secret, read, send, cache)
 

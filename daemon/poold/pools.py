@@ -198,9 +198,7 @@ class Pool:
             self._retire(link)  # shrinking after a reload
             return
         if self.waiters and not self.paused:
-            waiter, _deadline = self.waiters.popleft()
-            self.active.add(link)
-            waiter.on_server(link)
+            self._serve_waiter(link)
             return
         link.idle_since = now
         self.free.append(link)
@@ -284,10 +282,7 @@ class Pool:
         self.paused = False
         log.info("pool_resumed", pool=self.name)
         while self.waiters and self.free:
-            link = self.free.pop()
-            waiter, _deadline = self.waiters.popleft()
-            self.active.add(link)
-            waiter.on_server(link)
+            self._serve_waiter(self.free.pop())
         self._grow()
 
     # -- maintenance ---------------------------------------------------------
@@ -369,9 +364,7 @@ class Pool:
         self._closed = True
         if self._wait_timer is not None:
             self._wait_timer.cancel()
-        for waiter, _deadline in self.waiters:
-            waiter.on_acquire_failed(PooldError("57P01", "poold is shutting down"))
-        self.waiters.clear()
+        self._fail_waiters(PooldError("57P01", "poold is shutting down"))
         while self.free:
             self._give_back(self.free.pop())
         for link in list(self.active):
@@ -473,12 +466,21 @@ class Pool:
         self.last_error = str(exc).strip()
         if b.record_failure(now, self.last_error):
             log.error("breaker_open", pool=self.name, failures=b.consecutive, retry_in=b.reset, error=self.last_error)
-            error = self.unavailable()
-            while self.waiters:  # fail the waiting clients now, not at acquire_timeout
-                waiter, _deadline = self.waiters.popleft()
-                waiter.on_acquire_failed(error)
+            self._fail_waiters(self.unavailable())  # now, not at acquire_timeout
             for task in list(self._leasing):  # and stop waiting in psycopg_pool for them
                 task.cancel()
+
+    def _serve_waiter(self, link: ServerLink) -> None:
+        """Hand ``link`` to the longest-waiting client."""
+        waiter, _deadline = self.waiters.popleft()
+        self.active.add(link)
+        waiter.on_server(link)
+
+    def _fail_waiters(self, error: PooldError) -> None:
+        """Fail every waiting client with ``error``."""
+        while self.waiters:
+            waiter, _deadline = self.waiters.popleft()
+            waiter.on_acquire_failed(error)
 
     def _expire_waiters(self) -> None:
         """The wait timer: fail the waiters past their deadline, re-arm for the next."""
