@@ -68,7 +68,7 @@ def machine_cpu() -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--seconds", type=int, default=5, help="pgbench -T per run (whole seconds)")
     args, pgbench_args = ap.parse_known_args()
     pgbench_args = pgbench_args or ["-S", "-c", "16", "-j", "2"]
     bench_run.ensure_pgbouncer()

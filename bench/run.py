@@ -451,7 +451,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: 1 s runs, 1,000 idle clients")
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating rounds (default 5; 3 with --quick); at least 3")
-    ap.add_argument("--seconds", type=float, default=None, help="pgbench -T per run")
+    ap.add_argument("--seconds", type=int, default=None, help="pgbench -T per run (whole seconds)")
     ap.add_argument("--idle-clients", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
