@@ -1,8 +1,9 @@
-"""Build hook for the one native part: the relay's frame scanner.
+"""Build hook for the native parts: the frame scanner and the relay's hot path.
 
-Everything else is declared in pyproject.toml. The extension is optional: where
-no C compiler is available poold installs and runs on the reference Python
-scanner (framing.PyFrameScanner), and logs which one it uses at startup.
+Everything else is declared in pyproject.toml. Both extensions are optional:
+where no C compiler is available poold installs and runs on their Python
+references (framing.PyFrameScanner; the ``...CorePy`` classes, see
+relaycore.py), and logs which ones it uses at startup.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             sources=["daemon/poold/protocol/_framing.c"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "poold._relaycore",
+            sources=["daemon/poold/_relaycore.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

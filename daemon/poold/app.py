@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from . import relaycore
 from .auth import load_userlist
 from .client import ClientSession
 from .config import Config
@@ -80,7 +81,8 @@ class App:
 
         self.notifier.notify("READY=1", self._status_text())
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
-                 generation=self.reloader.generation, frame_scanner="python" if FrameScanner is PyFrameScanner else "native")
+                 generation=self.reloader.generation, frame_scanner="python" if FrameScanner is PyFrameScanner else "native",
+                 relay_core=relaycore.NAME)
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

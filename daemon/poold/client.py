@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import auth
+from . import auth, relaycore
 from .errors import PooldError
 from .protocol import messages
 from .protocol.errors import ProtocolError
-from .protocol.framing import FrameScanner, MessageReader
+from .protocol.framing import FrameScanner, MessageReader, PyFrameScanner
 from .relay import ServerLink, canonical_parameter
 
 if TYPE_CHECKING:
@@ -53,13 +53,110 @@ _TERMINATED = re.compile(rb"C57P0[123]\0")
 _STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
 
-class ClientSession(asyncio.Protocol):
+class ClientCorePy:
+    """A client session's per-transaction state and path; ``_relaycore.ClientCore`` in C.
+
+    The C version does ``_relay`` itself for the common chunk (requests for the
+    server connection held, or the first request of a transaction, leased at
+    once or queued for), ``on_server`` and ``on_server_ready`` up to the
+    release; it calls the methods below for everything else.
+    """
+
+    __slots__ = ("_server_paused", "buffered", "buffered_syncs", "closed", "in_batch", "pool", "relaying", "replay",
+                 "replay_safe", "replay_syncs", "replayed", "rt", "scanner", "server", "session_mode", "terminating",
+                 "transactions", "transport", "wait_start", "waiting", "wanted", "xact_start")
+
+    transport: asyncio.Transport | None
+    scanner: PyFrameScanner
+    pool: Pool | None
+    server: ServerLink | None
+    rt: Runtime
+    buffered: list[bytes]
+    buffered_syncs: int
+    wanted: dict[str, str]  # tracked settings differing from defaults
+    transactions: int
+    xact_start: float  # when the current transaction's first request went out
+    wait_start: float  # when the current wait for a server connection began
+    replay: bytes | None  # sent on this server connection, no reply yet
+    replay_syncs: int
+    replay_safe: bool  # the server announced its termination before replying
+    replayed: bool  # one replay per transaction at most
+    relaying: bool
+    waiting: bool
+    terminating: bool
+    closed: bool
+    in_batch: bool  # messages sent since the last Sync
+    session_mode: bool
+    _server_paused: bool
+
+    def data_received(self, data: bytes) -> None:
+        if self.relaying:
+            self._relay(data)
+        else:
+            self._login_data(data)
+
+    def on_server_ready(self, status: bytes) -> None:
+        if status != b"I":
+            return
+        now = time.monotonic()
+        self.replayed = False
+        self.transactions += 1
+        pool = self.pool
+        stats = pool.stats  # type: ignore[union-attr]
+        stats.transactions += 1
+        stats.xact.observe(now - self.xact_start)
+        if self.in_batch or not self.scanner.at_boundary:
+            return
+        if self.rt.draining:
+            self._fatal("57P01", "terminating connection: poold is draining")
+            return
+        if not self.session_mode:
+            link, self.server = self.server, None
+            if link is not None:
+                if self._server_paused:
+                    self._unpause(link)
+                pool.release(link, now)  # type: ignore[union-attr]
+
+    def on_server(self, link: ServerLink) -> None:
+        if self.wait_start:
+            self.pool.stats.wait.observe(time.monotonic() - self.wait_start)  # type: ignore[union-attr]
+            self.wait_start = 0.0
+        if self.closed:
+            self.waiting = False
+            assert self.pool is not None
+            self.pool.release(link)
+            return
+        syncs, self.buffered_syncs = self.buffered_syncs, 0
+        data = b"".join(self.buffered)
+        self.buffered.clear()
+        self._attach(link, data, syncs)
+
+    def _relay(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _attach(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        raise NotImplementedError
+
+    def _login_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _fatal(self, sqlstate: str, message: str) -> None:
+        raise NotImplementedError
+
+    def _unpause(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+
+if TYPE_CHECKING:
+    ClientCore = ClientCorePy
+else:
+    ClientCore = relaycore.native.ClientCore if relaycore.native else ClientCorePy
+
+
+class ClientSession(ClientCore, asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login_task", "_login_timer", "_loop", "_more", "_self_paused", "_server_paused", "buffered",
-                 "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "peer", "pool",
-                 "reader", "relaying", "replay", "replay_safe", "replay_syncs", "replayed", "rt", "scanner",
-                 "server", "session_mode", "terminating", "tls", "transactions", "transport", "user",
-                 "wait_start", "waiting", "wanted", "xact_start")
+    __slots__ = ("_login_task", "_login_timer", "_loop", "_more", "_self_paused", "connected_at", "database", "key",
+                 "peer", "reader", "tls", "user")
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -117,12 +214,6 @@ class ClientSession(asyncio.Protocol):
         # One timer handle rather than an asyncio.timeout() context: cheaper per connection.
         self._login_timer = loop.call_later(self.rt.config.clients.login_timeout, self._login_timed_out)
 
-    def data_received(self, data: bytes) -> None:
-        if self.relaying:
-            self._relay(data)
-        else:
-            self._login_data(data)
-
     def _login_data(self, data: bytes) -> None:
         try:
             self.reader.feed(data)
@@ -176,7 +267,7 @@ class ClientSession(asyncio.Protocol):
             # Query, Sync and FunctionCall each owe one ReadyForQuery; Terminate ends it.
             syncs, stop_at, last = self.scanner.tally(data, _SYNC_POINTS, _X)
         except ProtocolError as exc:
-            self._fatal(exc.sqlstate, str(exc))
+            self._relay_error(exc)
             return
         if last >= 0:
             self.in_batch = last not in _SYNC_POINTS  # messages sent since the last sync point
@@ -208,6 +299,9 @@ class ClientSession(asyncio.Protocol):
                     self.replay_syncs += syncs
         if self.terminating:
             self._close()
+
+    def _relay_error(self, exc: ProtocolError) -> None:
+        self._fatal(exc.sqlstate, str(exc))
 
     def _lease_and_send(self, data: bytes, syncs: int) -> None:
         """Lease a server connection and send ``data``; or queue it until one is free."""
@@ -241,20 +335,6 @@ class ClientSession(asyncio.Protocol):
 
     # -- pools.Waiter -------------------------------------------------------
 
-    def on_server(self, link: ServerLink) -> None:
-        if self.wait_start:
-            self.pool.stats.wait.observe(time.monotonic() - self.wait_start)  # type: ignore[union-attr]
-            self.wait_start = 0.0
-        if self.closed:
-            self.waiting = False
-            assert self.pool is not None
-            self.pool.release(link)
-            return
-        syncs, self.buffered_syncs = self.buffered_syncs, 0
-        data = b"".join(self.buffered)
-        self.buffered.clear()
-        self._attach(link, data, syncs)
-
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
         self._fatal(error.sqlstate, error.message)
@@ -268,28 +348,6 @@ class ClientSession(asyncio.Protocol):
                 return  # the backend was terminated while idle: wait for its EOF, then replay
             self.replay = None
         self.transport.write(data)  # type: ignore[union-attr]
-
-    def on_server_ready(self, status: bytes) -> None:
-        if status != b"I":
-            return
-        now = time.monotonic()
-        self.replayed = False
-        self.transactions += 1
-        pool = self.pool
-        stats = pool.stats  # type: ignore[union-attr]
-        stats.transactions += 1
-        stats.xact.observe(now - self.xact_start)
-        if self.in_batch or not self.scanner.at_boundary:
-            return
-        if self.rt.draining:
-            self._fatal("57P01", "terminating connection: poold is draining")
-            return
-        if not self.session_mode:
-            link, self.server = self.server, None
-            if link is not None:
-                if self._server_paused:
-                    self._unpause(link)
-                pool.release(link, now)  # type: ignore[union-attr]
 
     def on_server_parameter(self, name: str, value: str) -> None:
         if self.pool is not None and self.pool.defaults is not None and self.pool.defaults.get(name) == value:

@@ -25,13 +25,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from psycopg import AsyncConnection, OperationalError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from . import backend
+from . import backend, relaycore
 from .auth import Secret
 from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
@@ -61,14 +61,90 @@ def pool_conninfo(db: DatabaseSettings, user: str, server_password: str | None) 
     return backend.conninfo(info, statement_timeout=db.pool.statement_timeout, password=server_password)
 
 
-class Pool:
+class PoolCorePy:
+    """A pool's free list and per-transaction hand-off; ``_relaycore.PoolCore`` in C.
+
+    ``acquire`` takes a free link when there is one, else ``_acquire_wait``
+    queues the waiter; ``release`` hands a link to the longest waiter or puts
+    it back on the free list, and leaves the rare cases (a link to give back
+    or retire) to ``Pool``.
+    """
+
+    __slots__ = ("_closed", "active", "epoch", "free", "leased", "paused", "settings", "stats", "waiters")
+
+    free: list[ServerLink]  # idle leased links, LIFO: the most recently used is the warmest
+    active: set[ServerLink]
+    # Clients waiting for a server connection, with their acquire_timeout deadline.
+    waiters: deque[tuple[Waiter, float]]
+    stats: PoolStats
+    settings: PoolSettings
+    leased: int  # links poold holds (free + active)
+    epoch: int  # bumped by reconnect: older links are not reused
+    paused: bool
+    _closed: bool
+
+    def acquire(self, waiter: Waiter) -> ServerLink | None:
+        """A free link now, or None and ``waiter`` is called back later."""
+        free = self.free
+        if not self.paused:
+            while free:
+                link = free.pop()
+                if not link.closed:
+                    self.active.add(link)
+                    self.stats.wait.observe(0.0)  # no wait
+                    return link
+        self._acquire_wait(waiter)
+        return None
+
+    def release(self, link: ServerLink, now: float = 0.0) -> None:
+        """Take back an idle link (ReadyForQuery 'I', nothing pending)."""
+        link.owner = None
+        self.active.discard(link)
+        if link.closed:
+            return
+        now = now or time.monotonic()
+        if self._closed or link.epoch != self.epoch or link.expires_at <= now:
+            self._give_back(link)
+            return
+        if self.leased > self.settings.max_size:
+            self._retire(link)  # shrinking after a reload
+            return
+        if self.waiters and not self.paused:
+            self._serve_waiter(link)
+            return
+        link.idle_since = now
+        self.free.append(link)
+
+    def _acquire_wait(self, waiter: Waiter) -> None:
+        raise NotImplementedError
+
+    def _give_back(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+    def _retire(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+    def _serve_waiter(self, link: ServerLink) -> None:
+        """Hand ``link`` to the longest-waiting client."""
+        waiter, _deadline = self.waiters.popleft()
+        self.active.add(link)
+        waiter.on_server(link)
+
+
+if TYPE_CHECKING:
+    PoolCore = PoolCorePy
+else:
+    PoolCore = relaycore.native.PoolCore if relaycore.native else PoolCorePy
+
+
+class Pool(PoolCore):
     """Server connections for one (database, user)."""
 
     def __init__(self, db: DatabaseSettings, user: str, server_password: str | None) -> None:
         self.db = db
         self.user = user
         self.name = f"{db.name}.{user}"
-        self.settings: PoolSettings = db.pool
+        self.settings = db.pool
         self.conninfo = pool_conninfo(db, user, server_password)
         self.breaker = Breaker(db.pool.breaker_failures, db.pool.breaker_reset)
         self._pg: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
@@ -92,11 +168,11 @@ class Pool:
             name=self.name,
             open=False,
         )
-        self.free: deque[ServerLink] = deque()
-        self.active: set[ServerLink] = set()
+        self.free = []
+        self.active = set()
         # Clients waiting for a server connection, with their acquire_timeout deadline.
         # One timer per pool, armed for the earliest deadline (not one per wait).
-        self.waiters: deque[tuple[Waiter, float]] = deque()
+        self.waiters = deque()
         self._wait_timer: asyncio.TimerHandle | None = None
         self.defaults: dict[str, str] | None = None
         # The defaults as ParameterStatus messages, encoded once for every login.
@@ -148,21 +224,13 @@ class Pool:
 
     # -- hand-off (the hot path) -------------------------------------------
 
-    def acquire(self, waiter: Waiter) -> ServerLink | None:
-        """A free link now, or None and ``waiter`` is called back later."""
-        free = self.free
-        if not self.paused:
-            while free:
-                link = free.pop()
-                if not link.closed:
-                    self.active.add(link)
-                    self.stats.wait.observe(0.0)  # no wait
-                    return link
+    def _acquire_wait(self, waiter: Waiter) -> None:
+        """No free link: queue ``waiter`` (or fail it at once if the breaker is open)."""
         breaker = self.breaker
         closed = breaker.closed
         if not closed and not breaker.allow(time.monotonic()):
             waiter.on_acquire_failed(self.unavailable())
-            return None
+            return
         loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout  # the loop's clock, as call_at's
         self.waiters.append((waiter, deadline))
@@ -172,7 +240,6 @@ class Pool:
             self._start_lease()  # this caller is the breaker's probe: it connects now
         elif len(self.waiters) > self.connecting and self.leased + self.connecting < self.settings.max_size:
             self._grow()  # (checked here first: at saturation, the usual case, there is nothing to grow)
-        return None
 
     def unavailable(self) -> PooldError:
         b = self.breaker
@@ -183,25 +250,6 @@ class Pool:
             f"database {self.db.name!r} is unavailable (circuit breaker open after {b.consecutive} failed "
             f"connects{reason}); poold retries in {retry:.0f} s",
         )
-
-    def release(self, link: ServerLink, now: float = 0.0) -> None:
-        """Take back an idle link (ReadyForQuery 'I', nothing pending)."""
-        link.owner = None
-        self.active.discard(link)
-        if link.closed:
-            return
-        now = now or time.monotonic()
-        if self._closed or link.epoch != self.epoch or link.expires_at <= now:
-            self._give_back(link)
-            return
-        if self.leased > self.settings.max_size:
-            self._retire(link)  # shrinking after a reload
-            return
-        if self.waiters and not self.paused:
-            self._serve_waiter(link)
-            return
-        link.idle_since = now
-        self.free.append(link)
 
     def release_if_idle(self, link: ServerLink) -> None:
         """After an internal ROLLBACK/DISCARD ALL: reuse if idle, else retire."""
@@ -241,7 +289,7 @@ class Pool:
             await self._pg.resize(new.min_size, new.max_size)
             await backend.shrink(self._pg, new.max_size)
             while self.free and self.leased > new.max_size:
-                self._retire(self.free.popleft())
+                self._retire(self.free.pop(0))
             changes.append(f"resized {old.min_size}..{old.max_size} -> {new.min_size}..{new.max_size}")
         if (old.acquire_timeout, old.idle_timeout, old.max_lifetime, old.query_timeout) != (
             new.acquire_timeout, new.idle_timeout, new.max_lifetime, new.query_timeout
@@ -293,7 +341,7 @@ class Pool:
         self._watch_pressure(now)
         hold = self.hold_time
         while self.free and now - self.free[0].idle_since > hold:
-            self._give_back(self.free.popleft())
+            self._give_back(self.free.pop(0))
         qt = self.settings.query_timeout
         if qt > 0:
             for link in list(self.active):
@@ -469,12 +517,6 @@ class Pool:
             self._fail_waiters(self.unavailable())  # now, not at acquire_timeout
             for task in list(self._leasing):  # and stop waiting in psycopg_pool for them
                 task.cancel()
-
-    def _serve_waiter(self, link: ServerLink) -> None:
-        """Hand ``link`` to the longest-waiting client."""
-        waiter, _deadline = self.waiters.popleft()
-        self.active.add(link)
-        waiter.on_server(link)
 
     def _fail_waiters(self, error: PooldError) -> None:
         """Fail every waiting client with ``error``."""

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from . import relaycore
 from .protocol import messages
 from .protocol.errors import ProtocolError
-from .protocol.framing import FrameScanner
+from .protocol.framing import FrameScanner, PyFrameScanner
 from .stats import PoolStats
 
 if TYPE_CHECKING:
@@ -70,23 +71,69 @@ class ServerOwner(Protocol):
     def resume_reading(self) -> None: ...
 
 
-class ServerLink(asyncio.Protocol):
+class ServerCorePy:
+    """A server connection's per-transaction state and path; ``_relaycore.ServerCore`` in C.
+
+    ``data_received`` scans the chunk and hands it to ``_on_frames``. The C
+    version writes the common chunk (a reply for a client whose only watched
+    messages are ReadyForQuery, no internal query in flight) to the client
+    itself and hands only the others to ``_on_frames``.
+    """
+
+    __slots__ = ("busy_since", "cancel_at", "closed", "epoch", "expires_at", "idle_since", "owner", "params",
+                 "pending", "scanner", "stats", "status", "swallow", "transport")
+
+    owner: ServerOwner | None
+    transport: asyncio.Transport | None
+    scanner: PyFrameScanner
+    status: bytes
+    stats: PoolStats
+    params: dict[str, str]
+    pending: int
+    swallow: int
+    busy_since: float
+    cancel_at: float
+    expires_at: float
+    idle_since: float
+    epoch: int
+    closed: bool
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.scanner.feed(data)
+        except ProtocolError:
+            self._stream_corrupt()
+            return
+        self._on_frames(data, frames)
+
+    def _on_frames(self, data: bytes, frames: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _stream_corrupt(self) -> None:
+        raise NotImplementedError
+
+
+if TYPE_CHECKING:
+    ServerCore = ServerCorePy
+else:
+    ServerCore = relaycore.native.ServerCore if relaycore.native else ServerCorePy
+
+
+class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
-    __slots__ = ("_on_internal_done", "_on_lost", "busy_since", "cancel_at", "closed", "conn", "defaults", "epoch",
-                 "expires_at", "idle_since", "owner", "params", "pending", "pid", "scanner", "stats", "status",
-                 "swallow", "transport")
+    __slots__ = ("_on_internal_done", "_on_lost", "conn", "defaults", "pid")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.conn: AsyncConnection[Any] | None = None
         self.pid = 0
-        self.owner: ServerOwner | None = None
+        self.owner = None
         self.scanner = FrameScanner(b"ZSE")
         self.pending = 0  # ReadyForQuery messages still owed to the owner
         self.swallow = 0  # ReadyForQuery messages owed to internal queries
         self.status = b"I"  # transaction status from the last ReadyForQuery
-        self.params: dict[str, str] = {}  # tracked settings differing from defaults
+        self.params = {}  # tracked settings differing from defaults
         self.defaults: dict[str, str] = {}
         self.busy_since = 0.0  # monotonic time the oldest pending request began
         self.idle_since = 0.0
@@ -103,13 +150,12 @@ class ServerLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.scanner.feed(data)
-        except ProtocolError:
-            log.error("server_stream_corrupt", server_pid=self.pid)
-            self.close()
-            return
+    def _stream_corrupt(self) -> None:
+        log.error("server_stream_corrupt", server_pid=self.pid)
+        self.close()
+
+    def _on_frames(self, data: bytes, frames: list[Any]) -> None:
+        """A scanned chunk: client traffic, or (part of it) replies to internal queries."""
         if not self.swallow:
             self._deliver(data, frames)
             return

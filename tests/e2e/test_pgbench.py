@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Poold, pgcluster, server_backends
+from tests.conftest import Poold, pgcluster, server_backends, wait_until
 
 MAX_SIZE = 5
 
@@ -40,6 +40,9 @@ def test_pgbench_zero_failures_and_bounded_server_connections(
     # Session mode holds a server connection per client: give it room for 16.
     max_size = MAX_SIZE if mode == "transaction" else 16
     p = poold_factory(mode=mode, max_size=max_size, min_size=1)
+    # Built by pip install; CI must exercise the native paths, not fall back quietly.
+    ready = wait_until(lambda: next((line for line in p.log_text().splitlines() if '"event": "ready"' in line), None))
+    assert '"frame_scanner": "native"' in str(ready) and '"relay_core": "c"' in str(ready)
     init = run_pgbench(p, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr
 
@@ -68,10 +71,13 @@ def test_pgbench_zero_failures_and_bounded_server_connections(
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
-def test_reference_scanner_serves_the_same(poold_factory: Callable[..., Poold], protocol: str) -> None:
-    """The daemon as it runs where the C scanner was not built (POOLD_FRAME_SCANNER=python)."""
-    p = poold_factory(mode="transaction", max_size=MAX_SIZE, environ={"POOLD_FRAME_SCANNER": "python"})
-    assert '"frame_scanner": "python"' in p.log_text()
+def test_python_references_serve_the_same(poold_factory: Callable[..., Poold], protocol: str) -> None:
+    """The daemon as it runs where no C extension was built: the reference frame
+    scanner and relay core (POOLD_FRAME_SCANNER=python, POOLD_RELAY_CORE=python)."""
+    p = poold_factory(mode="transaction", max_size=MAX_SIZE,
+                      environ={"POOLD_FRAME_SCANNER": "python", "POOLD_RELAY_CORE": "python"})
+    ready = wait_until(lambda: next((line for line in p.log_text().splitlines() if '"event": "ready"' in line), None))
+    assert '"frame_scanner": "python"' in str(ready) and '"relay_core": "python"' in str(ready)
     init = run_pgbench(p, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr
     r = run_pgbench(p, "-n", "-c", "8", "-j", "2", "-T", "3", "-M", protocol)

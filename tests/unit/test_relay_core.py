@@ -1,0 +1,219 @@
+"""The relay's hot path in C (_relaycore) against its Python reference.
+
+One scenario drives real ClientSession, ServerLink and Pool objects, with
+transports that record what is written, through the cases the C core handles
+itself and the ones it hands back to Python: leasing, queueing for a link and
+the hand-off at release, a reply split mid-message, a ParameterStatus and an
+ErrorResponse in a reply, an extended-protocol batch over two chunks, an open
+transaction, Terminate. It runs in two subprocesses, one per implementation
+(POOLD_RELAY_CORE), and their traces must be equal and right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import types
+from collections import Counter, deque
+from typing import Any
+
+import pytest
+
+
+def msg(t: bytes, body: bytes = b"") -> bytes:
+    return t + struct.pack("!i", len(body) + 4) + body
+
+
+def query(sql: str) -> bytes:
+    return msg(b"Q", sql.encode() + b"\0")
+
+
+def reply(status: bytes = b"I", *, rows: int = 1, extra: bytes = b"") -> bytes:
+    out = msg(b"T", b"\x00\x01a\x00" + b"\x00" * 18)
+    out += msg(b"D", b"\x00\x01\x00\x00\x00\x011") * rows
+    return out + extra + msg(b"C", b"SELECT 1\0") + msg(b"Z", status)
+
+
+class Transport:
+    def __init__(self, name: str, log: list[Any]) -> None:
+        self.name, self.log, self.closing = name, log, False
+
+    def write(self, data: bytes) -> None:
+        self.log.append([self.name, data.hex()])
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+        self.log.append([self.name, "close"])
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Loop:
+    def time(self) -> float:
+        return 1000.0
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        return types.SimpleNamespace(when=lambda: when, cancel=lambda: None)
+
+
+def scenario() -> dict[str, Any]:
+    from poold import relaycore
+    from poold.breaker import Breaker
+    from poold.client import ClientSession
+    from poold.pools import Pool
+    from poold.relay import ServerLink
+    from poold.stats import PoolStats
+
+    log: list[Any] = []
+    rt = types.SimpleNamespace(
+        config=types.SimpleNamespace(clients=types.SimpleNamespace(max_message_size=1 << 20)),
+        draining=False, stats=types.SimpleNamespace(errors=Counter()), unregister=lambda c: None,
+    )
+    pool = Pool.__new__(Pool)
+    pool.free, pool.active, pool.waiters = [], set(), deque()
+    pool.stats, pool.settings = PoolStats(), types.SimpleNamespace(max_size=2, acquire_timeout=5.0)
+    pool.leased, pool.epoch, pool.paused, pool._closed = 2, 0, False, False
+    pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
+    pool.defaults, pool.name, pool.clients = {"application_name": ""}, "app.app", 3
+    links = {}
+    for name in ("s2", "s1"):  # LIFO: s1 is leased first
+        link = ServerLink(lambda _link: None)
+        link.transport, link.stats, link.pid = Transport(name, log), pool.stats, len(links) + 1
+        link.defaults = dict(pool.defaults)
+        links[name] = link
+        pool.free.append(link)
+    clients = {}
+    for name in ("c1", "c2", "c3"):
+        c = ClientSession(rt)  # type: ignore[arg-type]
+        c.transport, c.relaying, c.pool, c.peer = Transport(name, log), True, pool, name
+        clients[name] = c
+    c1, c2, c3 = clients["c1"], clients["c2"], clients["c3"]
+    s1, s2 = links["s1"], links["s2"]
+    trace = []
+
+    def step(label: str) -> None:
+        nonlocal log
+        def holder(c: Any) -> str | None:
+            return next((n for n, link in links.items() if c.server is link), None)
+        trace.append({
+            "step": label,
+            "writes": list(log),
+            "clients": {n: [holder(c), c.waiting, c.in_batch, c.replay is None, c.transactions, c.terminating,
+                            len(c.buffered)] for n, c in clients.items()},
+            "links": {n: [link.pending, link.swallow, link.status.decode(), dict(link.params), link.closed]
+                      for n, link in links.items()},
+            "pool": [sorted(n for n, link in links.items() if link in pool.free), len(pool.active), len(pool.waiters)],
+            "stats": [pool.stats.transactions, pool.stats.queries, pool.stats.bytes_in, pool.stats.bytes_out,
+                      sum(pool.stats.wait.counts), sum(pool.stats.xact.counts)],
+        })
+        log.clear()
+
+    c1.data_received(query("select 1"))
+    c2.data_received(query("select 2"))
+    c3.data_received(query("select 3"))
+    step("three requests, two links: c3 waits")
+    s1.data_received(reply())
+    step("s1 answers c1 and goes to c3")
+    whole = reply(rows=3)
+    s2.data_received(whole[:17])
+    s2.data_received(whole[17:])
+    step("s2 answers c2 in two chunks, split mid-message")
+    s1.data_received(reply(extra=msg(b"S", b"application_name\0batch\0")))
+    step("a ParameterStatus in c3's reply")
+    batch = msg(b"P", b"\0select 1\0\0\0") + msg(b"B", b"\0\0\0\0\0\0\0\0") + msg(b"E", b"\0\0\0\0\0")
+    c1.data_received(batch)
+    c1.data_received(msg(b"S"))
+    step("an extended batch in two chunks, on s1: RESET first")
+    reset = msg(b"C", b"RESET\0") + msg(b"S", b"application_name\0\0") + msg(b"Z", b"I")
+    s1.data_received(reset + msg(b"1") + msg(b"2") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
+    step("the RESET's reply is swallowed, the batch's delivered")
+    c2.data_received(query("begin"))
+    s1.data_received(msg(b"C", b"BEGIN\0") + msg(b"Z", b"T"))
+    step("an open transaction keeps its link")
+    c2.data_received(query("select 1/0"))
+    s1.data_received(msg(b"E", b"SERROR\0C22012\0Mdivision by zero\0\0") + msg(b"Z", b"E"))
+    step("an error inside it")
+    c2.data_received(query("rollback"))
+    s1.data_received(msg(b"C", b"ROLLBACK\0") + msg(b"Z", b"I"))
+    step("rollback releases it")
+    c1.data_received(query("select 1/0"))
+    s1.data_received(msg(b"E", b"SERROR\0C22012\0Mdivision by zero\0\0") + msg(b"Z", b"I"))
+    step("an error as the first reply")
+    c3.data_received(query("select 4"))
+    s1.data_received(msg(b"C", b"SET\0") + msg(b"S", b"application_name\0batch\0") + msg(b"Z", b"I") + reply())
+    step("c3's setting goes first; its reply is swallowed")
+    c3.data_received(msg(b"X"))
+    step("terminate")
+    return {"core": relaycore.NAME, "trace": trace}
+
+
+def run_scenario(core: str) -> dict[str, Any]:
+    env = dict(os.environ, POOLD_RELAY_CORE=core)
+    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def traces() -> dict[str, dict[str, Any]]:
+    return {"python": run_scenario("python"), "c": run_scenario("c")}
+
+
+def test_the_c_core_was_built(traces: dict[str, dict[str, Any]]) -> None:
+    assert traces["c"]["core"] == "c", "poold._relaycore was not built (is a C compiler installed?)"
+    assert traces["python"]["core"] == "python"
+
+
+def test_same_trace_step_by_step(traces: dict[str, dict[str, Any]]) -> None:
+    for ref, nat in zip(traces["python"]["trace"], traces["c"]["trace"], strict=True):
+        assert nat == ref, ref["step"]
+
+
+def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
+    steps = {s["step"]: s for s in traces["c"]["trace"]}
+    first = steps["three requests, two links: c3 waits"]
+    assert [w[0] for w in first["writes"]] == ["s1", "s2"]
+    assert first["clients"]["c3"][:2] == [None, True] and first["pool"] == [[], 2, 1]
+    handoff = steps["s1 answers c1 and goes to c3"]
+    assert [w[0] for w in handoff["writes"]] == ["c1", "s1"]
+    assert bytes.fromhex(handoff["writes"][0][1]) == reply()
+    assert bytes.fromhex(handoff["writes"][1][1]) == query("select 3")
+    assert handoff["clients"]["c3"][0] == "s1" and handoff["clients"]["c1"][0] is None
+    split = steps["s2 answers c2 in two chunks, split mid-message"]
+    assert b"".join(bytes.fromhex(w[1]) for w in split["writes"]) == reply(rows=3)
+    assert split["pool"][0] == ["s2"]
+    assert steps["a ParameterStatus in c3's reply"]["links"]["s1"][3] == {"application_name": "batch"}
+    batch = steps["an extended batch in two chunks, on s1: RESET first"]
+    assert batch["clients"]["c1"][:3] == ["s1", False, False]
+    assert bytes.fromhex(batch["writes"][0][1]) == query("RESET application_name")
+    swallowed = steps["the RESET's reply is swallowed, the batch's delivered"]
+    assert [bytes.fromhex(w[1]) for w in swallowed["writes"]] == [
+        msg(b"1") + msg(b"2") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")]
+    assert swallowed["links"]["s1"][3] == {} and swallowed["pool"][0] == ["s1", "s2"]
+    held = steps["an error inside it"]
+    assert held["clients"]["c2"][0] == "s1" and held["links"]["s1"][2] == "E"
+    assert steps["rollback releases it"]["clients"]["c2"][0] is None
+    error = steps["an error as the first reply"]
+    assert error["writes"][1][0] == "c1" and bytes.fromhex(error["writes"][1][1]).startswith(b"E")
+    assert error["clients"]["c1"][0] is None and error["clients"]["c1"][3]  # released, nothing to replay
+    own = steps["c3's setting goes first; its reply is swallowed"]
+    assert [w[0] for w in own["writes"]] == ["s1", "s1", "c3"]
+    assert bytes.fromhex(own["writes"][0][1]) == query("SET application_name TO 'batch'")
+    assert bytes.fromhex(own["writes"][2][1]) == reply()
+    assert steps["terminate"]["writes"] == [["c3", "close"]]
+    assert steps["terminate"]["stats"][:2] == [7, 9]  # transactions; queries (each Query and Sync)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    print(json.dumps(scenario()))
