@@ -43,7 +43,8 @@ static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause,
-    *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server;
+    *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_closed,
+    *s_acquire_timeout, *s_append;
 
 static double
 monotonic(void)
@@ -308,7 +309,10 @@ typedef struct {
     PyObject *waiters;  /* deque of (waiter, deadline) */
     PyObject *stats;    /* StatsCore */
     PyObject *settings; /* config.PoolSettings */
-    Py_ssize_t leased;
+    PyObject *breaker;  /* breaker.Breaker */
+    PyObject *loop_time; /* the event loop's time(), the clock of its timers */
+    Py_ssize_t leased, connecting;
+    double wait_until;  /* the deadline the wait timer is armed for; 0: not armed */
     long epoch;
     char paused, closed;
 } PoolCore;
@@ -567,15 +571,77 @@ pool_release(PoolCore *self, ServerCore *link, double now)
     return PyList_Append(self->free, (PyObject *)link);
 }
 
+static double
+float_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1.0;
+    double result = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* _acquire_wait, for the usual case at saturation: the breaker closed, the
+ * wait timer already armed for an earlier deadline, no connection to add. Any
+ * other case is Pool._acquire_wait's. */
+static int
+pool_acquire_wait(PoolCore *self, PyObject *waiter)
+{
+    int usual = !self->closed && self->wait_until > 0.0 && !is_none(self->breaker) && !is_none(self->loop_time);
+    double deadline = 0.0;
+    if (usual) {
+        PyObject *closed = PyObject_GetAttr(self->breaker, s_closed);
+        if (closed == NULL)
+            return -1;
+        usual = PyObject_IsTrue(closed);
+        Py_DECREF(closed);
+        if (usual < 0)
+            return -1;
+    }
+    if (usual) {
+        double now = 0.0, timeout;
+        PyObject *t = PyObject_CallNoArgs(self->loop_time);
+        if (t == NULL)
+            return -1;
+        now = PyFloat_AsDouble(t);
+        Py_DECREF(t);
+        if ((now == -1.0 || (timeout = float_attr(self->settings, s_acquire_timeout)) == -1.0) && PyErr_Occurred())
+            return -1;
+        deadline = now + timeout; /* the loop's clock, as call_at's */
+        usual = deadline >= self->wait_until;
+    }
+    if (usual) {
+        PyObject *max_size = PyObject_GetAttr(self->settings, s_max_size);
+        if (max_size == NULL)
+            return -1;
+        Py_ssize_t limit = PyLong_AsSsize_t(max_size);
+        Py_DECREF(max_size);
+        Py_ssize_t waiting = PyObject_Length(self->waiters);
+        if ((limit == -1 || waiting < 0) && PyErr_Occurred())
+            return -1;
+        /* the grow check, with this waiter counted */
+        usual = !(waiting + 1 > self->connecting && self->leased + self->connecting < limit);
+    }
+    if (!usual)
+        return call_done(PyObject_CallMethodOneArg((PyObject *)self, s_acquire_wait, waiter));
+    PyObject *item = Py_BuildValue("(Od)", waiter, deadline);
+    if (item == NULL)
+        return -1;
+    int rc = call_done(PyObject_CallMethodOneArg(self->waiters, s_append, item));
+    Py_DECREF(item);
+    return rc;
+}
+
 static PyObject *
 Pool_acquire(PoolCore *self, PyObject *waiter)
 {
     ServerCore *link = pool_take_free(self);
     if (link != NULL)
         return (PyObject *)link;
-    if (PyErr_Occurred())
+    if (PyErr_Occurred() || pool_acquire_wait(self, waiter) < 0)
         return NULL;
-    return PyObject_CallMethodOneArg((PyObject *)self, s_acquire_wait, waiter);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -620,6 +686,8 @@ Pool_traverse(PoolCore *self, visitproc visit, void *arg)
     Py_VISIT(self->waiters);
     Py_VISIT(self->stats);
     Py_VISIT(self->settings);
+    Py_VISIT(self->breaker);
+    Py_VISIT(self->loop_time);
     return 0;
 }
 
@@ -631,6 +699,8 @@ Pool_clear(PoolCore *self)
     Py_CLEAR(self->waiters);
     Py_CLEAR(self->stats);
     Py_CLEAR(self->settings);
+    Py_CLEAR(self->breaker);
+    Py_CLEAR(self->loop_time);
     return 0;
 }
 
@@ -656,7 +726,11 @@ static PyMemberDef Pool_members[] = {
     {"waiters", T_OBJECT, offsetof(PoolCore, waiters), 0, NULL},
     {"stats", T_OBJECT, offsetof(PoolCore, stats), 0, NULL},
     {"settings", T_OBJECT, offsetof(PoolCore, settings), 0, NULL},
+    {"breaker", T_OBJECT, offsetof(PoolCore, breaker), 0, NULL},
+    {"_loop_time", T_OBJECT, offsetof(PoolCore, loop_time), 0, NULL},
     {"leased", T_PYSSIZET, offsetof(PoolCore, leased), 0, NULL},
+    {"connecting", T_PYSSIZET, offsetof(PoolCore, connecting), 0, NULL},
+    {"_wait_until", T_DOUBLE, offsetof(PoolCore, wait_until), 0, NULL},
     {"epoch", T_LONG, offsetof(PoolCore, epoch), 0, NULL},
     {"paused", T_BOOL, offsetof(PoolCore, paused), 0, NULL},
     {"_closed", T_BOOL, offsetof(PoolCore, closed), 0, NULL},
@@ -727,7 +801,7 @@ client_lease_and_send(ClientCore *self, PyObject *data, Py_ssize_t syncs)
             return -1;
         /* Queued: on_server follows. (Or it failed at once, and we are closed.) */
         self->waiting = 1;
-        if (call_done(PyObject_CallMethodOneArg(self->pool, s_acquire_wait, (PyObject *)self)) < 0)
+        if (pool_acquire_wait((PoolCore *)self->pool, (PyObject *)self) < 0)
             return -1;
         if (!self->waiting)
             return 0;
@@ -1081,6 +1155,9 @@ PyInit__relaycore(void)
     INTERN(s_give_back, "_give_back");
     INTERN(s_retire, "_retire");
     INTERN(s_popleft, "popleft");
+    INTERN(s_closed, "closed");
+    INTERN(s_acquire_timeout, "acquire_timeout");
+    INTERN(s_append, "append");
     INTERN(s_on_server, "on_server");
     INTERN(s_acquire_wait, "_acquire_wait");
     INTERN(s_write, "write");

@@ -24,7 +24,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -174,6 +174,7 @@ class Pool(PoolCore):
         # One timer per pool, armed for the earliest deadline (not one per wait).
         self.waiters = deque()
         self._wait_timer: asyncio.TimerHandle | None = None
+        self._wait_until = 0.0  # the deadline it is armed for (0: not armed)
         self.defaults: dict[str, str] | None = None
         # The defaults as ParameterStatus messages, encoded once for every login.
         self.status_messages: dict[str, bytes] = {}
@@ -194,6 +195,7 @@ class Pool(PoolCore):
         # The event loop, from open(): asyncio.get_running_loop() costs a getpid()
         # system call on Python 3.11, too much for a path taken per waiting request.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_time: Callable[[], float] | None = None
         # Tracked settings a connection carried when it went back to
         # psycopg_pool (libpq never saw the relayed SETs), restored on re-lease.
         self._carried_params: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
@@ -204,6 +206,7 @@ class Pool(PoolCore):
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_time = self._loop.time
         await self._pg.open(wait=False)
         log.info("pool_created", pool=self.name, mode=self.settings.mode,
                  min_size=self.settings.min_size, max_size=self.settings.max_size)
@@ -412,6 +415,7 @@ class Pool(PoolCore):
         self._closed = True
         if self._wait_timer is not None:
             self._wait_timer.cancel()
+            self._wait_timer, self._wait_until = None, 0.0
         self._fail_waiters(PooldError("57P01", "poold is shutting down"))
         while self.free:
             self._give_back(self.free.pop())
@@ -526,7 +530,7 @@ class Pool(PoolCore):
 
     def _expire_waiters(self) -> None:
         """The wait timer: fail the waiters past their deadline, re-arm for the next."""
-        self._wait_timer = None
+        self._wait_timer, self._wait_until = None, 0.0
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time() + 0.001  # the loop's timers have millisecond resolution
         # Deadlines are in arrival order unless a reload changed acquire_timeout: look at all.
@@ -541,7 +545,7 @@ class Pool(PoolCore):
     def _arm_wait_timer(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         if self._wait_timer is not None:
             self._wait_timer.cancel()
-        self._wait_timer = loop.call_at(deadline, self._expire_waiters)
+        self._wait_timer, self._wait_until = loop.call_at(deadline, self._expire_waiters), deadline
 
     def _timed_out(self) -> PooldError:
         return PooldError(

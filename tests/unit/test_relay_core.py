@@ -84,6 +84,7 @@ def scenario() -> dict[str, Any]:
     pool.stats, pool.settings = PoolStats(), types.SimpleNamespace(max_size=2, acquire_timeout=5.0)
     pool.leased, pool.epoch, pool.paused, pool._closed = 2, 0, False, False
     pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
+    pool._loop_time, pool._wait_until = pool._loop.time, 0.0
     pool.defaults, pool.name, pool.clients = {"application_name": ""}, "app.app", 3
     links = {}
     for name in ("s2", "s1"):  # LIFO: s1 is leased first
@@ -93,11 +94,11 @@ def scenario() -> dict[str, Any]:
         links[name] = link
         pool.free.append(link)
     clients = {}
-    for name in ("c1", "c2", "c3"):
+    for name in ("c1", "c2", "c3", "c4"):
         c = ClientSession(rt)  # type: ignore[arg-type]
         c.transport, c.relaying, c.pool, c.peer = Transport(name, log), True, pool, name
         clients[name] = c
-    c1, c2, c3 = clients["c1"], clients["c2"], clients["c3"]
+    c1, c2, c3, c4 = clients["c1"], clients["c2"], clients["c3"], clients["c4"]
     s1, s2 = links["s1"], links["s2"]
     trace = []
 
@@ -121,13 +122,16 @@ def scenario() -> dict[str, Any]:
     c1.data_received(query("select 1"))
     c2.data_received(query("select 2"))
     c3.data_received(query("select 3"))
-    step("three requests, two links: c3 waits")
+    c4.data_received(query("select 4"))
+    step("four requests, two links: c3 and c4 wait")
     s1.data_received(reply())
     step("s1 answers c1 and goes to c3")
     whole = reply(rows=3)
     s2.data_received(whole[:17])
     s2.data_received(whole[17:])
-    step("s2 answers c2 in two chunks, split mid-message")
+    step("s2 answers c2 in two chunks, split mid-message, and goes to c4")
+    s2.data_received(reply())
+    step("s2 answers c4")
     s1.data_received(reply(extra=msg(b"S", b"application_name\0batch\0")))
     step("a ParameterStatus in c3's reply")
     batch = msg(b"P", b"\0select 1\0\0\0") + msg(b"B", b"\0\0\0\0\0\0\0\0") + msg(b"E", b"\0\0\0\0\0")
@@ -181,17 +185,20 @@ def test_same_trace_step_by_step(traces: dict[str, dict[str, Any]]) -> None:
 
 def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
     steps = {s["step"]: s for s in traces["c"]["trace"]}
-    first = steps["three requests, two links: c3 waits"]
+    first = steps["four requests, two links: c3 and c4 wait"]
     assert [w[0] for w in first["writes"]] == ["s1", "s2"]
-    assert first["clients"]["c3"][:2] == [None, True] and first["pool"] == [[], 2, 1]
+    assert first["clients"]["c3"][:2] == [None, True] and first["clients"]["c4"][:2] == [None, True]
+    assert first["pool"] == [[], 2, 2]
     handoff = steps["s1 answers c1 and goes to c3"]
     assert [w[0] for w in handoff["writes"]] == ["c1", "s1"]
     assert bytes.fromhex(handoff["writes"][0][1]) == reply()
     assert bytes.fromhex(handoff["writes"][1][1]) == query("select 3")
     assert handoff["clients"]["c3"][0] == "s1" and handoff["clients"]["c1"][0] is None
-    split = steps["s2 answers c2 in two chunks, split mid-message"]
-    assert b"".join(bytes.fromhex(w[1]) for w in split["writes"]) == reply(rows=3)
-    assert split["pool"][0] == ["s2"]
+    split = steps["s2 answers c2 in two chunks, split mid-message, and goes to c4"]
+    assert [w[0] for w in split["writes"]] == ["c2", "c2", "s2"]
+    assert b"".join(bytes.fromhex(w[1]) for w in split["writes"][:2]) == reply(rows=3)
+    assert bytes.fromhex(split["writes"][2][1]) == query("select 4")
+    assert steps["s2 answers c4"]["pool"][0] == ["s2"]
     assert steps["a ParameterStatus in c3's reply"]["links"]["s1"][3] == {"application_name": "batch"}
     batch = steps["an extended batch in two chunks, on s1: RESET first"]
     assert batch["clients"]["c1"][:3] == ["s1", False, False]
@@ -211,7 +218,7 @@ def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
     assert bytes.fromhex(own["writes"][0][1]) == query("SET application_name TO 'batch'")
     assert bytes.fromhex(own["writes"][2][1]) == reply()
     assert steps["terminate"]["writes"] == [["c3", "close"]]
-    assert steps["terminate"]["stats"][:2] == [7, 9]  # transactions; queries (each Query and Sync)
+    assert steps["terminate"]["stats"][:2] == [8, 10]  # transactions; queries (each Query and Sync)
 
 
 if __name__ == "__main__":
