@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/_relaycore.c
+$(VENV)/.installed: pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/protocol/framing_capi.h daemon/poold/_relaycore.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

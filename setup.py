@@ -13,12 +13,14 @@ setup(
         Extension(
             "poold.protocol._framing",
             sources=["daemon/poold/protocol/_framing.c"],
+            depends=["daemon/poold/protocol/framing_capi.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),
         Extension(
             "poold._relaycore",
             sources=["daemon/poold/_relaycore.c"],
+            depends=["daemon/poold/protocol/framing_capi.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -37,9 +37,13 @@
 #include <structmember.h>
 #include <time.h>
 
+#include "protocol/framing_capi.h"
+
 static PyTypeObject HistogramCoreType, StatsCoreType, ServerCoreType, ClientCoreType, PoolCoreType;
 
 static PyObject *ProtocolError; /* poold.protocol.errors.ProtocolError */
+static FramingCAPI *framing;    /* the native scanner's C API; NULL when _framing was not built */
+static unsigned char SYNC_COUNTED[256]; /* SYNC_POINTS as a table */
 static PyObject *SYNC_POINTS;   /* b"QSF": Query, Sync and FunctionCall each owe one ReadyForQuery */
 static PyObject *TERMINATE;     /* ord("X") */
 static PyObject *IDLE;          /* b"I" */
@@ -64,6 +68,54 @@ static int
 is_none(PyObject *o)
 {
     return o == NULL || o == Py_None;
+}
+
+/* The scanner's walks: a C call for the native scanner, a method call for the
+ * Python one (POOLD_FRAME_SCANNER=python). */
+static int
+native_scanner(PyObject *scanner, PyObject *data)
+{
+    return framing != NULL && Py_IS_TYPE(scanner, framing->scanner_type) && PyBytes_CheckExact(data);
+}
+
+static PyObject *
+scanner_feed(PyObject *scanner, PyObject *data)
+{
+    if (native_scanner(scanner, data))
+        return framing->feed(scanner, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    return PyObject_CallMethodOneArg(scanner, s_feed, data);
+}
+
+/* tally(data, b"QSF", ord("X")); stop_start is -1 when there is no Terminate. */
+static int
+scanner_tally(PyObject *scanner, PyObject *data, Py_ssize_t *count, Py_ssize_t *stop_start, int *last)
+{
+    if (native_scanner(scanner, data))
+        return framing->tally(scanner, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), SYNC_COUNTED, 'X', count,
+                              stop_start, last);
+    PyObject *args[4] = {scanner, data, SYNC_POINTS, TERMINATE};
+    PyObject *tally = PyObject_VectorcallMethod(s_tally, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (tally == NULL)
+        return -1;
+    *count = PyLong_AsSsize_t(PyTuple_GET_ITEM(tally, 0));
+    PyObject *stop = PyTuple_GET_ITEM(tally, 1);
+    *stop_start = stop == Py_None ? -1 : PyLong_AsSsize_t(stop);
+    *last = (int)PyLong_AsLong(PyTuple_GET_ITEM(tally, 2));
+    Py_DECREF(tally);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+scanner_at_boundary(PyObject *scanner)
+{
+    if (framing != NULL && Py_IS_TYPE(scanner, framing->scanner_type))
+        return framing->at_boundary(scanner);
+    PyObject *boundary = PyObject_GetAttr(scanner, s_at_boundary);
+    if (boundary == NULL)
+        return -1;
+    int result = PyObject_IsTrue(boundary);
+    Py_DECREF(boundary);
+    return result;
 }
 
 /* Call and drop the result; 0, or -1 with an exception set. */
@@ -365,7 +417,7 @@ Server_dealloc(ServerCore *self)
 static PyObject *
 Server_data_received(ServerCore *self, PyObject *data)
 {
-    PyObject *frames = PyObject_CallMethodOneArg(self->scanner, s_feed, data);
+    PyObject *frames = scanner_feed(self->scanner, data);
     if (frames == NULL) {
         if (PyErr_ExceptionMatches(ProtocolError)) {
             PyErr_Clear();
@@ -875,12 +927,14 @@ Client_data_received(ClientCore *self, PyObject *data)
 {
     if (!self->relaying)
         return PyObject_CallMethodOneArg((PyObject *)self, s_login_data, data);
-    StatsCore *stats = is_none(self->pool) ? NULL : stats_of(((PoolCore *)self->pool)->stats);
-    if (!PyBytes_CheckExact(data) || !PyObject_TypeCheck(self->pool, &PoolCoreType) || stats == NULL)
+    StatsCore *stats = NULL;
+    if (PyBytes_CheckExact(data) && !is_none(self->pool) && PyObject_TypeCheck(self->pool, &PoolCoreType))
+        stats = stats_of(((PoolCore *)self->pool)->stats);
+    if (stats == NULL)
         return PyObject_CallMethodOneArg((PyObject *)self, s_relay, data);
-    PyObject *args[4] = {self->scanner, data, SYNC_POINTS, TERMINATE};
-    PyObject *tally = PyObject_VectorcallMethod(s_tally, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (tally == NULL) {
+    Py_ssize_t syncs, stop_at;
+    int last;
+    if (scanner_tally(self->scanner, data, &syncs, &stop_at, &last) < 0) {
         if (!PyErr_ExceptionMatches(ProtocolError))
             return NULL;
         PyObject *type, *value, *tb;
@@ -892,21 +946,16 @@ Client_data_received(ClientCore *self, PyObject *data)
         Py_XDECREF(tb);
         return result;
     }
-    Py_ssize_t syncs = PyLong_AsSsize_t(PyTuple_GET_ITEM(tally, 0));
-    PyObject *stop_at = PyTuple_GET_ITEM(tally, 1);
-    long last = PyLong_AsLong(PyTuple_GET_ITEM(tally, 2));
     if (last >= 0) /* messages sent since the last sync point */
         self->in_batch = !(last == 'Q' || last == 'S' || last == 'F');
     PyObject *chunk;
-    if (stop_at != Py_None) { /* Terminate: not forwarded; the session ends */
-        Py_ssize_t at = PyLong_AsSsize_t(stop_at);
-        chunk = at > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), at) : Py_NewRef(EMPTY);
+    if (stop_at >= 0) { /* Terminate: not forwarded; the session ends */
+        chunk = stop_at > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), stop_at) : Py_NewRef(EMPTY);
         self->terminating = 1;
     }
     else {
         chunk = Py_NewRef(data);
     }
-    Py_DECREF(tally);
     if (chunk == NULL)
         return NULL;
     Py_ssize_t n = PyBytes_GET_SIZE(chunk);
@@ -980,11 +1029,7 @@ client_server_ready(ClientCore *self, PyObject *status)
     }
     if (self->in_batch)
         Py_RETURN_NONE;
-    PyObject *boundary = PyObject_GetAttr(self->scanner, s_at_boundary);
-    if (boundary == NULL)
-        return NULL;
-    int at_boundary = PyObject_IsTrue(boundary);
-    Py_DECREF(boundary);
+    int at_boundary = scanner_at_boundary(self->scanner);
     if (at_boundary <= 0)
         return at_boundary < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *draining = PyObject_GetAttr(self->rt, s_draining);
@@ -1171,6 +1216,10 @@ PyInit__relaycore(void)
         (DRAIN_STATE = PyUnicode_FromString("57P01")) == NULL ||
         (DRAIN_MESSAGE = PyUnicode_FromString("terminating connection: poold is draining")) == NULL)
         return NULL;
+    SYNC_COUNTED['Q'] = SYNC_COUNTED['S'] = SYNC_COUNTED['F'] = 1;
+    framing = (FramingCAPI *)PyCapsule_Import(FRAMING_CAPI_NAME, 0);
+    if (framing == NULL)
+        PyErr_Clear(); /* _framing not built: the scanner is the Python one, called as methods */
     PyObject *errors = PyImport_ImportModule("poold.protocol.errors");
     if (errors == NULL)
         return NULL;

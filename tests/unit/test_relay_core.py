@@ -5,8 +5,10 @@ transports that record what is written, through the cases the C core handles
 itself and the ones it hands back to Python: leasing, queueing for a link and
 the hand-off at release, a reply split mid-message, a ParameterStatus and an
 ErrorResponse in a reply, an extended-protocol batch over two chunks, an open
-transaction, Terminate. It runs in two subprocesses, one per implementation
-(POOLD_RELAY_CORE), and their traces must be equal and right.
+transaction, Terminate. It runs in subprocesses, one per implementation
+(POOLD_RELAY_CORE), plus the C core with the Python frame scanner
+(POOLD_FRAME_SCANNER=python, which the core calls as methods rather than
+through the scanner's C API); their traces must be equal and right.
 """
 
 from __future__ import annotations
@@ -161,8 +163,8 @@ def scenario() -> dict[str, Any]:
     return {"core": relaycore.NAME, "trace": trace}
 
 
-def run_scenario(core: str) -> dict[str, Any]:
-    env = dict(os.environ, POOLD_RELAY_CORE=core)
+def run_scenario(core: str, scanner: str = "native") -> dict[str, Any]:
+    env = dict(os.environ, POOLD_RELAY_CORE=core, POOLD_FRAME_SCANNER=scanner)
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
@@ -170,16 +172,18 @@ def run_scenario(core: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def traces() -> dict[str, dict[str, Any]]:
-    return {"python": run_scenario("python"), "c": run_scenario("c")}
+    return {"python": run_scenario("python"), "c": run_scenario("c"), "c/python scanner": run_scenario("c", "python")}
 
 
 def test_the_c_core_was_built(traces: dict[str, dict[str, Any]]) -> None:
     assert traces["c"]["core"] == "c", "poold._relaycore was not built (is a C compiler installed?)"
+    assert traces["c/python scanner"]["core"] == "c"
     assert traces["python"]["core"] == "python"
 
 
-def test_same_trace_step_by_step(traces: dict[str, dict[str, Any]]) -> None:
-    for ref, nat in zip(traces["python"]["trace"], traces["c"]["trace"], strict=True):
+@pytest.mark.parametrize("variant", ["c", "c/python scanner"])
+def test_same_trace_step_by_step(traces: dict[str, dict[str, Any]], variant: str) -> None:
+    for ref, nat in zip(traces["python"]["trace"], traces[variant]["trace"], strict=True):
         assert nat == ref, ref["step"]
 
 

@@ -19,6 +19,8 @@
 #include <Python.h>
 #include <stdint.h>
 
+#include "framing_capi.h"
+
 /* PostgreSQL's cap on any message (MaxAllocSize, 1 GiB - 1). */
 #define MAX_MESSAGE_LENGTH 0x3FFFFFFFLL
 
@@ -263,6 +265,40 @@ Scanner_tally(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("nOi", sink.count, Py_None, sink.last);
 }
 
+/* The C API (framing_capi.h) for the relay core: tally and feed without a
+ * method call, the same walks as the methods above. */
+static int
+capi_tally(PyObject *scanner, const char *data, Py_ssize_t n, const unsigned char counted[256], int stop,
+           Py_ssize_t *count, Py_ssize_t *stop_start, int *last)
+{
+    Sink sink = {.frames = NULL, .stop = stop, .last = -1};
+    memcpy(sink.counted, counted, sizeof(sink.counted));
+    if (walk((Scanner *)scanner, (const unsigned char *)data, n, &sink) < 0)
+        return -1;
+    *count = sink.count;
+    *stop_start = sink.stopped ? sink.stop_start : -1;
+    *last = sink.last;
+    return 0;
+}
+
+static PyObject *
+capi_feed(PyObject *scanner, const char *data, Py_ssize_t n)
+{
+    Sink sink = {.frames = PyList_New(0), .stop = -1, .last = -1};
+    if (sink.frames == NULL || walk((Scanner *)scanner, (const unsigned char *)data, n, &sink) < 0) {
+        Py_XDECREF(sink.frames);
+        return NULL;
+    }
+    return sink.frames;
+}
+
+static int
+capi_at_boundary(PyObject *scanner)
+{
+    Scanner *self = (Scanner *)scanner;
+    return self->skip == 0 && self->carry == NULL;
+}
+
 static PyObject *
 Scanner_at_boundary(Scanner *self, void *closure)
 {
@@ -343,6 +379,17 @@ PyInit__framing(void)
     Py_INCREF(&ScannerType);
     if (PyModule_AddObject(m, "FrameScanner", (PyObject *)&ScannerType) < 0) {
         Py_DECREF(&ScannerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    static FramingCAPI capi;
+    capi.scanner_type = &ScannerType;
+    capi.tally = capi_tally;
+    capi.feed = capi_feed;
+    capi.at_boundary = capi_at_boundary;
+    PyObject *capsule = PyCapsule_New(&capi, FRAMING_CAPI_NAME, NULL);
+    if (capsule == NULL || PyModule_AddObject(m, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
         Py_DECREF(m);
         return NULL;
     }
