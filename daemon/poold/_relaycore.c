@@ -64,6 +64,15 @@ monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* isinstance for the core types: their instances are direct subclasses
+ * (ServerLink, ClientSession, Pool, PoolStats, Histogram), so the usual check
+ * is one comparison rather than PyType_IsSubtype's walk of the MRO. */
+static inline int
+is_core(PyObject *o, PyTypeObject *type)
+{
+    return Py_IS_TYPE(o, type) || Py_TYPE(o)->tp_base == type || PyType_IsSubtype(Py_TYPE(o), type);
+}
+
 static int
 is_none(PyObject *o)
 {
@@ -302,13 +311,13 @@ static PyTypeObject StatsCoreType = {
 static StatsCore *
 stats_of(PyObject *stats)
 {
-    return (stats != NULL && PyObject_TypeCheck(stats, &StatsCoreType)) ? (StatsCore *)stats : NULL;
+    return (stats != NULL && is_core(stats, &StatsCoreType)) ? (StatsCore *)stats : NULL;
 }
 
 static void
 observe(PyObject *histogram, double value)
 {
-    if (histogram != NULL && PyObject_TypeCheck(histogram, &HistogramCoreType))
+    if (histogram != NULL && is_core(histogram, &HistogramCoreType))
         histogram_observe((HistogramCore *)histogram, value);
 }
 
@@ -426,7 +435,7 @@ Server_data_received(ServerCore *self, PyObject *data)
         return NULL;
     }
     Py_ssize_t nframes = PyList_GET_SIZE(frames);
-    int fast = self->swallow == 0 && !is_none(self->owner) && PyObject_TypeCheck(self->owner, &ClientCoreType) &&
+    int fast = self->swallow == 0 && !is_none(self->owner) && is_core(self->owner, &ClientCoreType) &&
                PyBytes_CheckExact(data);
     for (Py_ssize_t i = 0; fast && i < nframes; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
@@ -552,7 +561,7 @@ pool_take_free(PoolCore *self)
             Py_DECREF(link);
             return NULL;
         }
-        if (!PyObject_TypeCheck(link, &ServerCoreType)) {
+        if (!is_core(link, &ServerCoreType)) {
             Py_DECREF(link);
             PyErr_SetString(PyExc_TypeError, "a pool's free list holds ServerCore links");
             return NULL;
@@ -588,13 +597,36 @@ pool_serve_waiter(PoolCore *self, ServerCore *link)
     Py_DECREF(item);
     int rc = PySet_Add(self->active, (PyObject *)link);
     if (rc == 0) {
-        if (PyObject_TypeCheck(waiter, &ClientCoreType))
+        if (is_core(waiter, &ClientCoreType))
             rc = client_on_server((ClientCore *)waiter, link);
         else
             rc = call_done(PyObject_CallMethodOneArg(waiter, s_on_server, (PyObject *)link));
     }
     Py_DECREF(waiter);
     return rc;
+}
+
+static double
+float_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1.0;
+    double result = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* settings.max_size (a reload may have changed it); -1 with an exception set on error */
+static Py_ssize_t
+pool_max_size(PoolCore *self)
+{
+    PyObject *value = PyObject_GetAttr(self->settings, s_max_size);
+    if (value == NULL)
+        return -1;
+    Py_ssize_t result = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return result;
 }
 
 /* release: take back an idle link (ReadyForQuery 'I', nothing pending). */
@@ -610,11 +642,7 @@ pool_release(PoolCore *self, ServerCore *link, double now)
         now = monotonic();
     if (self->closed || link->epoch != self->epoch || link->expires_at <= now)
         return call_done(PyObject_CallMethodOneArg((PyObject *)self, s_give_back, (PyObject *)link));
-    PyObject *max_size = PyObject_GetAttr(self->settings, s_max_size);
-    if (max_size == NULL)
-        return -1;
-    Py_ssize_t limit = PyLong_AsSsize_t(max_size);
-    Py_DECREF(max_size);
+    Py_ssize_t limit = pool_max_size(self);
     if (limit == -1 && PyErr_Occurred())
         return -1;
     if (self->leased > limit) /* shrinking after a reload */
@@ -626,17 +654,6 @@ pool_release(PoolCore *self, ServerCore *link, double now)
         return pool_serve_waiter(self, link);
     link->idle_since = now;
     return PyList_Append(self->free, (PyObject *)link);
-}
-
-static double
-float_attr(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL)
-        return -1.0;
-    double result = PyFloat_AsDouble(value);
-    Py_DECREF(value);
-    return result;
 }
 
 /* _acquire_wait, for the usual case at saturation: the breaker closed, the
@@ -669,12 +686,8 @@ pool_acquire_wait(PoolCore *self, PyObject *waiter)
         usual = deadline >= self->wait_until;
     }
     if (usual) {
-        PyObject *max_size = PyObject_GetAttr(self->settings, s_max_size);
-        if (max_size == NULL)
-            return -1;
-        Py_ssize_t limit = PyLong_AsSsize_t(max_size);
-        Py_DECREF(max_size);
-        Py_ssize_t waiting = PyObject_Length(self->waiters);
+        Py_ssize_t limit = pool_max_size(self);
+        Py_ssize_t waiting = limit == -1 && PyErr_Occurred() ? -1 : PyObject_Length(self->waiters);
         if ((limit == -1 || waiting < 0) && PyErr_Occurred())
             return -1;
         /* the grow check, with this waiter counted */
@@ -709,7 +722,7 @@ Pool_release(PoolCore *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "release(link, now=0.0)");
         return NULL;
     }
-    if (!PyObject_TypeCheck(args[0], &ServerCoreType)) {
+    if (!is_core(args[0], &ServerCoreType)) {
         PyErr_SetString(PyExc_TypeError, "release: a ServerCore link");
         return NULL;
     }
@@ -726,7 +739,7 @@ Pool_release(PoolCore *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Pool_serve_waiter(PoolCore *self, PyObject *link)
 {
-    if (!PyObject_TypeCheck(link, &ServerCoreType)) {
+    if (!is_core(link, &ServerCoreType)) {
         PyErr_SetString(PyExc_TypeError, "_serve_waiter: a ServerCore link");
         return NULL;
     }
@@ -814,6 +827,8 @@ static PyTypeObject PoolCoreType = {
 static int
 same_settings(PyObject *a, PyObject *b)
 {
+    if (a == NULL || b == NULL)
+        return 0; /* not set up yet: ClientSession._attach decides */
     if (PyDict_CheckExact(a) && PyDict_CheckExact(b) && PyDict_GET_SIZE(a) == 0 && PyDict_GET_SIZE(b) == 0)
         return 1;
     return PyObject_RichCompareBool(a, b, Py_EQ);
@@ -876,7 +891,7 @@ static int
 client_on_server(ClientCore *self, ServerCore *link)
 {
     PoolCore *pool = (PoolCore *)self->pool;
-    if (!PyObject_TypeCheck(self->pool, &PoolCoreType)) {
+    if (is_none(self->pool) || !is_core(self->pool, &PoolCoreType)) {
         PyErr_SetString(PyExc_TypeError, "on_server: the client has no PoolCore");
         return -1;
     }
@@ -912,7 +927,7 @@ client_on_server(ClientCore *self, ServerCore *link)
 static PyObject *
 Client_on_server(ClientCore *self, PyObject *link)
 {
-    if (!PyObject_TypeCheck(link, &ServerCoreType)) {
+    if (!is_core(link, &ServerCoreType)) {
         PyErr_SetString(PyExc_TypeError, "on_server: a ServerCore link");
         return NULL;
     }
@@ -928,7 +943,7 @@ Client_data_received(ClientCore *self, PyObject *data)
     if (!self->relaying)
         return PyObject_CallMethodOneArg((PyObject *)self, s_login_data, data);
     StatsCore *stats = NULL;
-    if (PyBytes_CheckExact(data) && !is_none(self->pool) && PyObject_TypeCheck(self->pool, &PoolCoreType))
+    if (PyBytes_CheckExact(data) && !is_none(self->pool) && is_core(self->pool, &PoolCoreType))
         stats = stats_of(((PoolCore *)self->pool)->stats);
     if (stats == NULL)
         return PyObject_CallMethodOneArg((PyObject *)self, s_relay, data);
@@ -971,7 +986,7 @@ Client_data_received(ClientCore *self, PyObject *data)
             self->buffered_syncs += syncs;
         }
     }
-    else if (!PyObject_TypeCheck(self->server, &ServerCoreType) || ((ServerCore *)self->server)->write == NULL) {
+    else if (!is_core(self->server, &ServerCoreType) || ((ServerCore *)self->server)->write == NULL) {
         PyErr_SetString(PyExc_TypeError, "a client's server is a connected ServerCore");
         rc = -1;
     }
@@ -1014,7 +1029,7 @@ client_server_ready(ClientCore *self, PyObject *status)
 {
     if (!(PyBytes_Check(status) && PyBytes_GET_SIZE(status) == 1 && PyBytes_AS_STRING(status)[0] == 'I'))
         Py_RETURN_NONE;
-    if (!PyObject_TypeCheck(self->pool, &PoolCoreType)) {
+    if (is_none(self->pool) || !is_core(self->pool, &PoolCoreType)) {
         PyErr_SetString(PyExc_TypeError, "on_server_ready: the client has no PoolCore");
         return NULL;
     }
@@ -1049,7 +1064,7 @@ client_server_ready(ClientCore *self, PyObject *status)
     if (self->server_paused)
         rc = call_done(PyObject_CallMethodOneArg((PyObject *)self, s_unpause, link));
     if (rc == 0) {
-        if (PyObject_TypeCheck(link, &ServerCoreType))
+        if (is_core(link, &ServerCoreType))
             rc = pool_release(pool, (ServerCore *)link, now);
         else {
             PyErr_SetString(PyExc_TypeError, "on_server_ready: a ServerCore link");
