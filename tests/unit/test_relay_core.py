@@ -105,7 +105,6 @@ def scenario() -> dict[str, Any]:
     trace = []
 
     def step(label: str) -> None:
-        nonlocal log
         def holder(c: Any) -> str | None:
             return next((n for n, link in links.items() if c.server is link), None)
         trace.append({
