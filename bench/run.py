@@ -8,7 +8,10 @@ target always runs in the same place, e.g. always right after direct's heavier
 load; 5 rounds, --rounds to change), runs pgbench -n:
 
   select-only (-S) and TPC-B-like, each at -c 16 and -c 200, -M simple and
-  -M extended; and select-only -C (a new connection, with SCRAM, per transaction);
+  -M extended; and select-only -C (a new connection, with SCRAM, per
+  transaction), once for a user whose SCRAM verifier is in the auth files and
+  once ("-C plain") for one whose plain-text password is, so that the pooler
+  derives the SCRAM keys itself;
 
 and times a 100k-row SELECT and a 100k-row COPY TO STDOUT through each. For
 every run it records TPS, average and p99 latency (pgbench's per-transaction
@@ -18,7 +21,7 @@ each pooler and reports RSS per client connection.
 
 Prints one table of medians with poold/PgBouncer ratios, and writes
 bench/results/bench-<time>.json and .png. Loopback only; bounded in time
-(about 10 minutes by default, --quick about 2).
+(about 11 minutes by default, --quick about 2).
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ import pgcluster  # noqa: E402
 POOL_SIZE = 10
 USER = "bench"
 PASSWORD = "bench-pw"
+#: a second client user whose password the auth files hold in plain text (as
+#: PgBouncer needs it to log in to a SCRAM server with it): the pooler derives
+#: the SCRAM keys itself, PBKDF2 at 4096 iterations. Both poolers' server
+#: connections are the DSN's user, USER, for either client user.
+PLAIN_USER = "bench_plain"
 TARGETS = ("poold", "pgbouncer", "direct")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BULK_REPEAT = 5
@@ -65,6 +73,7 @@ class Workload:
     name: str
     args: list[str]
     clients: int
+    user: str = USER
 
 
 def workloads() -> list[Workload]:
@@ -74,6 +83,7 @@ def workloads() -> list[Workload]:
             for mode in ("simple", "extended"):
                 out.append(Workload(f"{script} c{clients} {mode}", [*flag, "-M", mode, "-c", str(clients)], clients))
     out.append(Workload("select-only c16 -C", ["-S", "-C", "-c", "16"], 16))
+    out.append(Workload("select-only c16 -C plain", ["-S", "-C", "-c", "16"], 16, PLAIN_USER))
     return out
 
 
@@ -140,7 +150,8 @@ class Rig:
         self.pg.create_role_and_db(USER, PASSWORD)
         self.ports["direct"] = self.pg.port
         verifier = self.pg.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")
-        (self.work / "userlist.txt").write_text(f'"{USER}" "{verifier}"\n')
+        self.pg.psql(f"CREATE ROLE {PLAIN_USER} LOGIN PASSWORD '{PASSWORD}'")
+        (self.work / "userlist.txt").write_text(f'"{USER}" "{verifier}"\n"{PLAIN_USER}" "{PASSWORD}"\n')
 
     def start_poolers(self) -> None:
         assert self.pg is not None
@@ -240,8 +251,8 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listening on port {port}")
 
 
-def pg_env(port: int) -> dict[str, str]:
-    return dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER=USER, PGDATABASE=USER,
+def pg_env(port: int, user: str = USER) -> dict[str, str]:
+    return dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER=user, PGDATABASE=USER,
                 PGPASSWORD=PASSWORD, PGSSLMODE="disable")
 
 
@@ -269,7 +280,8 @@ def run_pgbench(rig: Rig, target: str, w: Workload, seconds: float, logdir: Path
     cpu0 = proc_cpu(pid) if pid else 0.0
     cmd = [pgcluster.client_tool("pgbench"), "-n", "-j", "2", "-T", str(int(seconds)), *w.args,
            "-l", "--sampling-rate=0.2", f"--log-prefix={logdir}/tx"]
-    r = subprocess.run(cmd, env=pg_env(rig.ports[target]), capture_output=True, text=True, timeout=seconds + 120)
+    r = subprocess.run(cmd, env=pg_env(rig.ports[target], w.user), capture_output=True, text=True,
+                       timeout=seconds + 120)
     cpu1 = proc_cpu(pid) if pid else 0.0
     if r.returncode != 0:
         raise SystemExit(f"pgbench failed on {target} ({w.name}): {r.stderr.strip()[-500:]}")
@@ -484,6 +496,7 @@ def main() -> int:
                        check=True, capture_output=True)
         run_psql(rig.ports["direct"],
                  "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) AS a, now() AS b FROM generate_series(1, 100000) g")
+        run_psql(rig.ports["direct"], f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PLAIN_USER}")  # direct -C
         rig.start_poolers()
         for r in range(rounds):
             for w in workloads():
