@@ -73,6 +73,13 @@ is_core(PyObject *o, PyTypeObject *type)
     return Py_IS_TYPE(o, type) || Py_TYPE(o)->tp_base == type || PyType_IsSubtype(Py_TYPE(o), type);
 }
 
+/* ReadyForQuery's status is b"I": idle, no transaction open */
+static inline int
+is_idle(PyObject *status)
+{
+    return PyBytes_Check(status) && PyBytes_GET_SIZE(status) == 1 && PyBytes_AS_STRING(status)[0] == 'I';
+}
+
 static int
 is_none(PyObject *o)
 {
@@ -228,6 +235,23 @@ Histogram_get_sum(HistogramCore *self, void *closure)
     return PyFloat_FromDouble(self->sum);
 }
 
+static PyObject *
+Histogram_get_bounds(HistogramCore *self, void *closure)
+{
+    PyObject *bounds = PyTuple_New(self->nbounds);
+    if (bounds == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->nbounds; i++) {
+        PyObject *b = PyFloat_FromDouble(self->bounds[i]);
+        if (b == NULL) {
+            Py_DECREF(bounds);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(bounds, i, b);
+    }
+    return bounds;
+}
+
 static PyMethodDef Histogram_methods[] = {
     {"observe", (PyCFunction)Histogram_observe, METH_O, "observe(value): count one value."},
     {NULL, NULL, 0, NULL},
@@ -236,6 +260,7 @@ static PyMethodDef Histogram_methods[] = {
 static PyGetSetDef Histogram_getset[] = {
     {"counts", (getter)Histogram_get_counts, NULL, "count per bucket, the +Inf bucket last", NULL},
     {"sum", (getter)Histogram_get_sum, NULL, "sum of the observed values", NULL},
+    {"bounds", (getter)Histogram_get_bounds, NULL, "the buckets' upper bounds (the last bucket is +Inf)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -703,13 +728,24 @@ pool_acquire_wait(PoolCore *self, PyObject *waiter)
     return rc;
 }
 
+/* acquire: a free link (a new reference), or NULL with ``waiter`` queued, or
+ * failed at once by _acquire_wait (no exception), or NULL with an exception. */
+static ServerCore *
+pool_acquire(PoolCore *self, PyObject *waiter)
+{
+    ServerCore *link = pool_take_free(self);
+    if (link == NULL && !PyErr_Occurred())
+        pool_acquire_wait(self, waiter);
+    return link;
+}
+
 static PyObject *
 Pool_acquire(PoolCore *self, PyObject *waiter)
 {
-    ServerCore *link = pool_take_free(self);
+    ServerCore *link = pool_acquire(self, waiter);
     if (link != NULL)
         return (PyObject *)link;
-    if (PyErr_Occurred() || pool_acquire_wait(self, waiter) < 0)
+    if (PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
 }
@@ -867,16 +903,14 @@ client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syn
 static int
 client_lease_and_send(ClientCore *self, PyObject *data, Py_ssize_t syncs)
 {
-    ServerCore *link = pool_take_free((PoolCore *)self->pool);
+    self->waiting = 1; /* before acquire: a failure at once clears it (on_acquire_failed) */
+    ServerCore *link = pool_acquire((PoolCore *)self->pool, (PyObject *)self);
     if (link == NULL) {
         if (PyErr_Occurred())
             return -1;
-        /* Queued: on_server follows. (Or it failed at once, and we are closed.) */
-        self->waiting = 1;
-        if (pool_acquire_wait((PoolCore *)self->pool, (PyObject *)self) < 0)
-            return -1;
-        if (!self->waiting)
+        if (!self->waiting) /* failed at once, and we are closed */
             return 0;
+        /* Queued: on_server follows. */
         self->wait_start = monotonic();
         self->buffered_syncs += syncs;
         return PyList_Append(self->buffered, data);
@@ -943,7 +977,8 @@ Client_data_received(ClientCore *self, PyObject *data)
     if (!self->relaying)
         return PyObject_CallMethodOneArg((PyObject *)self, s_login_data, data);
     StatsCore *stats = NULL;
-    if (PyBytes_CheckExact(data) && !is_none(self->pool) && is_core(self->pool, &PoolCoreType))
+    if (PyBytes_CheckExact(data) && !is_none(self->pool) && is_core(self->pool, &PoolCoreType) &&
+        self->buffered != NULL && PyList_CheckExact(self->buffered))
         stats = stats_of(((PoolCore *)self->pool)->stats);
     if (stats == NULL)
         return PyObject_CallMethodOneArg((PyObject *)self, s_relay, data);
@@ -962,7 +997,7 @@ Client_data_received(ClientCore *self, PyObject *data)
         return result;
     }
     if (last >= 0) /* messages sent since the last sync point */
-        self->in_batch = !(last == 'Q' || last == 'S' || last == 'F');
+        self->in_batch = !SYNC_COUNTED[last];
     PyObject *chunk;
     if (stop_at >= 0) { /* Terminate: not forwarded; the session ends */
         chunk = stop_at > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), stop_at) : Py_NewRef(EMPTY);
@@ -978,7 +1013,7 @@ Client_data_received(ClientCore *self, PyObject *data)
     stats->queries += syncs;
     int rc = 0;
     if (is_none(self->server)) {
-        if (n && !(self->waiting || self->terminating || (self->buffered && PyObject_IsTrue(self->buffered)))) {
+        if (n && !(self->waiting || self->terminating || PyList_GET_SIZE(self->buffered))) {
             rc = client_lease_and_send(self, chunk, syncs); /* the first request of a transaction */
         }
         else if (n) {
@@ -995,8 +1030,7 @@ Client_data_received(ClientCore *self, PyObject *data)
         if (syncs) {
             if (!server->pending) {
                 server->busy_since = monotonic();
-                if (server->status == IDLE || (PyBytes_Check(server->status) && PyBytes_GET_SIZE(server->status) == 1 &&
-                                               PyBytes_AS_STRING(server->status)[0] == 'I'))
+                if (is_idle(server->status))
                     self->xact_start = server->busy_since;
             }
             server->pending += syncs;
@@ -1027,7 +1061,7 @@ Client_data_received(ClientCore *self, PyObject *data)
 static PyObject *
 client_server_ready(ClientCore *self, PyObject *status)
 {
-    if (!(PyBytes_Check(status) && PyBytes_GET_SIZE(status) == 1 && PyBytes_AS_STRING(status)[0] == 'I'))
+    if (!is_idle(status))
         Py_RETURN_NONE;
     if (is_none(self->pool) || !is_core(self->pool, &PoolCoreType)) {
         PyErr_SetString(PyExc_TypeError, "on_server_ready: the client has no PoolCore");

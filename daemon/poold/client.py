@@ -150,7 +150,7 @@ class ClientCorePy:
 if TYPE_CHECKING:
     ClientCore = ClientCorePy
 else:
-    ClientCore = relaycore.native.ClientCore if relaycore.native else ClientCorePy
+    ClientCore = relaycore.pick("ClientCore", ClientCorePy)
 
 
 class ClientSession(ClientCore, asyncio.Protocol):
@@ -160,33 +160,33 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.peer = ""
         self.reader = MessageReader()
         self.scanner = FrameScanner(report_all=True, max_length=runtime.config.clients.max_message_size)
         self.relaying = False
         self.tls = False
         self.closed = False
-        self.pool: Pool | None = None
-        self.server: ServerLink | None = None
+        self.pool = None
+        self.server = None
         self.session_mode = False
         self.waiting = False
-        self.in_batch = False  # messages sent since the last Sync
-        self.buffered: list[bytes] = []
+        self.in_batch = False
+        self.buffered = []
         self.buffered_syncs = 0
         self.terminating = False
-        self.wanted: dict[str, str] = {}  # tracked settings differing from defaults
+        self.wanted = {}
         self.key = (0, 0)
         self.user = ""
         self.database = ""
         self.connected_at = time.time()
         self.transactions = 0
-        self.xact_start = 0.0  # when the current transaction's first request went out
-        self.replay: bytes | None = None  # sent on this server connection, no reply yet
+        self.xact_start = 0.0
+        self.replay = None
         self.replay_syncs = 0
-        self.replay_safe = False  # the server announced its termination before replying
-        self.replayed = False  # one replay per transaction at most
-        self.wait_start = 0.0  # when the current wait for a server connection began
+        self.replay_safe = False
+        self.replayed = False
+        self.wait_start = 0.0
         self._more: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._login_timer: asyncio.TimerHandle | None = None

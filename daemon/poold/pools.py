@@ -134,7 +134,7 @@ class PoolCorePy:
 if TYPE_CHECKING:
     PoolCore = PoolCorePy
 else:
-    PoolCore = relaycore.native.PoolCore if relaycore.native else PoolCorePy
+    PoolCore = relaycore.pick("PoolCore", PoolCorePy)
 
 
 class Pool(PoolCore):
@@ -170,9 +170,8 @@ class Pool(PoolCore):
         )
         self.free = []
         self.active = set()
-        # Clients waiting for a server connection, with their acquire_timeout deadline.
-        # One timer per pool, armed for the earliest deadline (not one per wait).
         self.waiters = deque()
+        # One timer per pool, armed for the earliest waiter's deadline (not one per wait).
         self._wait_timer: asyncio.TimerHandle | None = None
         self._wait_until = 0.0  # the deadline it is armed for (0: not armed)
         self.defaults: dict[str, str] | None = None

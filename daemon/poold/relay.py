@@ -116,7 +116,7 @@ class ServerCorePy:
 if TYPE_CHECKING:
     ServerCore = ServerCorePy
 else:
-    ServerCore = relaycore.native.ServerCore if relaycore.native else ServerCorePy
+    ServerCore = relaycore.pick("ServerCore", ServerCorePy)
 
 
 class ServerLink(ServerCore, asyncio.Protocol):

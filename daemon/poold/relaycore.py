@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import Any
 
 
 def _load() -> ModuleType | None:
@@ -29,3 +30,8 @@ def _load() -> ModuleType | None:
 native = _load()
 #: logged at startup
 NAME = "c" if native is not None else "python"
+
+
+def pick(name: str, reference: Any) -> Any:
+    """The C type ``name`` when the C core runs, else its Python ``reference``."""
+    return getattr(native, name) if native is not None else reference

@@ -20,15 +20,15 @@ XACT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 class HistogramCorePy:
     """Bucket counts and their sum; ``_relaycore.HistogramCore`` in C."""
 
-    __slots__ = ("_bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
+        self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self._bounds, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
 
@@ -49,16 +49,12 @@ if TYPE_CHECKING:
     HistogramCore = HistogramCorePy
     StatsCore = StatsCorePy
 else:
-    HistogramCore = relaycore.native.HistogramCore if relaycore.native else HistogramCorePy
-    StatsCore = relaycore.native.StatsCore if relaycore.native else StatsCorePy
+    HistogramCore = relaycore.pick("HistogramCore", HistogramCorePy)
+    StatsCore = relaycore.pick("StatsCore", StatsCorePy)
 
 
 class Histogram(HistogramCore):
-    __slots__ = ("bounds",)
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        super().__init__(bounds)
-        self.bounds = bounds
+    __slots__ = ()
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs as Prometheus wants them."""
