@@ -9,6 +9,10 @@ from a plain password (SASLprep, then PBKDF2) is scramp's make_auth_info and
 the only expensive step; it runs in a worker thread, once per (user, password),
 and the derived keys are cached, as PgBouncer 1.25 does. An unknown user is run
 through the exchange against random keys, so it costs the same and cannot pass.
+
+The exchanges are generators of login steps (see ``Steps``): they yield None
+for the client's next message and an awaitable only when they must wait for
+something else (keys being derived), so a login costs no task and no future.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import scramp
 
@@ -33,6 +38,11 @@ _SCRAM = re.compile(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$")
 
 #: (salt, stored_key, server_key, iterations), scramp's auth_info shape
 AuthInfo = tuple[bytes, bytes, bytes, int]
+
+T = TypeVar("T")
+#: A login step: yields None to wait for the client's next message, or an
+#: awaitable to wait for (its result is sent back in); returns T.
+Steps = Generator[Awaitable[Any] | None, Any, T]
 
 
 class AuthFailed(ProtocolError):
@@ -111,7 +121,7 @@ class ScramCache:
         self._verifiers: dict[str, AuthInfo] = {}  # parsed SCRAM verifiers
         self._mock_key = os.urandom(32)
 
-    async def auth_info(self, user: str, secret: Secret) -> AuthInfo:
+    def auth_info(self, user: str, secret: Secret) -> Steps[AuthInfo]:
         if secret.kind == "scram":
             info = self._verifiers.get(secret.value)
             if info is None:
@@ -129,11 +139,12 @@ class ScramCache:
             if len(self._cache) > 10_000:  # bounded: drop the oldest entries
                 for old in list(self._cache)[:1000]:
                     del self._cache[old]
-        try:
-            return await asyncio.shield(fut)
-        except BaseException:
+        if not fut.done():
+            # Waited for, never cancelled: a login that gives up leaves it to the next.
+            yield fut
+        if fut.cancelled() or fut.exception() is not None:
             self._cache.pop(key, None)
-            raise
+        return fut.result()
 
     def mock_info(self, user: str) -> AuthInfo:
         """Keys for an unknown user: the exchange runs and no proof matches. The
@@ -143,18 +154,18 @@ class ScramCache:
         return salt, self._mock_key, os.urandom(32), 4096
 
 
-ReadMessage = Callable[[], Awaitable[tuple[int, bytes]]]
+ReadMessage = Callable[[], Steps[tuple[int, bytes]]]
 Send = Callable[[bytes], None]
 
 
-async def authenticate(
+def authenticate(
     method: str,
     user: str,
     secret: Secret | None,
     read: ReadMessage,
     send: Send,
     cache: ScramCache,
-) -> bytes:
+) -> Steps[bytes]:
     """Run one authentication exchange; raise AuthFailed or ProtocolError.
 
     Returns what is left to send with AuthenticationOk: SCRAM's final message,
@@ -168,36 +179,36 @@ async def authenticate(
     # same, so that it cannot be told from a wrong password.
     kind = secret.kind if secret is not None else None
     if kind == "md5" or (method == "md5" and kind in ("plain", None)):
-        await _md5(user, secret, read, send)
+        yield from _md5(user, secret, read, send)
         return b""
-    return await _scram(user, secret, read, send, cache)
+    return (yield from _scram(user, secret, read, send, cache))
 
 
-async def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> None:
+def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Steps[None]:
     salt = os.urandom(4)
     send(messages.auth_md5(salt))
-    t, body = await read()
+    t, body = yield from read()
     if t != messages.PASSWORD:
         raise ProtocolError("expected password response", "28000")
     if secret is None or not check_md5(messages.parse_password(body), secret, user, salt):
         raise AuthFailed(f'password authentication failed for user "{user}"')
 
 
-async def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> bytes:
+def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> Steps[bytes]:
     send(messages.auth_sasl(["SCRAM-SHA-256"]))
-    t, body = await read()
+    t, body = yield from read()
     if t != messages.PASSWORD:
         raise ProtocolError("expected SASL response", "28000")
     mechanism, client_first = messages.parse_sasl_initial(body)
     if mechanism != "SCRAM-SHA-256":
         raise ProtocolError(f"client selected an invalid SASL mechanism {mechanism!r}", "28000")
     salt, stored_key, server_key, iterations = (
-        await cache.auth_info(user, secret) if secret is not None else cache.mock_info(user)
+        (yield from cache.auth_info(user, secret)) if secret is not None else cache.mock_info(user)
     )
     exchange = ScramExchange(stored_key, server_key, salt, iterations)
     try:
         send(messages.auth_sasl_continue(exchange.server_first(client_first)))
-        t, body = await read()
+        t, body = yield from read()
         if t != messages.PASSWORD:
             raise ProtocolError("expected SASL response", "28000")
         final = exchange.server_final(body)

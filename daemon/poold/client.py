@@ -1,8 +1,12 @@
 """One client connection: login, then relay to a leased server connection.
 
 A ClientSession is the asyncio protocol on a client socket. Login (startup
-packet, authentication, the server's parameters) runs as one short task; after
-that everything is callbacks, with no task or await per transaction:
+packet, authentication, the server's parameters) is a generator driven from
+``data_received``: it runs as far as the client's bytes allow and yields for
+more, with no task or future per login; only a step that must wait for
+something else (keys being derived, a pool opening, TLS) yields an awaitable and
+is resumed when it is done. After login everything is callbacks, with no task or
+await per transaction:
 
 - client bytes are scanned header by header (Sync, Query and FunctionCall each
   owe one ReadyForQuery; Terminate is not forwarded) and written to the held
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -155,8 +159,8 @@ else:
 
 class ClientSession(ClientCore, asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login_task", "_login_timer", "_loop", "_more", "_self_paused", "connected_at", "database", "key",
-                 "peer", "reader", "tls", "user")
+    __slots__ = ("_login", "_login_timer", "_login_wait", "_self_paused", "connected_at", "database", "key", "peer",
+                 "reader", "tls", "user")
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -187,10 +191,9 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.replay_safe = False
         self.replayed = False
         self.wait_start = 0.0
-        self._more: asyncio.Future[None] | None = None
-        self._login_task: asyncio.Task[None] | None = None
+        self._login: auth.Steps[None] | None = None  # the login's steps, until it is done
+        self._login_wait: asyncio.Future[Any] | None = None  # what a login step waits for
         self._login_timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() is a getpid() on 3.11
         self._server_paused = False
         self._self_paused = False
 
@@ -209,10 +212,11 @@ class ClientSession(ClientCore, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.rt.clients.add(self)
-        loop = self._loop = asyncio.get_running_loop()
-        self._login_task = loop.create_task(self._login())
-        # One timer handle rather than an asyncio.timeout() context: cheaper per connection.
-        self._login_timer = loop.call_later(self.rt.config.clients.login_timeout, self._login_timed_out)
+        self._login = self._login_steps()
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self.rt.config.clients.login_timeout, self._login_timed_out
+        )
+        self._advance()  # up to reading the startup packet
 
     def _login_data(self, data: bytes) -> None:
         try:
@@ -220,7 +224,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
             return
-        self._wake()
+        if self._login_wait is None:
+            self._advance()
 
     def eof_received(self) -> bool | None:
         return False  # close; a client half-close ends the session
@@ -229,7 +234,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._wake()
+        self._end_login()
         self.rt.unregister(self)
         pool = self.pool
         if pool is not None:
@@ -429,60 +434,75 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     # -- login ------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        fut = self._more
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def _wait_data(self) -> None:
-        if self.closed:
-            raise ConnectionError("client went away")
-        self._more = (self._loop or asyncio.get_running_loop()).create_future()
-        await self._more
-        self._more = None
-        if self.closed:
-            raise ConnectionError("client went away")
-
-    async def _read_untyped(self) -> bytes:
-        while (payload := self.reader.next_untyped()) is None:
-            await self._wait_data()
-        return payload
-
-    async def _read_typed(self) -> tuple[int, bytes]:
-        while (msg := self.reader.next_typed()) is None:
-            await self._wait_data()
-        return msg
-
-    def _login_timed_out(self) -> None:
-        self._login_timer = None
-        if self.relaying or self.closed:
+    def _advance(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Run the login's steps until they want more bytes, wait for something, or end."""
+        steps = self._login
+        if steps is None:
             return
-        if self._login_task is not None:
-            self._login_task.cancel()
-        self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
-
-    async def _login(self) -> None:
         try:
-            await self._login_steps()
-        except asyncio.CancelledError:
-            return  # the login timer fired, or poold is stopping: already answered
+            step = steps.throw(error) if error is not None else steps.send(value)
+            if step is not None:  # wait for it, then resume with its result
+                self._login_wait = fut = asyncio.ensure_future(step)
+                fut.add_done_callback(self._resume)
+            return
+        except StopIteration:
+            pass  # logged in
         except ConnectionError:
             self._close()
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
         except PooldError as exc:
             self._fatal(exc.sqlstate, exc.message)
-        except Exception:  # task boundary: one broken login must not hurt others
+        except Exception:  # one broken login must not hurt others
             log.exception("login_failed", peer=self.peer)
             self._fatal("XX000", "internal error during login")
-        finally:
-            if self._login_timer is not None:
-                self._login_timer.cancel()
-                self._login_timer = None
-            self._login_task = None
+        self._end_login()
 
-    async def _login_steps(self) -> None:
-        startup = await self._negotiate()
+    def _resume(self, fut: asyncio.Future[Any]) -> None:
+        self._login_wait = None
+        if self._login is None:
+            return  # the login was given up meanwhile
+        if fut.cancelled():  # poold is stopping
+            self._end_login()
+            self._close()
+        elif (error := fut.exception()) is not None:
+            self._advance(error=error)
+        else:
+            self._advance(fut.result())
+
+    def _end_login(self) -> None:
+        """The login is over: done, failed, timed out, or the client went away.
+
+        What a step waited for is not cancelled (a pool being opened, keys being
+        derived): it finishes for the next login.
+        """
+        steps, self._login = self._login, None
+        if steps is not None:
+            steps.close()
+        self._login_wait = None
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+
+    def _read_untyped(self) -> auth.Steps[bytes]:
+        while (payload := self.reader.next_untyped()) is None:
+            yield None
+        return payload
+
+    def _read_typed(self) -> auth.Steps[tuple[int, bytes]]:
+        while (msg := self.reader.next_typed()) is None:
+            yield None
+        return msg
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.relaying or self.closed:
+            return
+        self._end_login()
+        self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
+
+    def _login_steps(self) -> auth.Steps[None]:
+        startup = yield from self._negotiate()
         if startup is None:
             return
         rt = self.rt
@@ -502,13 +522,18 @@ class ClientSession(ClientCore, asyncio.Protocol):
             elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
                 raise PooldError("08P01", f"unsupported startup parameter: {name}")
         secret = rt.users.get(self.user)
-        sasl_final = await auth.authenticate(
+        sasl_final = yield from auth.authenticate(
             rt.config.auth.type, self.user, secret, self._read_typed, self.transport.write, rt.scram  # type: ignore[union-attr]
         )
-        self.pool = await rt.pools.get(db, self.user, rt.users)
-        self.pool.clients += 1
-        self.session_mode = self.pool.settings.mode == "session"
-        defaults = await self.pool.prepare()
+        pool = rt.pools.find(db, self.user)
+        if pool is None:
+            pool = yield rt.pools.get(db, self.user, rt.users)
+        self.pool = pool
+        pool.clients += 1
+        self.session_mode = pool.settings.mode == "session"
+        defaults = pool.defaults
+        if defaults is None:
+            defaults = yield pool.prepare()
         self.wanted = {k: v for k, v in wanted.items() if defaults.get(k) != v}
         # One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery.
         out = [sasl_final, _AUTH_OK]
@@ -527,11 +552,11 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if rest:
             self._relay(rest)
 
-    async def _negotiate(self) -> messages.StartupMessage | None:
+    def _negotiate(self) -> auth.Steps[messages.StartupMessage | None]:
         """Answer SSLRequest ('S' and TLS when configured, else 'N') and GSSENCRequest
         ('N'); serve a CancelRequest."""
         for _ in range(3):
-            request = messages.parse_startup(await self._read_untyped())
+            request = messages.parse_startup((yield from self._read_untyped()))
             if isinstance(request, messages.StartupMessage):
                 if self.rt.config.tls.require and not self.tls:
                     raise PooldError("28000", "TLS is required: connect with sslmode=require")
@@ -548,7 +573,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             if isinstance(request, messages.SSLRequest) and ctx is not None and not self.tls:
                 self.transport.write(b"S")  # type: ignore[union-attr]
                 loop = asyncio.get_running_loop()
-                self.transport = await loop.start_tls(self.transport, self, ctx, server_side=True)  # type: ignore[arg-type]
+                self.transport = yield loop.start_tls(self.transport, self, ctx, server_side=True)  # type: ignore[arg-type]
                 self.tls = True
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]

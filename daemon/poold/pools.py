@@ -628,14 +628,21 @@ class PoolRegistry:
         self.retiring: list[Pool] = []  # databases removed by a reload, closed once unused
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def get(self, db: DatabaseSettings, user: str, users: Mapping[str, Secret]) -> Pool:
-        """The pool serving ``user`` on ``db``: one per (database, server user).
+    @staticmethod
+    def _key(db: DatabaseSettings, user: str) -> tuple[str, str]:
+        """One pool per (database, server user). A DSN that names its user serves
+        every client with that one pool, as PgBouncer's forced user does;
+        otherwise each client user has its own."""
+        return db.name, db.conninfo.get("user") or user
 
-        A DSN that names its user serves every client with that one pool, as
-        PgBouncer's forced user does; otherwise each client user has its own.
-        """
-        server_user = db.conninfo.get("user") or user
-        key = (db.name, server_user)
+    def find(self, db: DatabaseSettings, user: str) -> Pool | None:
+        """The pool serving ``user`` on ``db`` if there is one already."""
+        return self.pools.get(self._key(db, user))
+
+    async def get(self, db: DatabaseSettings, user: str, users: Mapping[str, Secret]) -> Pool:
+        """The pool serving ``user`` on ``db``, created and opened on first use."""
+        key = self._key(db, user)
+        server_user = key[1]
         pool = self.pools.get(key)
         if pool is None:
             # Without a password in the DSN, the auth file's plain password of

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import struct
+from typing import TypeVar
 
 import pytest
 import scramp
 
 from poold import auth
 from poold.protocol import messages
+
+T = TypeVar("T")
 
 USERLIST = '''
 ; comment
@@ -42,13 +45,25 @@ def test_parse_userlist() -> None:
         auth.parse_userlist("alice plain\n")
 
 
+async def drive(steps: auth.Steps[T]) -> T:
+    """Run login steps as ClientSession does: awaitables are awaited and sent back in."""
+    value = None
+    while True:
+        try:
+            step = steps.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        assert step is not None, "asked for a client message that was never sent"
+        value = await step
+
+
 class Peer:
     """The client side of an exchange: replies computed with scramp / md5 like libpq."""
 
     def __init__(self, user: str, password: str, empty_scram_user: bool = True) -> None:
         self.user, self.password = user, password
         self.empty = empty_scram_user
-        self.replies: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        self.replies: list[tuple[int, bytes]] = []
         self.sent: list[bytes] = []
         self.client: scramp.ScramClient | None = None
 
@@ -59,29 +74,31 @@ class Peer:
         if code == 5:  # md5
             inner = hashlib.md5((self.password + self.user).encode()).hexdigest()
             outer = "md5" + hashlib.md5(inner.encode() + body).hexdigest()
-            self.replies.put_nowait((ord("p"), outer.encode() + b"\0"))
+            self.replies.append((ord("p"), outer.encode() + b"\0"))
         elif code == 10:  # SASL
             self.client = scramp.ScramClient(["SCRAM-SHA-256"], self.user, self.password)
             first = self.client.get_client_first()
             if self.empty:  # libpq sends an empty user name
                 first = first.replace(f"n={self.user},", "n=,")
                 self.client.client_first_bare = self.client.client_first_bare.replace(f"n={self.user},", "n=,")
-            self.replies.put_nowait((ord("p"), b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first.encode()))
+            self.replies.append((ord("p"), b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first.encode()))
         elif code == 11:
             assert self.client is not None
             self.client.set_server_first(body.decode())
-            self.replies.put_nowait((ord("p"), self.client.get_client_final().encode()))
+            self.replies.append((ord("p"), self.client.get_client_final().encode()))
         elif code == 12:
             assert self.client is not None
             self.client.set_server_final(body.decode())  # verifies the server's signature
 
-    async def read(self) -> tuple[int, bytes]:
-        return await asyncio.wait_for(self.replies.get(), 5)
+    def read(self) -> auth.Steps[tuple[int, bytes]]:
+        while not self.replies:
+            yield None
+        return self.replies.pop(0)
 
 
 async def exchange(method: str, user: str, password: str, known: dict[str, auth.Secret]) -> Peer:
     peer = Peer(user, password)
-    final = await auth.authenticate(method, user, known.get(user), peer.read, peer.send, auth.ScramCache())
+    final = await drive(auth.authenticate(method, user, known.get(user), peer.read, peer.send, auth.ScramCache()))
     if final:  # SCRAM's final message, sent by the caller with AuthenticationOk
         peer.send(final)
     return peer
@@ -133,8 +150,8 @@ def test_pbkdf2_is_cached_and_off_the_loop() -> None:
             return original(pw)
 
         cache._mechanism.make_auth_info = spy  # type: ignore[method-assign]
-        a = await cache.auth_info("alice", auth.Secret("plain", "pw"))
-        b = await cache.auth_info("alice", auth.Secret("plain", "pw"))
+        a = await drive(cache.auth_info("alice", auth.Secret("plain", "pw")))
+        b = await drive(cache.auth_info("alice", auth.Secret("plain", "pw")))
         return a, b, threads - {threading.get_ident()}
 
     a, b, worker_threads = asyncio.run(main())
@@ -143,10 +160,13 @@ def test_pbkdf2_is_cached_and_off_the_loop() -> None:
 
 
 def test_malformed_sasl_is_refused() -> None:
+    def read() -> auth.Steps[tuple[int, bytes]]:
+        return (ord("p"), b"SCRAM-SHA-256\0" + struct.pack("!i", 3) + b"xyz")
+        yield  # a generator, with its message already there
+
     async def main() -> None:
-        q: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-        q.put_nowait((ord("p"), b"SCRAM-SHA-256\0" + struct.pack("!i", 3) + b"xyz"))
-        await auth.authenticate("scram-sha-256", "alice", users()["alice"], q.get, lambda _d: None, auth.ScramCache())
+        await drive(auth.authenticate("scram-sha-256", "alice", users()["alice"], read, lambda _d: None,
+                                      auth.ScramCache()))
 
     with pytest.raises(auth.AuthFailed):
         asyncio.run(main())
