@@ -173,7 +173,9 @@ class App:
         while True:
             await asyncio.sleep(JANITOR_INTERVAL)
             try:
-                self.runtime.pools.maintain(time.monotonic())
+                now = time.monotonic()
+                self.runtime.pools.maintain(now)
+                self.runtime.expire_logins(now)
             except Exception:  # task boundary: the janitor must keep running
                 log.exception("janitor_failed")
 

@@ -24,6 +24,7 @@ A client that vanishes mid-transaction has its server connection rolled back
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = structlog.get_logger("poold.client")
+_stdlog = logging.getLogger("poold.client")
 
 _Q = messages.QUERY
 _F = messages.FUNCTION_CALL
@@ -159,8 +161,8 @@ else:
 
 class ClientSession(ClientCore, asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login", "_login_timer", "_login_wait", "_self_paused", "connected_at", "database", "key", "peer",
-                 "reader", "tls", "user")
+    __slots__ = ("_login", "_login_wait", "_self_paused", "connected_at", "database", "key", "peer", "reader", "tls",
+                 "user")
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -193,7 +195,6 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.wait_start = 0.0
         self._login: auth.Steps[None] | None = None  # the login's steps, until it is done
         self._login_wait: asyncio.Future[Any] | None = None  # what a login step waits for
-        self._login_timer: asyncio.TimerHandle | None = None
         self._server_paused = False
         self._self_paused = False
 
@@ -211,11 +212,10 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        self.rt.clients.add(self)
+        rt = self.rt
+        rt.clients.add(self)
+        rt.logins[self] = time.monotonic()  # login_timeout: see Runtime.expire_logins
         self._login = self._login_steps()
-        self._login_timer = asyncio.get_running_loop().call_later(
-            self.rt.config.clients.login_timeout, self._login_timed_out
-        )
         self._advance()  # up to reading the startup packet
 
     def _login_data(self, data: bytes) -> None:
@@ -245,7 +245,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             if self.server is not None:
                 self._hand_back(self.server, pool)
                 self.server = None
-        if self.relaying:
+        if self.relaying and _stdlog.isEnabledFor(logging.INFO):  # a filtered call still costs microseconds
             log.info(
                 "client_session_end",
                 peer=self.peer,
@@ -480,9 +480,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if steps is not None:
             steps.close()
         self._login_wait = None
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+        self.rt.logins.pop(self, None)
 
     def _read_untyped(self) -> auth.Steps[bytes]:
         while (payload := self.reader.next_untyped()) is None:
@@ -494,8 +492,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
             yield None
         return msg
 
-    def _login_timed_out(self) -> None:
-        self._login_timer = None
+    def login_timed_out(self) -> None:
+        """login_timeout passed before the login was done (Runtime.expire_logins)."""
         if self.relaying or self.closed:
             return
         self._end_login()

@@ -29,6 +29,8 @@ class Runtime:
         self.scram = ScramCache()
         self.pools = PoolRegistry()
         self.clients: set[ClientSession] = set()
+        #: clients still logging in, oldest first, with when they connected (monotonic)
+        self.logins: dict[ClientSession, float] = {}
         self.by_key: dict[int, ClientSession] = {}
         self.draining = False  # no new clients; each closes at its next boundary
         self.listening = False
@@ -49,6 +51,21 @@ class Runtime:
         self.clients.discard(client)
         if self.by_key.get(client.key[0]) is client:
             del self.by_key[client.key[0]]
+
+    def expire_logins(self, now: float) -> None:
+        """Close the clients whose login has taken longer than login_timeout.
+
+        Swept by the janitor, as PgBouncer checks client_login_timeout: a timer
+        per connection would cost every login a timer handle.
+        """
+        deadline = now - self.config.clients.login_timeout
+        expired = []
+        for client, started in self.logins.items():  # oldest first
+            if started > deadline:
+                break
+            expired.append(client)
+        for client in expired:
+            client.login_timed_out()
 
     def cancel(self, pid: int, secret: int) -> None:
         """Forward a CancelRequest to the server connection the client holds now."""
