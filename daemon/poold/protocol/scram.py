@@ -22,6 +22,7 @@ few HMACs and string splits. scramp stays the independent client in the tests.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -29,6 +30,9 @@ import os
 from .errors import ProtocolError
 
 NONCE_BYTES = 18
+
+#: the c= attribute client-final must carry for each gs2 header poold accepts
+_CBIND = {flag: base64.b64encode(f"{flag},,".encode()).decode() for flag in ("n", "y")}  # "biws", "eSws"
 
 
 class ScramError(ProtocolError):
@@ -38,7 +42,7 @@ class ScramError(ProtocolError):
 
 
 class ScramExchange:
-    __slots__ = ("_stored_key", "_server_key", "_salt", "_iterations", "_nonce", "_gs2_header",
+    __slots__ = ("_stored_key", "_server_key", "_salt", "_iterations", "_nonce", "_cbind_flag",
                  "_client_first_bare", "_server_first")
 
     def __init__(self, stored_key: bytes, server_key: bytes, salt: bytes, iterations: int,
@@ -48,7 +52,7 @@ class ScramExchange:
         self._salt = salt
         self._iterations = iterations
         self._nonce = nonce if nonce is not None else base64.b64encode(os.urandom(NONCE_BYTES)).decode()
-        self._gs2_header = ""
+        self._cbind_flag = ""
         self._client_first_bare = ""
         self._server_first = ""
 
@@ -70,7 +74,7 @@ class ScramExchange:
         client_nonce = attrs[1][2:]
         if not client_nonce or not _printable(client_nonce):
             raise ScramError("malformed client nonce")
-        self._gs2_header = f"{flag},,"
+        self._cbind_flag = flag
         self._client_first_bare = bare
         self._nonce = client_nonce + self._nonce
         salt = base64.b64encode(self._salt).decode()
@@ -88,13 +92,13 @@ class ScramExchange:
         attrs = without_proof.split(",")
         if len(attrs) != 2 or not attrs[0].startswith("c=") or not attrs[1].startswith("r="):
             raise ScramError("malformed client-final-message")
-        if attrs[0][2:] != base64.b64encode(self._gs2_header.encode()).decode():  # "biws" for "n,,"
+        if attrs[0][2:] != _CBIND[self._cbind_flag]:
             raise ScramError("channel binding data does not match")
         if attrs[1][2:] != self._nonce:
             raise ScramError("nonce does not match")
         try:
-            proof = base64.b64decode(proof_b64, validate=True)
-        except ValueError as exc:
+            proof = binascii.a2b_base64(proof_b64, strict_mode=True)
+        except (ValueError, binascii.Error) as exc:
             raise ScramError("malformed proof") from exc
         if len(proof) != len(self._stored_key):
             raise ScramError("malformed proof")
