@@ -36,6 +36,8 @@ from .protocol.scram import ScramError, ScramExchange
 _LINE = re.compile(r'^\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"')
 _SCRAM = re.compile(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$")
 
+_AUTH_SCRAM = messages.auth_sasl(["SCRAM-SHA-256"])
+
 #: (salt, stored_key, server_key, iterations), scramp's auth_info shape
 AuthInfo = tuple[bytes, bytes, bytes, int]
 
@@ -195,7 +197,7 @@ def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Ste
 
 
 def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> Steps[bytes]:
-    send(messages.auth_sasl(["SCRAM-SHA-256"]))
+    send(_AUTH_SCRAM)
     t, body = yield from read()
     if t != messages.PASSWORD:
         raise ProtocolError("expected SASL response", "28000")

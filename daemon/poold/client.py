@@ -51,6 +51,7 @@ _SYNC = messages.SYNC
 _X = messages.TERMINATE
 _SYNC_POINTS = bytes((_Q, _SYNC, _F))
 _AUTH_OK = messages.auth_ok()
+_READY_IDLE = messages.ready_for_query()
 
 #: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
 _TERMINATED = re.compile(rb"C57P0[123]\0")
@@ -543,7 +544,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             out.append(status[name] if own is None else messages.parameter_status(name, own))
         self.key = rt.register(self)
         out.append(messages.backend_key_data(*self.key))
-        out.append(messages.ready_for_query())
+        out.append(_READY_IDLE)
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
         self.relaying = True
         rest = self.reader.take_rest()
