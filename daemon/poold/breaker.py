@@ -15,7 +15,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class Breaker:
-    __slots__ = ("failures", "reset", "consecutive", "opened_at", "probing", "probe_at", "_open", "last_error")
+    __slots__ = ("failures", "reset", "consecutive", "opened_at", "probing", "probe_at", "open", "last_error")
 
     def __init__(self, failures: int, reset: float) -> None:
         self.failures = failures
@@ -24,22 +24,22 @@ class Breaker:
         self.opened_at = 0.0
         self.probing = False
         self.probe_at = 0.0
-        self._open = False
+        self.open = False  # open or half-open; a slot, so that the C relay core reads it cheaply
         self.last_error = ""
 
     @property
     def closed(self) -> bool:
         """Closed: connect freely (no clock needed to tell)."""
-        return not self._open
+        return not self.open
 
     def state(self, now: float) -> str:
-        if not self._open:
+        if not self.open:
             return CLOSED
         return HALF_OPEN if now - self.opened_at >= self.reset else OPEN
 
     def record_success(self) -> None:
         self.consecutive = 0
-        self._open = False
+        self.open = False
         self.probing = False
         self.last_error = ""
 
@@ -48,11 +48,11 @@ class Breaker:
         self.consecutive += 1
         self.last_error = error or self.last_error
         was_probing, self.probing = self.probing, False
-        if self._open and (was_probing or self.state(now) == HALF_OPEN):
+        if self.open and (was_probing or self.state(now) == HALF_OPEN):
             self.opened_at = now  # the probe failed: open for another period
             return False
-        if not self._open and self.consecutive >= self.failures:
-            self._open = True
+        if not self.open and self.consecutive >= self.failures:
+            self.open = True
             self.opened_at = now
             return True
         return False
@@ -75,6 +75,6 @@ class Breaker:
 
     def retry_in(self, now: float) -> float:
         """Seconds until the next probe may run (0 when closed)."""
-        if not self._open:
+        if not self.open:
             return 0.0
         return max(0.0, self.reset - (now - self.opened_at))
