@@ -52,7 +52,7 @@ static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause,
-    *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_closed,
+    *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append;
 
 static double
@@ -690,13 +690,14 @@ pool_acquire_wait(PoolCore *self, PyObject *waiter)
     int usual = !self->closed && self->wait_until > 0.0 && !is_none(self->breaker) && !is_none(self->loop_time);
     double deadline = 0.0;
     if (usual) {
-        PyObject *closed = PyObject_GetAttr(self->breaker, s_closed);
-        if (closed == NULL)
+        PyObject *is_open_obj = PyObject_GetAttr(self->breaker, s_open); /* a slot: Breaker.closed is a property */
+        if (is_open_obj == NULL)
             return -1;
-        usual = PyObject_IsTrue(closed);
-        Py_DECREF(closed);
-        if (usual < 0)
+        int is_open = PyObject_IsTrue(is_open_obj);
+        Py_DECREF(is_open_obj);
+        if (is_open < 0)
             return -1;
+        usual = !is_open;
     }
     if (usual) {
         double now = 0.0, timeout;
@@ -1254,7 +1255,7 @@ PyInit__relaycore(void)
     INTERN(s_give_back, "_give_back");
     INTERN(s_retire, "_retire");
     INTERN(s_popleft, "popleft");
-    INTERN(s_closed, "closed");
+    INTERN(s_open, "open");
     INTERN(s_acquire_timeout, "acquire_timeout");
     INTERN(s_append, "append");
     INTERN(s_on_server, "on_server");
@@ -1266,7 +1267,14 @@ PyInit__relaycore(void)
         (DRAIN_MESSAGE = PyUnicode_FromString("terminating connection: poold is draining")) == NULL)
         return NULL;
     SYNC_COUNTED['Q'] = SYNC_COUNTED['S'] = SYNC_COUNTED['F'] = 1;
-    framing = (FramingCAPI *)PyCapsule_Import(FRAMING_CAPI_NAME, 0);
+    /* PyCapsule_Import walks attributes from the package down and imports only
+     * the top one: _framing must be imported first, else the capsule is not
+     * found when this module is imported before it (as the daemon does). */
+    PyObject *framing_module = PyImport_ImportModule("poold.protocol._framing");
+    if (framing_module != NULL) {
+        Py_DECREF(framing_module);
+        framing = (FramingCAPI *)PyCapsule_Import(FRAMING_CAPI_NAME, 0);
+    }
     if (framing == NULL)
         PyErr_Clear(); /* _framing not built: the scanner is the Python one, called as methods */
     PyObject *errors = PyImport_ImportModule("poold.protocol.errors");
@@ -1289,6 +1297,11 @@ PyInit__relaycore(void)
             Py_DECREF(m);
             return NULL;
         }
+    }
+    /* whether the native scanner is called through its C API (else as methods) */
+    if (PyModule_AddObjectRef(m, "SCANNER_CAPI", framing != NULL ? Py_True : Py_False) < 0) {
+        Py_DECREF(m);
+        return NULL;
     }
     return m;
 }
