@@ -80,9 +80,10 @@ class App:
             self._spawn(coro)
 
         self.notifier.notify("READY=1", self._status_text())
+        native_scanner = FrameScanner is not PyFrameScanner
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
-                 generation=self.reloader.generation, frame_scanner="python" if FrameScanner is PyFrameScanner else "native",
-                 relay_core=relaycore.NAME)
+                 generation=self.reloader.generation, frame_scanner="native" if native_scanner else "python",
+                 relay_core=relaycore.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI)
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

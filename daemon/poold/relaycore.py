@@ -30,6 +30,8 @@ def _load() -> ModuleType | None:
 native = _load()
 #: logged at startup
 NAME = "c" if native is not None else "python"
+#: the C core can call the native frame scanner through its C API rather than as methods
+SCANNER_CAPI = bool(getattr(native, "SCANNER_CAPI", False))
 
 
 def pick(name: str, reference: Any) -> Any:

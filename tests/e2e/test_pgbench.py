@@ -43,6 +43,7 @@ def test_pgbench_zero_failures_and_bounded_server_connections(
     # Built by pip install; CI must exercise the native paths, not fall back quietly.
     ready = wait_until(lambda: next((line for line in p.log_text().splitlines() if '"event": "ready"' in line), None))
     assert '"frame_scanner": "native"' in str(ready) and '"relay_core": "c"' in str(ready)
+    assert '"scanner_capi": true' in str(ready)  # the core calls the scanner's C API, not its methods
     init = run_pgbench(p, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr
 
@@ -78,6 +79,7 @@ def test_python_references_serve_the_same(poold_factory: Callable[..., Poold], p
                       environ={"POOLD_FRAME_SCANNER": "python", "POOLD_RELAY_CORE": "python"})
     ready = wait_until(lambda: next((line for line in p.log_text().splitlines() if '"event": "ready"' in line), None))
     assert '"frame_scanner": "python"' in str(ready) and '"relay_core": "python"' in str(ready)
+    assert '"scanner_capi": false' in str(ready)
     init = run_pgbench(p, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr
     r = run_pgbench(p, "-n", "-c", "8", "-j", "2", "-T", "3", "-M", protocol)
