@@ -98,7 +98,7 @@ class ScramExchange:
             raise ScramError("nonce does not match")
         try:
             proof = binascii.a2b_base64(proof_b64, strict_mode=True)
-        except (ValueError, binascii.Error) as exc:
+        except ValueError as exc:  # binascii.Error, or text that is not ASCII
             raise ScramError("malformed proof") from exc
         if len(proof) != len(self._stored_key):
             raise ScramError("malformed proof")
