@@ -22,9 +22,9 @@
  * Why native, with numbers (bench/cpu_split.py, select-only, the same run as
  * PgBouncer; README, Performance): with these steps in Python poold spent
  * 6.2 us of user CPU per transaction at -c 16 and 7.0 us at -c 200, against
- * PgBouncer's 1.5-2.7 us and a 1:1 Python proxy's 2.4-4.3 us; here 4.2 and 5.4.
- * In isolation the steps cost 2.46 us per transaction in Python, 0.6-1.0 us
- * here. Compiling the same Python with mypyc had not helped: the cost is the
+ * PgBouncer's 1.4-2.7 us and a 1:1 Python proxy's 2.3-4.3 us; here 3.4-4.0 us
+ * at -c 16. In isolation the steps cost 2.46 us per transaction in Python,
+ * 0.42 us here. Compiling the same Python with mypyc had not helped: the cost is the
  * generic object protocol (attribute lookups, bound-method calls, boxed
  * numbers), which this file avoids by keeping the state in struct members.
  * I/O stays with the event loop's transports: the calls out are
@@ -399,10 +399,12 @@ typedef struct {
     PyObject *active;   /* set of leased-out ServerCore */
     PyObject *waiters;  /* deque of (waiter, deadline) */
     PyObject *stats;    /* StatsCore */
-    PyObject *settings; /* config.PoolSettings */
+    PyObject *settings; /* config.PoolSettings (frozen): set through Pool_set_settings */
     PyObject *breaker;  /* breaker.Breaker */
     PyObject *loop_time; /* the event loop's time(), the clock of its timers */
     Py_ssize_t leased, connecting;
+    Py_ssize_t max_size;    /* settings.max_size, read when settings is set */
+    double acquire_timeout; /* settings.acquire_timeout, likewise */
     double wait_until;  /* the deadline the wait timer is armed for; 0: not armed */
     long epoch;
     char paused, closed;
@@ -631,29 +633,6 @@ pool_serve_waiter(PoolCore *self, ServerCore *link)
     return rc;
 }
 
-static double
-float_attr(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL)
-        return -1.0;
-    double result = PyFloat_AsDouble(value);
-    Py_DECREF(value);
-    return result;
-}
-
-/* settings.max_size (a reload may have changed it); -1 with an exception set on error */
-static Py_ssize_t
-pool_max_size(PoolCore *self)
-{
-    PyObject *value = PyObject_GetAttr(self->settings, s_max_size);
-    if (value == NULL)
-        return -1;
-    Py_ssize_t result = PyLong_AsSsize_t(value);
-    Py_DECREF(value);
-    return result;
-}
-
 /* release: take back an idle link (ReadyForQuery 'I', nothing pending). */
 static int
 pool_release(PoolCore *self, ServerCore *link, double now)
@@ -667,10 +646,7 @@ pool_release(PoolCore *self, ServerCore *link, double now)
         now = monotonic();
     if (self->closed || link->epoch != self->epoch || link->expires_at <= now)
         return call_done(PyObject_CallMethodOneArg((PyObject *)self, s_give_back, (PyObject *)link));
-    Py_ssize_t limit = pool_max_size(self);
-    if (limit == -1 && PyErr_Occurred())
-        return -1;
-    if (self->leased > limit) /* shrinking after a reload */
+    if (self->leased > self->max_size) /* shrinking after a reload */
         return call_done(PyObject_CallMethodOneArg((PyObject *)self, s_retire, (PyObject *)link));
     Py_ssize_t waiting = PyObject_Length(self->waiters);
     if (waiting < 0)
@@ -700,24 +676,23 @@ pool_acquire_wait(PoolCore *self, PyObject *waiter)
         usual = !is_open;
     }
     if (usual) {
-        double now = 0.0, timeout;
+        double now = 0.0;
         PyObject *t = PyObject_CallNoArgs(self->loop_time);
         if (t == NULL)
             return -1;
         now = PyFloat_AsDouble(t);
         Py_DECREF(t);
-        if ((now == -1.0 || (timeout = float_attr(self->settings, s_acquire_timeout)) == -1.0) && PyErr_Occurred())
+        if (now == -1.0 && PyErr_Occurred())
             return -1;
-        deadline = now + timeout; /* the loop's clock, as call_at's */
+        deadline = now + self->acquire_timeout; /* the loop's clock, as call_at's */
         usual = deadline >= self->wait_until;
     }
     if (usual) {
-        Py_ssize_t limit = pool_max_size(self);
-        Py_ssize_t waiting = limit == -1 && PyErr_Occurred() ? -1 : PyObject_Length(self->waiters);
-        if ((limit == -1 || waiting < 0) && PyErr_Occurred())
+        Py_ssize_t waiting = PyObject_Length(self->waiters);
+        if (waiting < 0)
             return -1;
         /* the grow check, with this waiter counted */
-        usual = !(waiting + 1 > self->connecting && self->leased + self->connecting < limit);
+        usual = !(waiting + 1 > self->connecting && self->leased + self->connecting < self->max_size);
     }
     if (!usual)
         return call_done(PyObject_CallMethodOneArg((PyObject *)self, s_acquire_wait, waiter));
@@ -832,7 +807,6 @@ static PyMemberDef Pool_members[] = {
     {"active", T_OBJECT, offsetof(PoolCore, active), 0, NULL},
     {"waiters", T_OBJECT, offsetof(PoolCore, waiters), 0, NULL},
     {"stats", T_OBJECT, offsetof(PoolCore, stats), 0, NULL},
-    {"settings", T_OBJECT, offsetof(PoolCore, settings), 0, NULL},
     {"breaker", T_OBJECT, offsetof(PoolCore, breaker), 0, NULL},
     {"_loop_time", T_OBJECT, offsetof(PoolCore, loop_time), 0, NULL},
     {"leased", T_PYSSIZET, offsetof(PoolCore, leased), 0, NULL},
@@ -842,6 +816,46 @@ static PyMemberDef Pool_members[] = {
     {"paused", T_BOOL, offsetof(PoolCore, paused), 0, NULL},
     {"_closed", T_BOOL, offsetof(PoolCore, closed), 0, NULL},
     {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *
+Pool_get_settings(PoolCore *self, void *closure)
+{
+    return Py_NewRef(self->settings ? self->settings : Py_None);
+}
+
+/* The two settings the hot path reads are taken here, once per assignment
+ * (Pool.__init__ and a reload), not per transaction. */
+static int
+Pool_set_settings(PoolCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a pool's settings cannot be deleted");
+        return -1;
+    }
+    PyObject *max_size = PyObject_GetAttr(value, s_max_size);
+    if (max_size == NULL)
+        return -1;
+    Py_ssize_t limit = PyLong_AsSsize_t(max_size);
+    Py_DECREF(max_size);
+    if (limit == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *timeout_obj = PyObject_GetAttr(value, s_acquire_timeout);
+    if (timeout_obj == NULL)
+        return -1;
+    double timeout = PyFloat_AsDouble(timeout_obj);
+    Py_DECREF(timeout_obj);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return -1;
+    Py_XSETREF(self->settings, Py_NewRef(value));
+    self->max_size = limit;
+    self->acquire_timeout = timeout;
+    return 0;
+}
+
+static PyGetSetDef Pool_getset[] = {
+    {"settings", (getter)Pool_get_settings, (setter)Pool_set_settings, "config.PoolSettings", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject PoolCoreType = {
@@ -856,6 +870,7 @@ static PyTypeObject PoolCoreType = {
     .tp_dealloc = (destructor)Pool_dealloc,
     .tp_methods = Pool_methods,
     .tp_members = Pool_members,
+    .tp_getset = Pool_getset,
 };
 
 /* ------------------------------------------------------------------------ */

@@ -538,7 +538,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         out = [sasl_final, _AUTH_OK]
         if startup.minor or startup.protocol_options:
             out.insert(0, messages.negotiate_protocol_version(0, startup.protocol_options))
-        status = self.pool.status_messages
+        status = pool.status_messages
         for name in defaults:
             own = self.wanted.get(name)
             out.append(status[name] if own is None else messages.parameter_status(name, own))
