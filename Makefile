@@ -45,6 +45,7 @@ lint: venv
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check daemon ctl tests scripts bench
 	$(BIN)/mypy daemon/poold ctl/poolctl
+	$(BIN)/mypy bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info

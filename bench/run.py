@@ -289,9 +289,9 @@ def run_pgbench(rig: Rig, target: str, w: Workload, seconds: float, logdir: Path
     processed = int(re.search(r"transactions actually processed: (\d+)", r.stdout).group(1))  # type: ignore[union-attr]
     failed_m = re.search(r"number of failed transactions: (\d+)", r.stdout)
     latencies = []
-    for path in glob.glob(f"{logdir}/tx*"):
-        with open(path) as f:
-            for line in f:
+    for log_name in glob.glob(f"{logdir}/tx*"):
+        with open(log_name) as tx_log:
+            for line in tx_log:
                 parts = line.split()
                 if len(parts) >= 3:
                     latencies.append(int(parts[2]))
@@ -388,6 +388,7 @@ def paired(per_target: dict[str, list[dict[str, Any]]], metric: str) -> dict[str
 
 def summary(res: Results) -> list[dict[str, Any]]:
     rows = []
+    row: dict[str, Any]
     for wname, per_target in res.runs.items():
         for metric in ("tps", "avg_ms", "p99_ms", "cpu_us_per_tx"):
             row = {"workload": wname, "metric": metric}
