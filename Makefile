@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick bench-cpu venv clean
+.PHONY: run test unit integration e2e lint bench bench-quick bench-cpu bench-login venv clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ bench-quick: venv
 
 bench-cpu: venv
 	$(BIN)/python bench/cpu_split.py
+
+bench-login: venv
+	$(BIN)/python bench/login_cost.py
 
 lint: venv
 	$(BIN)/pip install --quiet -e '.[dev]'
