@@ -8,7 +8,8 @@ client is this process, on raw sockets, one login at a time; it derives its
 SCRAM key once per salt and reuses it, so that the server side is what is
 measured. Each round runs the logins against every target in turn (the order
 rotated each round) and reads each server's CPU time from /proc/PID/stat;
-printed are the medians of user and kernel CPU per login, and logins per
+printed are the medians of user and kernel CPU per login, of their sum
+(each round's, so not always the sum of the two medians), and of logins per
 second (one client: that is the latency of a login).
 
 The *canned server* (``canned_login.py``) answers the same messages with fixed
