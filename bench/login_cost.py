@@ -38,13 +38,10 @@ import time
 from pathlib import Path
 
 import run as bench_run  # bench/run.py
+from canned_login import msg
 from run import PASSWORD, USER, Rig, proc_cpu_split, wait_port
 
 HERE = Path(__file__).resolve().parent
-
-
-def msg(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack("!i", len(body) + 4) + body
 
 
 class LoginClient:
