@@ -818,6 +818,29 @@ static PyMemberDef Pool_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* obj.name as a C number: -1 with an exception set when it fails */
+static Py_ssize_t
+ssize_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    Py_ssize_t result = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return result;
+}
+
+static double
+float_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1.0;
+    double result = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return result;
+}
+
 static PyObject *
 Pool_get_settings(PoolCore *self, void *closure)
 {
@@ -833,18 +856,10 @@ Pool_set_settings(PoolCore *self, PyObject *value, void *closure)
         PyErr_SetString(PyExc_AttributeError, "a pool's settings cannot be deleted");
         return -1;
     }
-    PyObject *max_size = PyObject_GetAttr(value, s_max_size);
-    if (max_size == NULL)
-        return -1;
-    Py_ssize_t limit = PyLong_AsSsize_t(max_size);
-    Py_DECREF(max_size);
+    Py_ssize_t limit = ssize_attr(value, s_max_size);
     if (limit == -1 && PyErr_Occurred())
         return -1;
-    PyObject *timeout_obj = PyObject_GetAttr(value, s_acquire_timeout);
-    if (timeout_obj == NULL)
-        return -1;
-    double timeout = PyFloat_AsDouble(timeout_obj);
-    Py_DECREF(timeout_obj);
+    double timeout = float_attr(value, s_acquire_timeout);
     if (timeout == -1.0 && PyErr_Occurred())
         return -1;
     Py_XSETREF(self->settings, Py_NewRef(value));
