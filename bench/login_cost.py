@@ -15,9 +15,13 @@ second (one client: that is the latency of a login).
 The *canned server* (``canned_login.py``) answers the same messages with fixed
 bytes: no password check, no pool, nothing of its own. It is the least a
 Python server on uvloop spends per connection (accept, transports, close and
-the kernel's part), to compare poold's login and PgBouncer's with. Same rig as
-``make bench`` (bench/run.py): a throwaway PostgreSQL, loopback only, bounded
-in time.
+the kernel's part), to compare poold's login and PgBouncer's with. Two more
+targets split poold's cost (``poold_canned_login.py``): *poold, login canned*
+is poold with the login's work replaced by canned bytes (its session, pool
+and relay are its own), and *poold, all canned* answers the query with canned
+bytes as well (poold's session object and transport, nothing else). Same rig
+as ``make bench`` (bench/run.py): a throwaway PostgreSQL, loopback only,
+bounded in time.
 """
 
 from __future__ import annotations
@@ -116,15 +120,29 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="poold-login-"))
     os.chmod(work, 0o755)
     rig = Rig(work, "scram-sha-256")
-    canned = None
+    references: dict[str, subprocess.Popen[bytes]] = {}
     try:
         rig.start_postgres()
         rig.start_poolers()
-        canned_port = bench_run.pgcluster.free_port()
-        canned = subprocess.Popen([sys.executable, str(HERE / "canned_login.py"), str(canned_port)])
-        wait_port(canned_port)
-        ports = {"poold": rig.ports["poold"], "pgbouncer": rig.ports["pgbouncer"], "canned": canned_port}
-        pids = {"poold": rig.pid("poold"), "pgbouncer": rig.pid("pgbouncer"), "canned": canned.pid}
+        ports = {"poold": rig.ports["poold"], "pgbouncer": rig.ports["pgbouncer"]}
+        pids = {"poold": rig.pid("poold"), "pgbouncer": rig.pid("pgbouncer")}
+        poold_config = (work / "poold.toml").read_text()
+        for name, command in (("poold, login canned", ["poold_canned_login.py", "login"]),
+                              ("poold, all canned", ["poold_canned_login.py", "all"]),
+                              ("canned", ["canned_login.py"])):
+            port = bench_run.pgcluster.free_port()
+            if command[0] == "poold_canned_login.py":  # poold's configuration, on a port of its own
+                config = work / f"poold-{command[1]}.toml"
+                listen = f"port = {rig.ports['poold']}\n"
+                assert listen in poold_config, "the bench's poold.toml has changed shape"
+                config.write_text(poold_config.replace(listen, f"port = {port}\n", 1))
+                options = ["-c", str(config)]
+            else:
+                options = [str(port)]
+            references[name] = subprocess.Popen([sys.executable, str(HERE / command[0]), *command[1:], *options],
+                                                cwd=work, stdout=subprocess.DEVNULL)
+            wait_port(port)
+            ports[name], pids[name] = port, references[name].pid
         client = LoginClient(USER, PASSWORD)
         results: dict[str, list[tuple[float, float, float]]] = {t: [] for t in ports}
         for r in range(args.rounds):
@@ -141,16 +159,16 @@ def main() -> int:
                 results[target].append((user, system, args.logins / elapsed))
         print(f"one login (connect, SCRAM with a verifier, SELECT 1, Terminate): medians of {args.rounds} "
               f"alternating rounds of {args.logins} logins")
-        print(f"{'':10} {'user us':>8} {'kernel us':>10} {'total us':>9} {'vs pgbouncer':>13} {'logins/s':>9}")
+        print(f"{'':20} {'user us':>8} {'kernel us':>10} {'total us':>9} {'vs pgbouncer':>13} {'logins/s':>9}")
         totals = {t: statistics.median(u + s for u, s, _ in rows) for t, rows in results.items()}
         for target, rows in results.items():
             user, system, rate = (statistics.median(row[i] for row in rows) for i in range(3))
-            print(f"{target:10} {user:8.0f} {system:10.0f} {totals[target]:9.0f} "
+            print(f"{target:20} {user:8.0f} {system:10.0f} {totals[target]:9.0f} "
                   f"{totals[target] / totals['pgbouncer']:13.2f} {rate:9.0f}")
         return 0
     finally:
-        if canned is not None:
-            canned.kill()
+        for proc in references.values():
+            proc.kill()
         rig.stop()
         shutil.rmtree(work, ignore_errors=True)
 
