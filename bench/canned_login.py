@@ -33,6 +33,12 @@ REPLY = (msg(b"T", b"\0\x01?column?\0" + b"\0" * 18) + msg(b"D", b"\0\x01\0\0\0\
          + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
 
 
+def sasl_continue(client_first: bytes) -> bytes:
+    """AuthenticationSASLContinue for a client-first message: its nonce, a canned salt."""
+    client_nonce = client_first.split(b"r=", 1)[1]
+    return msg(b"R", struct.pack("!i", 11) + b"r=" + client_nonce + b"canned,s=c2FsdHNhbHRzYWx0,i=4096")
+
+
 class CannedLogin(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -43,9 +49,7 @@ class CannedLogin(asyncio.Protocol):
         if self.step == 0:  # StartupMessage
             self.transport.write(SASL)
         elif self.step == 1:  # SASLInitialResponse: "SCRAM-SHA-256\0", a length, the client-first message
-            client_nonce = data[5 + 14 + 4:].split(b"r=", 1)[1]
-            self.transport.write(msg(b"R", struct.pack("!i", 11) + b"r=" + client_nonce
-                                     + b"canned,s=c2FsdHNhbHRzYWx0,i=4096"))
+            self.transport.write(sasl_continue(data[5 + 14 + 4:]))
         elif self.step == 2:  # SASLResponse
             self.transport.write(WELCOME)
         elif data[:1] == b"Q":

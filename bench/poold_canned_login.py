@@ -11,8 +11,9 @@ proof, and sends the welcome of the pool the client would get.
   transport, the pool, the query relayed to a server connection and back, the
   release at ReadyForQuery, the close.
 - ``all``: the query is answered with canned bytes too, and no server
-  connection is leased: the ClientSession, its login generator and its
-  transport, and nothing else.
+  connection is leased: the ClientSession and its transport, its login
+  generator, the startup packet parsed, the database and pool looked up, and
+  nothing else.
 
 Used by login_cost.py as reference points between the canned server and
 poold. The client must not check the server's SCRAM signature (login_cost.py's
@@ -24,7 +25,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from canned_login import REPLY, SASL, WELCOME, msg
+from canned_login import REPLY, SASL, WELCOME, sasl_continue
 
 from poold import __main__ as poold_main
 from poold import client
@@ -43,8 +44,7 @@ def canned_login_steps(self: client.ClientSession, answer_query: bool) -> Any:
     transport: Any = self.transport
     transport.write(SASL)
     _, body = yield from self._read_typed()  # SASLInitialResponse
-    client_nonce = body.split(b"r=", 1)[1]
-    transport.write(msg(b"R", (11).to_bytes(4, "big") + b"r=" + client_nonce + b"canned,s=c2FsdHNhbHRzYWx0,i=4096"))
+    transport.write(sasl_continue(body))
     yield from self._read_typed()  # SASLResponse: the proof is not checked
     db = rt.config.database(startup.database)
     assert db is not None, startup.database
