@@ -127,19 +127,17 @@ def main() -> int:
         ports = {"poold": rig.ports["poold"], "pgbouncer": rig.ports["pgbouncer"]}
         pids = {"poold": rig.pid("poold"), "pgbouncer": rig.pid("pgbouncer")}
         poold_config = (work / "poold.toml").read_text()
-        for name, command in (("poold, login canned", ["poold_canned_login.py", "login"]),
-                              ("poold, all canned", ["poold_canned_login.py", "all"]),
-                              ("canned", ["canned_login.py"])):
+        for name, mode in (("poold, login canned", "login"), ("poold, all canned", "all"), ("canned", None)):
             port = bench_run.pgcluster.free_port()
-            if command[0] == "poold_canned_login.py":  # poold's configuration, on a port of its own
-                config = work / f"poold-{command[1]}.toml"
+            if mode is None:
+                argv = ["canned_login.py", str(port)]
+            else:  # poold's configuration, on a port of its own
+                config = work / f"poold-{mode}.toml"
                 listen = f"port = {rig.ports['poold']}\n"
                 assert listen in poold_config, "the bench's poold.toml has changed shape"
                 config.write_text(poold_config.replace(listen, f"port = {port}\n", 1))
-                options = ["-c", str(config)]
-            else:
-                options = [str(port)]
-            references[name] = subprocess.Popen([sys.executable, str(HERE / command[0]), *command[1:], *options],
+                argv = ["poold_canned_login.py", mode, "-c", str(config)]
+            references[name] = subprocess.Popen([sys.executable, str(HERE / argv[0]), *argv[1:]],
                                                 cwd=work, stdout=subprocess.DEVNULL)
             wait_port(port)
             ports[name], pids[name] = port, references[name].pid
