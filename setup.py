@@ -1,4 +1,4 @@
-"""Build hook for the native parts: the frame scanner and the relay's hot path.
+"""Build hook for the native parts: the frame scanner, the relay's hot path and the login.
 
 Everything else is declared in pyproject.toml. Both extensions are optional:
 where no C compiler is available poold installs and runs on their Python
@@ -19,8 +19,8 @@ setup(
         ),
         Extension(
             "poold._relaycore",
-            sources=["daemon/poold/_relaycore.c"],
-            depends=["daemon/poold/protocol/framing_capi.h"],
+            sources=["daemon/poold/_relaycore.c", "daemon/poold/protocol/scram_core.c"],
+            depends=["daemon/poold/protocol/framing_capi.h", "daemon/poold/protocol/scram_core.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -125,12 +125,7 @@ class ScramCache:
 
     def auth_info(self, user: str, secret: Secret) -> Steps[AuthInfo]:
         if secret.kind == "scram":
-            info = self._verifiers.get(secret.value)
-            if info is None:
-                info = self._verifiers[secret.value] = scram_info_from_verifier(secret.value)
-                if len(self._verifiers) > 10_000:  # bounded, as the derived keys are
-                    self._verifiers.pop(next(iter(self._verifiers)))
-            return info
+            return self._verifier(secret.value)
         key = (user, secret.value)
         fut = self._cache.get(key)
         if fut is None:
@@ -146,6 +141,23 @@ class ScramCache:
             yield fut
         if fut.cancelled() or fut.exception() is not None:
             self._cache.pop(key, None)
+        return fut.result()
+
+    def _verifier(self, verifier: str) -> AuthInfo:
+        info = self._verifiers.get(verifier)
+        if info is None:
+            info = self._verifiers[verifier] = scram_info_from_verifier(verifier)
+            if len(self._verifiers) > 10_000:  # bounded, as the derived keys are
+                self._verifiers.pop(next(iter(self._verifiers)))
+        return info
+
+    def known_info(self, user: str, secret: Secret) -> AuthInfo | None:
+        """The keys if they are at hand now (a verifier, or a password derived already)."""
+        if secret.kind == "scram":
+            return self._verifier(secret.value)
+        fut = self._cache.get((user, secret.value))
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
         return fut.result()
 
     def mock_info(self, user: str) -> AuthInfo:
@@ -167,11 +179,13 @@ def authenticate(
     read: ReadMessage,
     send: Send,
     cache: ScramCache,
+    nonce: str | None = None,
 ) -> Steps[bytes]:
     """Run one authentication exchange; raise AuthFailed or ProtocolError.
 
     Returns what is left to send with AuthenticationOk: SCRAM's final message,
-    or nothing; the caller joins it to its welcome, saving a write.
+    or nothing; the caller joins it to its welcome, saving a write. ``nonce``:
+    the server's SCRAM nonce, when it was chosen already (the C login's).
     """
     if method == "trust":
         return b""
@@ -183,7 +197,21 @@ def authenticate(
     if kind == "md5" or (method == "md5" and kind in ("plain", None)):
         yield from _md5(user, secret, read, send)
         return b""
-    return (yield from _scram(user, secret, read, send, cache))
+    return (yield from _scram(user, secret, read, send, cache, nonce))
+
+
+def native_scram_keys(method: str, user: str, secret: Secret | None, cache: ScramCache) -> tuple[bytes, bytes, bytes] | None:
+    """What the C login needs to run this user's SCRAM exchange: StoredKey, ServerKey
+    and the end of server-first (``,s=<salt>,i=<iterations>``); None when ``authenticate``
+    would not run SCRAM, or the keys are not at hand without waiting."""
+    kind = secret.kind if secret is not None else None
+    if method == "trust" or kind == "md5" or (method == "md5" and kind in ("plain", None)):
+        return None
+    info = cache.known_info(user, secret) if secret is not None else cache.mock_info(user)
+    if info is None:
+        return None
+    salt, stored_key, server_key, iterations = info
+    return stored_key, server_key, f",s={base64.b64encode(salt).decode()},i={iterations}".encode()
 
 
 def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Steps[None]:
@@ -196,7 +224,8 @@ def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Ste
         raise AuthFailed(f'password authentication failed for user "{user}"')
 
 
-def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache) -> Steps[bytes]:
+def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache,
+           nonce: str | None) -> Steps[bytes]:
     send(_AUTH_SCRAM)
     t, body = yield from read()
     if t != messages.PASSWORD:
@@ -207,7 +236,7 @@ def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cach
     salt, stored_key, server_key, iterations = (
         (yield from cache.auth_info(user, secret)) if secret is not None else cache.mock_info(user)
     )
-    exchange = ScramExchange(stored_key, server_key, salt, iterations)
+    exchange = ScramExchange(stored_key, server_key, salt, iterations, nonce)
     try:
         send(messages.auth_sasl_continue(exchange.server_first(client_first)))
         t, body = yield from read()

@@ -39,6 +39,7 @@ from .protocol.framing import FrameScanner, MessageReader, PyFrameScanner
 from .relay import ServerLink, canonical_parameter
 
 if TYPE_CHECKING:
+    from .config import DatabaseSettings
     from .pools import Pool
     from .runtime import Runtime
 
@@ -69,9 +70,10 @@ class ClientCorePy:
     release; it calls the methods below for everything else.
     """
 
-    __slots__ = ("_server_paused", "buffered", "buffered_syncs", "closed", "in_batch", "pool", "relaying", "replay",
-                 "replay_safe", "replay_syncs", "replayed", "rt", "scanner", "server", "session_mode", "terminating",
-                 "transactions", "transport", "wait_start", "waiting", "wanted", "xact_start")
+    __slots__ = ("_server_paused", "buffered", "buffered_syncs", "closed", "in_batch", "native_login", "pool",
+                 "relaying", "replay", "replay_safe", "replay_syncs", "replayed", "rt", "scanner", "server",
+                 "session_mode", "terminating", "transactions", "transport", "wait_start", "waiting", "wanted",
+                 "xact_start")
 
     transport: asyncio.Transport | None
     scanner: PyFrameScanner
@@ -95,6 +97,7 @@ class ClientCorePy:
     in_batch: bool  # messages sent since the last Sync
     session_mode: bool
     _server_paused: bool
+    native_login: bool  # the C core reads the login (never here: see ClientSession.connection_made)
 
     def data_received(self, data: bytes) -> None:
         if self.relaying:
@@ -159,11 +162,15 @@ if TYPE_CHECKING:
 else:
     ClientCore = relaycore.pick("ClientCore", ClientCorePy)
 
+#: The C core runs the common login itself (_relaycore.c, client_login) and
+#: calls the ``_native_login_...`` methods below; otherwise ``_login_steps`` does.
+NATIVE_LOGIN = ClientCore is not ClientCorePy
+
 
 class ClientSession(ClientCore, asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login", "_login_wait", "_self_paused", "connected_at", "database", "key", "peer", "reader", "tls",
-                 "user")
+    __slots__ = ("_login", "_login_wait", "_plan", "_self_paused", "connected_at", "database", "key", "peer", "reader",
+                 "tls", "user")
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -196,6 +203,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.wait_start = 0.0
         self._login: auth.Steps[None] | None = None  # the login's steps, until it is done
         self._login_wait: asyncio.Future[Any] | None = None  # what a login step waits for
+        self._plan: tuple[messages.StartupMessage, DatabaseSettings, dict[str, str]] | None = None  # the C login's
+        self.native_login = False
         self._server_paused = False
         self._self_paused = False
 
@@ -216,8 +225,11 @@ class ClientSession(ClientCore, asyncio.Protocol):
         rt = self.rt
         rt.clients.add(self)
         rt.logins[self] = time.monotonic()  # login_timeout: see Runtime.expire_logins
-        self._login = self._login_steps()
-        self._advance()  # up to reading the startup packet
+        if NATIVE_LOGIN:
+            self.native_login = True
+        else:
+            self._login = self._login_steps()
+            self._advance()  # up to reading the startup packet
 
     def _login_data(self, data: bytes) -> None:
         try:
@@ -481,6 +493,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if steps is not None:
             steps.close()
         self._login_wait = None
+        self.native_login = False
+        self._plan = None
         self.rt.logins.pop(self, None)
 
     def _read_untyped(self) -> auth.Steps[bytes]:
@@ -500,10 +514,21 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self._end_login()
         self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
 
-    def _login_steps(self) -> auth.Steps[None]:
+    def _login_steps(self, muted: int = 0, nonce: str | None = None) -> auth.Steps[None]:
+        """The login, from the first byte. ``muted`` and ``nonce``: see _native_login_fallback."""
         startup = yield from self._negotiate()
         if startup is None:
             return
+        db, wanted = self._admit(startup)
+        rt = self.rt
+        send = self.transport.write if not muted else _Muted(self.transport.write, muted)  # type: ignore[union-attr]
+        sasl_final = yield from auth.authenticate(
+            rt.config.auth.type, self.user, rt.users.get(self.user), self._read_typed, send, rt.scram, nonce
+        )
+        yield from self._enter_pool(startup, db, wanted, sasl_final)
+
+    def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
+        """The startup packet's checks: room for a client, the database, the parameters."""
         rt = self.rt
         self.user, self.database = startup.user, startup.database
         if len(rt.clients) > rt.config.clients.max_client_conn or rt.draining:
@@ -520,10 +545,12 @@ class ClientSession(ClientCore, asyncio.Protocol):
                 wanted[canon] = value
             elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
                 raise PooldError("08P01", f"unsupported startup parameter: {name}")
-        secret = rt.users.get(self.user)
-        sasl_final = yield from auth.authenticate(
-            rt.config.auth.type, self.user, secret, self._read_typed, self.transport.write, rt.scram  # type: ignore[union-attr]
-        )
+        return db, wanted
+
+    def _enter_pool(self, startup: messages.StartupMessage, db: DatabaseSettings, wanted: dict[str, str],
+                    sasl_final: bytes) -> auth.Steps[None]:
+        """Authenticated: join the pool, send the welcome, start relaying."""
+        rt = self.rt
         pool = rt.pools.find(db, self.user)
         if pool is None:
             pool = yield rt.pools.get(db, self.user, rt.users)
@@ -551,6 +578,48 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if rest:
             self._relay(rest)
 
+    # -- the C login's calls (_relaycore.c, client_login) ---------------------
+
+    def _native_login_plan(self, payload: bytes) -> tuple[bytes, bytes, bytes] | None:
+        """The startup packet's payload: this login's SCRAM keys (StoredKey, ServerKey and
+        ",s=<salt>,i=<iterations>") when it is the common case the C login runs: protocol
+        3.0 with no options, the checks of ``_admit`` passed, SCRAM against keys known
+        without waiting, a pool already open. None leaves the whole login to
+        ``_login_steps``, which gives the answer for everything else."""
+        try:
+            startup = messages.parse_startup(payload)
+            if (not isinstance(startup, messages.StartupMessage) or startup.minor or startup.protocol_options
+                    or (self.rt.config.tls.require and not self.tls)):
+                return None
+            db, wanted = self._admit(startup)
+        except (ProtocolError, PooldError):
+            return None
+        rt = self.rt
+        secret = rt.users.get(self.user)
+        keys = auth.native_scram_keys(rt.config.auth.type, self.user, secret, rt.scram)
+        pool = rt.pools.find(db, self.user)
+        if keys is None or pool is None or pool.defaults is None:
+            return None
+        self._plan = (startup, db, wanted)
+        return keys
+
+    def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
+        """The C login checked the proof: the rest of the login is ``_enter_pool``'s."""
+        plan, self._plan = self._plan, None
+        assert plan is not None
+        self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
+        self._login = self._enter_pool(*plan, sasl_final)
+        self._advance()
+
+    def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
+        """The C login met what it leaves to ``_login_steps``: replay the client's bytes
+        through it. The first ``sent`` messages it sends are not sent again (the C login
+        sent the same), and its SCRAM exchange uses the C login's server ``nonce`` once
+        that went out, so the client sees what this login alone would have sent."""
+        self._plan = None
+        self._login = self._login_steps(sent, nonce)
+        self._login_data(transcript)
+
     def _negotiate(self) -> auth.Steps[messages.StartupMessage | None]:
         """Answer SSLRequest ('S' and TLS when configured, else 'N') and GSSENCRequest
         ('N'); serve a CancelRequest."""
@@ -577,3 +646,18 @@ class ClientSession(ClientCore, asyncio.Protocol):
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]
         raise ProtocolError("too many encryption negotiation requests")
+
+
+class _Muted:
+    """A send that drops its first ``n`` messages: those the C login already sent."""
+
+    __slots__ = ("_n", "_write")
+
+    def __init__(self, write: auth.Send, n: int) -> None:
+        self._write, self._n = write, n
+
+    def __call__(self, data: bytes) -> None:
+        if self._n:
+            self._n -= 1
+        else:
+            self._write(data)

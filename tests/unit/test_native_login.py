@@ -1,0 +1,291 @@
+"""The C login (_relaycore.c, client_login) against the Python login (_login_steps).
+
+Each case runs the same client through a ClientSession twice: once as the
+daemon runs it (the C core reads the login) and once with the C login off (the
+Python generator reads it, as where no C compiler was found). The client is
+written here from RFC 5802 with hashlib and hmac, and checks the server's
+signature itself. Both runs must send the same messages (the nonce, the
+signature and the cancel key differ by design) and the same errors, byte for
+byte; and the C login must have done the common logins itself, not handed
+them to the Python one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poold import client as client_module
+from poold.auth import Secret, md5_secret
+from poold.client import ClientSession
+from poold.config import build_config
+from poold.protocol import messages
+from poold.runtime import Runtime
+
+DEFAULTS = {"server_version": "15.0", "client_encoding": "UTF8"}
+SALT, ITERATIONS = os.urandom(16), 4096
+
+
+def verifier(password: str) -> str:
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), SALT, ITERATIONS)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = [base64.b64encode(x).decode() for x in (SALT, hashlib.sha256(client_key).digest(), server_key)]
+    return f"SCRAM-SHA-256${ITERATIONS}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
+USERS = {
+    "app": Secret("scram", verifier("secret")),
+    "ünï": Secret("scram", verifier("secret")),  # outside printable ASCII: the C login hands it over
+    "md5user": Secret("md5", md5_secret("md5user", "secret")),
+}
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Session(ClientSession):
+    """Counts the logins the C login handed to the Python one."""
+
+    handed_over: list[int] = []
+
+    def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
+        Session.handed_over.append(sent)
+        super()._native_login_fallback(transcript, sent, nonce)
+
+
+def runtime(method: str = "scram-sha-256") -> Runtime:
+    raw = {"auth": {"type": method}, "databases": {"app": {"dsn": "dbname=app"}}}
+    rt = Runtime(build_config(raw, Path("/nonexistent/poold.toml")), dict(USERS))
+    pool = types.SimpleNamespace(clients=0, settings=types.SimpleNamespace(mode="transaction"), defaults=DEFAULTS,
+                                 status_messages={k: messages.parameter_status(k, v) for k, v in DEFAULTS.items()})
+    rt.pools.find = lambda db, user: pool  # type: ignore[method-assign]
+    return rt
+
+
+RANDOM_AUTH = {struct.pack("!I", code) for code in (5, 11, 12)}  # md5 salt, SASLContinue, SASLFinal
+
+
+def msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def split(data: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    while data:
+        n = struct.unpack_from("!I", data, 1)[0]
+        out.append((data[:1], data[5:1 + n]))
+        data = data[1 + n:]
+    return out
+
+
+def startup(user: str, minor: int = 0) -> bytes:
+    body = struct.pack("!I", 3 << 16 | minor) + f"user\0{user}\0database\0app\0\0".encode()
+    return struct.pack("!I", len(body) + 4) + body
+
+
+class Client:
+    """A SCRAM-SHA-256 client, with hooks to send what libpq would not."""
+
+    def __init__(self, user: str, password: str, **hooks: Callable[[bytes], bytes]) -> None:
+        self.user, self.password, self.hooks = user, password, hooks
+        self.nonce = base64.b64encode(os.urandom(18)).decode()
+        self.verified = False
+
+    def hook(self, name: str, data: bytes) -> bytes:
+        return self.hooks[name](data) if name in self.hooks else data
+
+    def first(self) -> bytes:
+        self.bare = f"n={self.user},r={self.nonce}"
+        first = self.hook("client_first", f"n,,{self.bare}".encode())
+        body = b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first
+        return msg(b"p", self.hook("initial_body", body))
+
+    def final(self, server_first: bytes) -> bytes:
+        attrs = dict(a.split("=", 1) for a in server_first.decode().split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        cbind = self.hook("cbind", b"biws").decode()
+        without_proof = f"c={cbind},r={attrs['r']}"
+        self.auth_message = f"{self.bare},{server_first.decode()},{without_proof}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), self.auth_message, "sha256")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        self.server_key = hmac.digest(salted, b"Server Key", "sha256")
+        final = f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+        return msg(b"p", self.hook("client_final", final))
+
+    def check(self, server_final: bytes) -> None:
+        expected = hmac.digest(self.server_key, self.auth_message, "sha256")
+        self.verified = server_final == b"v=" + base64.b64encode(expected)
+
+
+def login(native: bool, client: Client, method: str = "scram-sha-256", chunk: int = 0,
+          first: bytes = b"") -> tuple[list[tuple[bytes, bytes]], ClientSession]:
+    """Run one login; the server's messages, the nonce-bearing ones reduced to their kind."""
+    session, transport = Session(runtime(method)), Transport()
+    session.connection_made(transport)  # type: ignore[arg-type]
+    if not native:  # as ClientSession.connection_made does without the C core
+        session.native_login = False
+        session._login = session._login_steps()
+        session._advance()
+
+    def send(data: bytes) -> None:
+        pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
+        for piece in pieces:
+            if not transport.closed:
+                session.data_received(piece)
+
+    seen: list[tuple[bytes, bytes]] = []
+
+    def answers() -> list[tuple[bytes, bytes]]:
+        data, transport.written = transport.written, b""
+        if data == b"N":
+            return [(b"N", b"")]
+        got = split(data)
+        seen.extend(got)
+        return got
+
+    if first:
+        send(first)
+        answers()
+    send(startup(client.user))
+    for kind, body in answers():
+        if kind == b"R" and body[:4] == struct.pack("!I", 10):
+            send(client.first())
+    for kind, body in answers():
+        if kind == b"R" and body[:4] == struct.pack("!I", 11):
+            send(client.final(body[4:]))
+    for kind, body in answers():
+        if kind == b"R" and body[:4] == struct.pack("!I", 12):
+            client.check(body[4:])
+    # random by design: the cancel key, and the server nonce, the signature and the md5 salt
+    reduced = [(k, b[:4] if k == b"R" and b[:4] in RANDOM_AUTH else b) if k != b"K" else (k, b"") for k, b in seen]
+    return reduced, session
+
+
+def both(make: Callable[[], Client], **kwargs: Any) -> tuple[list[tuple[bytes, bytes]], Client, list[int]]:
+    Session.handed_over = []
+    python_client = make()
+    expected, _ = login(False, python_client, **kwargs)
+    native_client = make()
+    got, session = login(True, native_client, **kwargs)
+    assert got == expected
+    assert native_client.verified == python_client.verified
+    return got, native_client, list(Session.handed_over)
+
+
+def kinds(messages_: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [k for k, _ in messages_]
+
+
+def test_the_c_login_runs() -> None:
+    assert client_module.NATIVE_LOGIN, "the C core (_relaycore) was not built"
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 7])
+def test_the_common_login_is_the_c_logins_own(chunk: int) -> None:
+    got, client, handed_over = both(lambda: Client("app", "secret"), chunk=chunk)
+    assert kinds(got) == [b"R", b"R", b"R", b"R", b"S", b"S", b"K", b"Z"]
+    assert client.verified  # the server's signature, checked by this client
+    assert handed_over == []
+
+
+def test_many_logins_agree_with_the_client_on_every_signature() -> None:
+    # Different nonce lengths move AuthMessage across SHA-256's 64-byte blocks.
+    for n in range(1, 80):
+        def make(n: int = n) -> Client:
+            c = Client("app", "secret")
+            c.nonce = base64.b64encode(os.urandom(n)).decode().rstrip("=")
+            return c
+        got, client, handed_over = both(make)
+        assert client.verified and handed_over == [], n
+
+
+ERROR_CASES: dict[str, Callable[[], Client]] = {
+    "wrong password": lambda: Client("app", "wrong"),
+    "unknown user": lambda: Client("nobody", "secret"),
+    "tampered nonce": lambda: Client("app", "secret", client_final=lambda b: b.replace(b",r=", b",r=x", 1)),
+    "channel binding of another header": lambda: Client("app", "secret", cbind=lambda b: b"eSws"),
+    "proof without padding": lambda: Client("app", "secret", client_final=lambda b: b.rstrip(b"=")),
+    "proof not base64": lambda: Client("app", "secret", client_final=lambda b: b[:-3] + b"!!="),
+    "short proof": lambda: Client("app", "secret", client_final=lambda b: b[:-8] + b"="),
+    "extension in client-first": lambda: Client("app", "secret", client_first=lambda b: b + b",e=1"),
+    "channel binding asked for": lambda: Client("app", "secret", client_first=lambda b: b"p=tls" + b[1:]),
+    "authorization identity": lambda: Client("app", "secret", client_first=lambda b: b"n,a=x" + b[2:]),
+    "space in the client nonce": lambda: Client("app", "secret", client_first=lambda b: b + b" x"),
+    "another mechanism": lambda: Client("app", "secret", initial_body=lambda b: b"SCRAM-SHA-1" + b[13:]),
+    "length that lies": lambda: Client("app", "secret", initial_body=lambda b: b[:14] + b"\0\0\0\x01" + b[18:]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_every_refusal_is_the_python_logins(case: str) -> None:
+    got, client, handed_over = both(ERROR_CASES[case])
+    assert got[-1][0] == b"E", got
+    assert not client.verified
+    assert handed_over, "the C login decided a refusal itself"
+
+
+@given(st.sampled_from(["client_first", "client_final", "initial_body"]), st.integers(0, 120),
+       st.binary(min_size=0, max_size=3), st.integers(0, 9))
+@settings(max_examples=300, deadline=None)
+def test_mutated_logins_end_as_the_python_login_ends_them(where: str, pos: int, insert: bytes, chunk: int) -> None:
+    def mutate(data: bytes) -> bytes:  # replace one byte by 0-3 others
+        p = pos % (len(data) + 1)
+        return data[:p] + insert + data[p + 1:]
+
+    both(lambda: Client("app", "secret", **{where: mutate}), chunk=chunk)
+
+
+def test_what_the_c_login_leaves_ends_as_the_python_login_ends() -> None:
+    # a user name outside printable ASCII: handed over after AuthenticationSASL, and logged in
+    got, client, handed_over = both(lambda: Client("ünï", "secret"))
+    assert client.verified and kinds(got)[-1] == b"Z" and handed_over == [1]
+    # an SSLRequest first (no TLS configured: 'N'), then the login
+    ssl_request = struct.pack("!II", 8, messages.SSL_REQUEST)
+    got, client, handed_over = both(lambda: Client("app", "secret"), first=ssl_request)
+    assert client.verified and handed_over == [0]
+    # md5 and trust are the Python login's
+    got, client, handed_over = both(lambda: Client("md5user", "secret"))
+    assert got == [(b"R", struct.pack("!I", 5))] and handed_over == [0]  # this client answers no md5
+    got, client, handed_over = both(lambda: Client("app", "secret"), method="trust")
+    assert kinds(got)[:2] == [b"R", b"S"] and handed_over == [0]
+
+
+def test_the_plan_declines_what_only_the_python_login_answers() -> None:
+    rt = runtime()
+    session = ClientSession(rt)
+    session.connection_made(Transport())  # type: ignore[arg-type]
+    payload = startup("app")[4:]
+    assert session._native_login_plan(payload) is not None
+    assert session._native_login_plan(startup("app", minor=2)[4:]) is None  # NegotiateProtocolVersion
+    assert session._native_login_plan(payload.replace(b"database\0app", b"database\0nodb")) is None
+    rt.draining = True
+    assert session._native_login_plan(payload) is None
