@@ -40,6 +40,8 @@ _AUTH_SCRAM = messages.auth_sasl(["SCRAM-SHA-256"])
 
 #: (salt, stored_key, server_key, iterations), scramp's auth_info shape
 AuthInfo = tuple[bytes, bytes, bytes, int]
+#: what the C login takes: StoredKey, ServerKey, and the end of server-first
+NativeKeys = tuple[bytes, bytes, bytes]
 
 T = TypeVar("T")
 #: A login step: yields None to wait for the client's next message, or an
@@ -121,6 +123,7 @@ class ScramCache:
         self._mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
         self._cache: dict[tuple[str, str], asyncio.Future[AuthInfo]] = {}
         self._verifiers: dict[str, AuthInfo] = {}  # parsed SCRAM verifiers
+        self._native: dict[AuthInfo, NativeKeys] = {}  # what the C login takes, per known keys
         self._mock_key = os.urandom(32)
 
     def auth_info(self, user: str, secret: Secret) -> Steps[AuthInfo]:
@@ -159,6 +162,15 @@ class ScramCache:
         if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
             return None
         return fut.result()
+
+    def native_keys(self, info: AuthInfo) -> NativeKeys:
+        """StoredKey, ServerKey and the end of server-first (``,s=<salt>,i=<iterations>``)."""
+        keys = self._native.get(info)
+        if keys is None:
+            keys = self._native[info] = _native_keys(info)
+            if len(self._native) > 10_000:
+                self._native.pop(next(iter(self._native)))
+        return keys
 
     def mock_info(self, user: str) -> AuthInfo:
         """Keys for an unknown user: the exchange runs and no proof matches. The
@@ -200,16 +212,20 @@ def authenticate(
     return (yield from _scram(user, secret, read, send, cache, nonce))
 
 
-def native_scram_keys(method: str, user: str, secret: Secret | None, cache: ScramCache) -> tuple[bytes, bytes, bytes] | None:
+def native_scram_keys(method: str, user: str, secret: Secret | None, cache: ScramCache) -> NativeKeys | None:
     """What the C login needs to run this user's SCRAM exchange: StoredKey, ServerKey
     and the end of server-first (``,s=<salt>,i=<iterations>``); None when ``authenticate``
     would not run SCRAM, or the keys are not at hand without waiting."""
     kind = secret.kind if secret is not None else None
     if method == "trust" or kind == "md5" or (method == "md5" and kind in ("plain", None)):
         return None
-    info = cache.known_info(user, secret) if secret is not None else cache.mock_info(user)
-    if info is None:
-        return None
+    if secret is None:  # an unknown user: mock keys, new each time
+        return _native_keys(cache.mock_info(user))
+    info = cache.known_info(user, secret)
+    return cache.native_keys(info) if info is not None else None
+
+
+def _native_keys(info: AuthInfo) -> NativeKeys:
     salt, stored_key, server_key, iterations = info
     return stored_key, server_key, f",s={base64.b64encode(salt).decode()},i={iterations}".encode()
 

@@ -565,10 +565,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
         out = [sasl_final, _AUTH_OK]
         if startup.minor or startup.protocol_options:
             out.insert(0, messages.negotiate_protocol_version(0, startup.protocol_options))
-        status = pool.status_messages
-        for name in defaults:
-            own = self.wanted.get(name)
-            out.append(status[name] if own is None else messages.parameter_status(name, own))
+        if not self.wanted:
+            out.append(pool.status_block)
+        else:
+            status = pool.status_messages
+            for name in defaults:
+                own = self.wanted.get(name)
+                out.append(status[name] if own is None else messages.parameter_status(name, own))
         self.key = rt.register(self)
         out.append(messages.backend_key_data(*self.key))
         out.append(_READY_IDLE)
@@ -580,7 +583,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     # -- the C login's calls (_relaycore.c, client_login) ---------------------
 
-    def _native_login_plan(self, payload: bytes) -> tuple[bytes, bytes, bytes] | None:
+    def _native_login_plan(self, payload: bytes) -> auth.NativeKeys | None:
         """The startup packet's payload: this login's SCRAM keys (StoredKey, ServerKey and
         ",s=<salt>,i=<iterations>") when it is the common case the C login runs: protocol
         3.0 with no options, the checks of ``_admit`` passed, SCRAM against keys known

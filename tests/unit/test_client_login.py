@@ -44,7 +44,8 @@ def runtime() -> Runtime:
 
 def fake_pool() -> Any:
     return types.SimpleNamespace(clients=0, settings=types.SimpleNamespace(mode="transaction"), defaults=DEFAULTS,
-                                 status_messages={k: messages.parameter_status(k, v) for k, v in DEFAULTS.items()})
+                                 status_messages={k: messages.parameter_status(k, v) for k, v in DEFAULTS.items()},
+                                 status_block=b"".join(messages.parameter_status(k, v) for k, v in DEFAULTS.items()))
 
 
 def startup_packet() -> bytes:
