@@ -84,7 +84,8 @@ def main() -> int:
         print("usage: poold_canned_login.py {login|all} -c FILE", file=sys.stderr)
         return 2
     answer_query = mode == "all"
-    client.ClientSession._login_steps = lambda self: canned_login_steps(self, answer_query)  # type: ignore[method-assign]
+    client.NATIVE_LOGIN = False  # the login is this file's, in Python, whichever core runs
+    client.ClientSession._login_steps = lambda self, *_: canned_login_steps(self, answer_query)  # type: ignore[method-assign]
     return poold_main.main(argv)
 
 

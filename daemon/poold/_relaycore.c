@@ -1098,17 +1098,77 @@ login_write(ClientCore *self, PyObject *message)
     return rc;
 }
 
+/* Random bytes from the kernel, drawn 1 KiB at a time (one getrandom per 56 logins). */
+static int
+login_random(unsigned char *out, size_t n)
+{
+    static unsigned char pool[1024];
+    static size_t left;
+    if (left < n) {
+        if (getrandom(pool, sizeof pool, 0) != (ssize_t)sizeof pool)
+            return -1;
+        left = sizeof pool;
+    }
+    memcpy(out, pool + sizeof pool - left, n);
+    memset(pool + sizeof pool - left, 0, n); /* each byte is handed out once */
+    left -= n;
+    return 0;
+}
+
+/* A StartupMessage's parameters as messages.parse_startup reads them: "name\0value\0"
+ * pairs, then a NUL. A new dict; None when parse_startup would refuse it or read it
+ * otherwise (it answers then), or on an error. */
+static PyObject *
+startup_params(const char *p, const char *end)
+{
+    PyObject *params = PyDict_New();
+    if (params == NULL)
+        return NULL;
+    while (p < end && *p) {
+        const char *name_end = memchr(p, 0, (size_t)(end - p));
+        const char *value = name_end ? name_end + 1 : NULL;
+        const char *value_end = value && value < end ? memchr(value, 0, (size_t)(end - value)) : NULL;
+        if (value_end == NULL || (name_end - p >= 5 && memcmp(p, "_pq_.", 5) == 0)) /* protocol options */
+            goto decline;
+        PyObject *k = PyUnicode_DecodeUTF8(p, name_end - p, NULL);
+        PyObject *v = k ? PyUnicode_DecodeUTF8(value, value_end - value, NULL) : NULL;
+        int rc = v ? PyDict_SetItem(params, k, v) : -1;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (rc < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                goto error;
+            PyErr_Clear();
+            goto decline;
+        }
+        p = value_end + 1;
+    }
+    if (p != end - 1) /* the terminating NUL, last */
+        goto decline;
+    return params;
+decline:
+    Py_DECREF(params);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(params);
+    return NULL;
+}
+
 /* The startup packet: the plan, then AuthenticationSASL. 1: done; 0: fall back; -1: error. */
 static int
 login_startup(ClientCore *self, const char *packet, uint32_t length)
 {
     if (be32(packet + 4) != 0x30000) /* protocol 3.0; SSLRequest, GSSENCRequest, CancelRequest... */
         return 0;
-    PyObject *payload = PyBytes_FromStringAndSize(packet + 4, length - 4);
-    if (payload == NULL)
+    PyObject *params = startup_params(packet + 8, packet + length);
+    if (params == NULL)
         return -1;
-    PyObject *keys = PyObject_CallMethodOneArg((PyObject *)self, s_native_login_plan, payload);
-    Py_DECREF(payload);
+    if (params == Py_None) {
+        Py_DECREF(params);
+        return 0;
+    }
+    PyObject *keys = PyObject_CallMethodOneArg((PyObject *)self, s_native_login_plan, params);
+    Py_DECREF(params);
     if (keys == NULL)
         return -1;
     int ok = PyTuple_CheckExact(keys) && PyTuple_GET_SIZE(keys) == 3;
@@ -1147,7 +1207,7 @@ login_initial(ClientCore *self, const char *body, uint32_t n)
     char nonce[SCRAM_NONCE_LEN];
     if (n < 18 || memcmp(body, mechanism, 14) != 0 || be32(body + 14) != n - 18)
         return 0;
-    if (getrandom(random, sizeof random, 0) != (ssize_t)sizeof random)
+    if (login_random(random, sizeof random) < 0)
         return 0;
     base64_encode(random, sizeof random, nonce);
     ScramServer *s = self->scram;

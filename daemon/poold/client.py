@@ -556,10 +556,15 @@ class ClientSession(ClientCore, asyncio.Protocol):
             pool = yield rt.pools.get(db, self.user, rt.users)
         self.pool = pool
         pool.clients += 1
-        self.session_mode = pool.settings.mode == "session"
         defaults = pool.defaults
         if defaults is None:
             defaults = yield pool.prepare()
+        self._welcome(startup, pool, defaults, wanted, sasl_final)
+
+    def _welcome(self, startup: messages.StartupMessage, pool: Pool, defaults: dict[str, str], wanted: dict[str, str],
+                 sasl_final: bytes) -> None:
+        rt = self.rt
+        self.session_mode = pool.settings.mode == "session"
         self.wanted = {k: v for k, v in wanted.items() if defaults.get(k) != v}
         # One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery.
         out = [sasl_final, _AUTH_OK]
@@ -583,19 +588,21 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     # -- the C login's calls (_relaycore.c, client_login) ---------------------
 
-    def _native_login_plan(self, payload: bytes) -> auth.NativeKeys | None:
-        """The startup packet's payload: this login's SCRAM keys (StoredKey, ServerKey and
-        ",s=<salt>,i=<iterations>") when it is the common case the C login runs: protocol
-        3.0 with no options, the checks of ``_admit`` passed, SCRAM against keys known
-        without waiting, a pool already open. None leaves the whole login to
+    def _native_login_plan(self, params: dict[str, str]) -> auth.NativeKeys | None:
+        """A protocol 3.0 StartupMessage's parameters (no protocol options): this login's
+        SCRAM keys (StoredKey, ServerKey and ",s=<salt>,i=<iterations>") when it is the
+        common case the C login runs: the checks of ``_admit`` passed, SCRAM against keys
+        known without waiting, a pool already open. None leaves the whole login to
         ``_login_steps``, which gives the answer for everything else."""
         try:
-            startup = messages.parse_startup(payload)
-            if (not isinstance(startup, messages.StartupMessage) or startup.minor or startup.protocol_options
-                    or (self.rt.config.tls.require and not self.tls)):
+            if not params.get("user") or "replication" in params or (self.rt.config.tls.require and not self.tls):
                 return None
+            startup = messages.StartupMessage(params)
             db, wanted = self._admit(startup)
         except (ProtocolError, PooldError):
+            return None  # _login_steps answers it
+        except Exception:  # as in _advance: one broken login must not hurt others
+            log.exception("login_failed", peer=self.peer)
             return None
         rt = self.rt
         secret = rt.users.get(self.user)
@@ -611,8 +618,16 @@ class ClientSession(ClientCore, asyncio.Protocol):
         plan, self._plan = self._plan, None
         assert plan is not None
         self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
-        self._login = self._enter_pool(*plan, sasl_final)
-        self._advance()
+        startup, db, wanted = plan
+        pool = self.rt.pools.find(db, self.user)
+        if pool is not None and pool.defaults is not None:  # as planned: _enter_pool without its waits
+            self.pool = pool
+            pool.clients += 1
+            self._end_login()
+            self._welcome(startup, pool, pool.defaults, wanted, sasl_final)
+        else:
+            self._login = self._enter_pool(startup, db, wanted, sasl_final)
+            self._advance()
 
     def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
         """The C login met what it leaves to ``_login_steps``: replay the client's bytes

@@ -7,6 +7,7 @@ mutable state.
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ class Runtime:
         self.started = time.monotonic()
         self.stats = DaemonStats()
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)
+        self._random = memoryview(b"")  # the kernel's random bytes, drawn 4 KiB at a time for the cancel keys
 
     def register(self, client: ClientSession) -> tuple[int, int]:
         """Give a logged-in client its own BackendKeyData."""
@@ -45,7 +47,10 @@ class Runtime:
             if pid and pid not in self.by_key:
                 break
         self.by_key[pid] = client
-        return pid, secrets.randbits(31)
+        if len(self._random) < 4:
+            self._random = memoryview(os.urandom(4096))
+        secret, self._random = int.from_bytes(self._random[:4]) & 0x7FFFFFFF, self._random[4:]
+        return pid, secret
 
     def unregister(self, client: ClientSession) -> None:
         self.clients.discard(client)

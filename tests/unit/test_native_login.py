@@ -287,9 +287,42 @@ def test_the_plan_declines_what_only_the_python_login_answers() -> None:
     rt = runtime()
     session = ClientSession(rt)
     session.connection_made(Transport())  # type: ignore[arg-type]
-    payload = startup("app")[4:]
-    assert session._native_login_plan(payload) is not None
-    assert session._native_login_plan(startup("app", minor=2)[4:]) is None  # NegotiateProtocolVersion
-    assert session._native_login_plan(payload.replace(b"database\0app", b"database\0nodb")) is None
+    assert session._native_login_plan({"user": "app", "database": "app"}) is not None
+    assert session._native_login_plan({"user": "app", "database": "nodb"}) is None  # 3D000
+    assert session._native_login_plan({"user": "", "database": "app"}) is None  # 28000
+    assert session._native_login_plan({"user": "app", "replication": "false"}) is None
+    assert session._native_login_plan({"user": "app", "DateStyle": "ISO"}) is not None
+    assert session._native_login_plan({"user": "app", "work_mem": "1MB"}) is None  # 08P01, unsupported
     rt.draining = True
-    assert session._native_login_plan(payload) is None
+    assert session._native_login_plan({"user": "app", "database": "app"}) is None  # 57P01
+
+
+STARTUP_CASES = {
+    "no terminator": b"user\0app\0",
+    "empty value last": b"user\0\0",
+    "an odd string": b"user\0app\0database\0\0",
+    "an empty name": b"user\0app\0\0x\0\0",
+    "nothing": b"",
+    "a lone NUL": b"\0",
+    "protocol options": b"user\0app\0_pq_.x\0y\0\0",
+    "not UTF-8": b"user\0\xff\0\0",
+    "a surrogate": b"user\0\xed\xa0\x80\0\0",
+    "a repeated name": b"user\0nobody\0user\0app\0database\0app\0\0",
+}
+
+
+@pytest.mark.parametrize("case", sorted(STARTUP_CASES))
+def test_startup_packets_end_as_the_python_login_ends_them(case: str) -> None:
+    body = struct.pack("!I", messages.PROTOCOL_3_0) + STARTUP_CASES[case]
+    packet = struct.pack("!I", len(body) + 4) + body
+    outcomes = []
+    for native in (False, True):
+        session, transport = Session(runtime()), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        if not native:
+            session.native_login = False
+            session._login = session._login_steps()
+            session._advance()
+        session.data_received(packet)
+        outcomes.append((transport.written, transport.closed))
+    assert outcomes[0] == outcomes[1]
