@@ -30,6 +30,10 @@
  * I/O stays with the event loop's transports: the calls out are
  * transport.write (cached per transport), the frame scanner, and the Python
  * methods for the rare cases.
+ *
+ * ClientCore also reads the common login (client_login, below: a startup
+ * packet and SCRAM against known keys), and hands every other login to the
+ * Python one (client.py, _login_steps) by replaying the client's bytes there.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -1016,13 +1020,13 @@ Client_on_server(ClientCore *self, PyObject *link)
 /*
  * A StartupMessage, then SCRAM-SHA-256 against keys already known (a verifier
  * in the auth file, a password already derived, or an unknown user's mock
- * keys), for a database whose pool is open: the messages and checks of
- * _login_steps and auth._scram, with scram_core.c for the exchange. The
- * session's own decisions stay in Python, one call each: whether this login is
- * the common case (ClientSession._native_login_plan, from the startup packet)
+ * keys): the messages and checks of _login_steps and auth._scram, with
+ * scram_core.c for the exchange. The session's own decisions stay in Python,
+ * one call each: whether this login is the common case
+ * (ClientSession._native_login_plan, from the startup packet's parameters)
  * and, once the proof is good, joining the pool and the welcome
- * (_native_login_done, which runs the same steps as the Python login from
- * there on).
+ * (_native_login_done, the same steps as the Python login's from there on,
+ * waiting for the pool to open if it must).
  *
  * Anything else, and every failure, goes to _native_login_fallback with every
  * byte the client sent and what was written so far: it replays them through
@@ -1242,7 +1246,7 @@ client_login(ClientCore *self, PyObject *data)
             return NULL;
     }
     while (1) {
-        if (PyBytes_GET_SIZE(self->login_buf) > LOGIN_MAX_BUFFER)
+        if (PyBytes_GET_SIZE(self->login_buf) > LOGIN_MAX_BUFFER || self->write == NULL) /* no transport here */
             return login_fallback(self);
         const char *p = PyBytes_AS_STRING(self->login_buf) + self->login_pos;
         Py_ssize_t avail = PyBytes_GET_SIZE(self->login_buf) - self->login_pos;

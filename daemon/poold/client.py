@@ -203,7 +203,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.wait_start = 0.0
         self._login: auth.Steps[None] | None = None  # the login's steps, until it is done
         self._login_wait: asyncio.Future[Any] | None = None  # what a login step waits for
-        self._plan: tuple[messages.StartupMessage, DatabaseSettings, dict[str, str]] | None = None  # the C login's
+        # the C login's plan (_native_login_plan), until its proof is checked
+        self._plan: tuple[messages.StartupMessage, DatabaseSettings, dict[str, str]] | None = None
         self.native_login = False
         self._server_paused = False
         self._self_paused = False
@@ -592,8 +593,12 @@ class ClientSession(ClientCore, asyncio.Protocol):
         """A protocol 3.0 StartupMessage's parameters (no protocol options): this login's
         SCRAM keys (StoredKey, ServerKey and ",s=<salt>,i=<iterations>") when it is the
         common case the C login runs: the checks of ``_admit`` passed, SCRAM against keys
-        known without waiting, a pool already open. None leaves the whole login to
-        ``_login_steps``, which gives the answer for everything else."""
+        known without waiting. None leaves the whole login to ``_login_steps``, which
+        gives the answer for everything else.
+
+        An unknown user gets mock keys here, as in ``auth._scram``, and a pool is not
+        looked for until the proof is checked, as there: so up to its refusal an unknown
+        user's login runs the same code as a known user's, and costs the same."""
         try:
             if not params.get("user") or "replication" in params or (self.rt.config.tls.require and not self.tls):
                 return None
@@ -607,10 +612,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         rt = self.rt
         secret = rt.users.get(self.user)
         keys = auth.native_scram_keys(rt.config.auth.type, self.user, secret, rt.scram)
-        pool = rt.pools.find(db, self.user)
-        if keys is None or pool is None or pool.defaults is None:
-            return None
-        self._plan = (startup, db, wanted)
+        if keys is not None:
+            self._plan = (startup, db, wanted)
         return keys
 
     def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
@@ -620,7 +623,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
         startup, db, wanted = plan
         pool = self.rt.pools.find(db, self.user)
-        if pool is not None and pool.defaults is not None:  # as planned: _enter_pool without its waits
+        if pool is not None and pool.defaults is not None:  # _enter_pool with nothing to wait for
             self.pool = pool
             pool.clients += 1
             self._end_login()

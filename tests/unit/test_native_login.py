@@ -12,6 +12,7 @@ them to the Python one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -255,6 +256,42 @@ def test_every_refusal_is_the_python_logins(case: str) -> None:
     assert handed_over, "the C login decided a refusal itself"
 
 
+def test_an_unknown_user_runs_the_c_login_as_far_as_a_wrong_password() -> None:
+    # the same code up to the refusal, so the same cost: the proof is where both are refused
+    assert both(ERROR_CASES["unknown user"])[2] == both(ERROR_CASES["wrong password"])[2] == [2]
+
+
+def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
+    rt = runtime()
+    pool = rt.pools.find(None, "app")  # type: ignore[arg-type]
+    opened: list[str] = []
+
+    async def get(db: object, user: str, users: object) -> Any:
+        opened.append(user)
+        return pool
+
+    rt.pools.find = lambda db, user: None  # type: ignore[method-assign]
+    rt.pools.get = get  # type: ignore[method-assign]
+
+    async def main() -> tuple[bytes, bool]:
+        session, transport = Session(rt), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        client = Client("app", "secret")
+        session.data_received(startup("app"))
+        session.data_received(client.first())
+        continue_ = split(transport.written)[-1][1][4:]
+        transport.written = b""
+        session.data_received(client.final(continue_))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return transport.written, session.relaying
+
+    Session.handed_over = []
+    written, relaying = asyncio.run(main())
+    assert opened == ["app"] and relaying and Session.handed_over == []
+    assert [k for k, _ in split(written)] == [b"R", b"R", b"S", b"S", b"K", b"Z"]
+
+
 @given(st.sampled_from(["client_first", "client_final", "initial_body"]), st.integers(0, 120), st.integers(1, 255),
        st.binary(max_size=2), st.integers(0, 9))
 @settings(max_examples=300, deadline=None)
@@ -289,6 +326,7 @@ def test_the_plan_declines_what_only_the_python_login_answers() -> None:
     session.connection_made(Transport())  # type: ignore[arg-type]
     assert session._native_login_plan({"user": "app", "database": "app"}) is not None
     assert session._native_login_plan({"user": "app", "database": "nodb"}) is None  # 3D000
+    assert session._native_login_plan({"user": "nobody", "database": "app"}) is not None  # mock keys
     assert session._native_login_plan({"user": "", "database": "app"}) is None  # 28000
     assert session._native_login_plan({"user": "app", "replication": "false"}) is None
     assert session._native_login_plan({"user": "app", "DateStyle": "ISO"}) is not None
