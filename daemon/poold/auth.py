@@ -199,25 +199,36 @@ def authenticate(
     or nothing; the caller joins it to its welcome, saving a write. ``nonce``:
     the server's SCRAM nonce, when it was chosen already (the C login's).
     """
-    if method == "trust":
+    exchange = exchange_for(method, secret)
+    if exchange == "trust":
         return b""
-    # md5 when asked for, and also when the stored secret is an md5 hash, which
-    # cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise.
-    # An unknown user (no secret) meets the configured method's exchange all the
-    # same, so that it cannot be told from a wrong password.
-    kind = secret.kind if secret is not None else None
-    if kind == "md5" or (method == "md5" and kind in ("plain", None)):
+    if exchange == "md5":
         yield from _md5(user, secret, read, send)
         return b""
     return (yield from _scram(user, secret, read, send, cache, nonce))
+
+
+def exchange_for(method: str, secret: Secret | None) -> str:
+    """Which exchange a login runs: "trust", "md5" or "scram".
+
+    md5 when asked for, and also when the stored secret is an md5 hash, which
+    cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise. An unknown
+    user (no secret) meets the configured method's exchange all the same, so
+    that it cannot be told from a wrong password.
+    """
+    if method == "trust":
+        return "trust"
+    kind = secret.kind if secret is not None else None
+    if kind == "md5" or (method == "md5" and kind in ("plain", None)):
+        return "md5"
+    return "scram"
 
 
 def native_scram_keys(method: str, user: str, secret: Secret | None, cache: ScramCache) -> NativeKeys | None:
     """What the C login needs to run this user's SCRAM exchange: StoredKey, ServerKey
     and the end of server-first (``,s=<salt>,i=<iterations>``); None when ``authenticate``
     would not run SCRAM, or the keys are not at hand without waiting."""
-    kind = secret.kind if secret is not None else None
-    if method == "trust" or kind == "md5" or (method == "md5" and kind in ("plain", None)):
+    if exchange_for(method, secret) != "scram":
         return None
     if secret is None:  # an unknown user: mock keys, new each time
         return _native_keys(cache.mock_info(user))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import types
 from pathlib import Path
 from typing import Any
 
@@ -15,37 +14,14 @@ from poold.config import build_config
 from poold.protocol import messages
 from poold.runtime import Runtime
 
+from .fake_session import Transport, open_pool
+
 DEFAULTS = {"server_version": "15.0", "client_encoding": "UTF8", "DateStyle": "ISO, MDY"}
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
-        self.written += data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def runtime() -> Runtime:
     raw = {"auth": {"type": "trust"}, "clients": {"login_timeout": 5.0}, "databases": {"app": {"dsn": "dbname=app"}}}
     return Runtime(build_config(raw, Path("/nonexistent/poold.toml")), {})
-
-
-def fake_pool() -> Any:
-    return types.SimpleNamespace(clients=0, settings=types.SimpleNamespace(mode="transaction"), defaults=DEFAULTS,
-                                 status_messages={k: messages.parameter_status(k, v) for k, v in DEFAULTS.items()},
-                                 status_block=b"".join(messages.parameter_status(k, v) for k, v in DEFAULTS.items()))
 
 
 def startup_packet() -> bytes:
@@ -63,7 +39,7 @@ def types_of(data: bytes) -> list[bytes]:
 
 async def login_waiting_for_its_pool() -> tuple[Runtime, ClientSession, Transport, Any, asyncio.Event]:
     rt = runtime()
-    pool, opened = fake_pool(), asyncio.Event()
+    pool, opened = open_pool(DEFAULTS), asyncio.Event()
 
     async def get(db: object, user: str, users: object) -> Any:
         await opened.wait()  # the pool is being opened: the first login for it

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import os
 import struct
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from poold.client import ClientSession
 from poold.config import build_config
 from poold.protocol import messages
 from poold.runtime import Runtime
+
+from .fake_session import Transport, open_pool
 
 DEFAULTS = {"server_version": "15.0", "client_encoding": "UTF8"}
 SALT, ITERATIONS = os.urandom(16), 4096
@@ -53,25 +54,6 @@ USERS = {
 }
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
-        self.written += data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class Session(ClientSession):
     """Counts the logins the C login handed to the Python one."""
 
@@ -85,9 +67,7 @@ class Session(ClientSession):
 def runtime(method: str = "scram-sha-256") -> Runtime:
     raw = {"auth": {"type": method}, "databases": {"app": {"dsn": "dbname=app"}}}
     rt = Runtime(build_config(raw, Path("/nonexistent/poold.toml")), dict(USERS))
-    pool = types.SimpleNamespace(clients=0, settings=types.SimpleNamespace(mode="transaction"), defaults=DEFAULTS,
-                                 status_messages={k: messages.parameter_status(k, v) for k, v in DEFAULTS.items()},
-                                 status_block=b"".join(messages.parameter_status(k, v) for k, v in DEFAULTS.items()))
+    pool = open_pool(DEFAULTS)
     rt.pools.find = lambda db, user: pool  # type: ignore[method-assign]
     return rt
 
