@@ -1023,7 +1023,7 @@ Client_on_server(ClientCore *self, PyObject *link)
  * keys): the messages and checks of _login_steps and auth._scram, with
  * scram_core.c for the exchange. The session's own decisions stay in Python,
  * one call each: whether this login is the common case
- * (ClientSession._native_login_plan, from the startup packet's parameters)
+ * (ClientSession._native_login_plan, from the startup packet)
  * and, once the proof is good, joining the pool and the welcome
  * (_native_login_done, the same steps as the Python login's from there on,
  * waiting for the pool to open if it must).
@@ -1119,60 +1119,17 @@ login_random(unsigned char *out, size_t n)
     return 0;
 }
 
-/* A StartupMessage's parameters as messages.parse_startup reads them: "name\0value\0"
- * pairs, then a NUL. A new dict; None when parse_startup would refuse it or read it
- * otherwise (it answers then), or on an error. */
-static PyObject *
-startup_params(const char *p, const char *end)
-{
-    PyObject *params = PyDict_New();
-    if (params == NULL)
-        return NULL;
-    while (p < end && *p) {
-        const char *name_end = memchr(p, 0, (size_t)(end - p));
-        const char *value = name_end ? name_end + 1 : NULL;
-        const char *value_end = value && value < end ? memchr(value, 0, (size_t)(end - value)) : NULL;
-        if (value_end == NULL || (name_end - p >= 5 && memcmp(p, "_pq_.", 5) == 0)) /* protocol options */
-            goto decline;
-        PyObject *k = PyUnicode_DecodeUTF8(p, name_end - p, NULL);
-        PyObject *v = k ? PyUnicode_DecodeUTF8(value, value_end - value, NULL) : NULL;
-        int rc = v ? PyDict_SetItem(params, k, v) : -1;
-        Py_XDECREF(k);
-        Py_XDECREF(v);
-        if (rc < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-                goto error;
-            PyErr_Clear();
-            goto decline;
-        }
-        p = value_end + 1;
-    }
-    if (p != end - 1) /* the terminating NUL, last */
-        goto decline;
-    return params;
-decline:
-    Py_DECREF(params);
-    Py_RETURN_NONE;
-error:
-    Py_DECREF(params);
-    return NULL;
-}
-
 /* The startup packet: the plan, then AuthenticationSASL. 1: done; 0: fall back; -1: error. */
 static int
 login_startup(ClientCore *self, const char *packet, uint32_t length)
 {
     if (be32(packet + 4) != 0x30000) /* protocol 3.0; SSLRequest, GSSENCRequest, CancelRequest... */
         return 0;
-    PyObject *params = startup_params(packet + 8, packet + length);
-    if (params == NULL)
+    PyObject *payload = PyBytes_FromStringAndSize(packet + 4, length - 4);
+    if (payload == NULL)
         return -1;
-    if (params == Py_None) {
-        Py_DECREF(params);
-        return 0;
-    }
-    PyObject *keys = PyObject_CallMethodOneArg((PyObject *)self, s_native_login_plan, params);
-    Py_DECREF(params);
+    PyObject *keys = PyObject_CallMethodOneArg((PyObject *)self, s_native_login_plan, payload);
+    Py_DECREF(payload);
     if (keys == NULL)
         return -1;
     int ok = PyTuple_CheckExact(keys) && PyTuple_GET_SIZE(keys) == 3;
@@ -1465,6 +1422,25 @@ Client_set_transport(ClientCore *self, PyObject *value, void *closure)
     return set_transport(&self->transport, &self->write, value);
 }
 
+/* A new session's state, as ClientCorePy.__init__ sets it: None, [], {}, zeros. */
+static PyObject *
+Client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ClientCore *self = (ClientCore *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->pool = Py_NewRef(Py_None);
+    self->server = Py_NewRef(Py_None);
+    self->replay = Py_NewRef(Py_None);
+    self->buffered = PyList_New(0);
+    self->wanted = PyDict_New();
+    if (self->buffered == NULL || self->wanted == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
 static int
 Client_traverse(ClientCore *self, visitproc visit, void *arg)
 {
@@ -1549,7 +1525,7 @@ static PyTypeObject ClientCoreType = {
     .tp_doc = "A client session's hot-path state (client.ClientCorePy in C).",
     .tp_basicsize = sizeof(ClientCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Client_new,
     .tp_traverse = (traverseproc)Client_traverse,
     .tp_clear = (inquiry)Client_clear,
     .tp_dealloc = (destructor)Client_dealloc,

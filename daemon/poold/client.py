@@ -39,7 +39,7 @@ from .protocol.framing import FrameScanner, MessageReader, PyFrameScanner
 from .relay import ServerLink, canonical_parameter
 
 if TYPE_CHECKING:
-    from .config import DatabaseSettings
+    from .config import Config, DatabaseSettings
     from .pools import Pool
     from .runtime import Runtime
 
@@ -98,6 +98,16 @@ class ClientCorePy:
     session_mode: bool
     _server_paused: bool
     native_login: bool  # the C core reads the login (never here: see ClientSession.connection_made)
+
+    def __init__(self) -> None:
+        # A new session's state; the C core starts from the same (_relaycore.c, Client_new).
+        self.transport = self.pool = self.server = self.replay = None
+        self.buffered = []
+        self.wanted = {}
+        self.buffered_syncs = self.replay_syncs = self.transactions = 0
+        self.xact_start = self.wait_start = 0.0
+        self.relaying = self.waiting = self.terminating = self.closed = self.in_batch = False
+        self.session_mode = self.replayed = self.replay_safe = self._server_paused = self.native_login = False
 
     def data_received(self, data: bytes) -> None:
         if self.relaying:
@@ -169,44 +179,24 @@ NATIVE_LOGIN = ClientCore is not ClientCorePy
 
 class ClientSession(ClientCore, asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login", "_login_wait", "_plan", "_self_paused", "connected_at", "database", "key", "peer", "reader",
+    __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_self_paused", "connected_at", "database", "key", "reader",
                  "tls", "user")
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__()  # the core's state (ClientCorePy.__init__, or the C core's own)
         self.rt = runtime
-        self.transport = None
-        self.peer = ""
+        self._peer: str | None = None
         self.reader = MessageReader()
         self.scanner = FrameScanner(report_all=True, max_length=runtime.config.clients.max_message_size)
-        self.relaying = False
         self.tls = False
-        self.closed = False
-        self.pool = None
-        self.server = None
-        self.session_mode = False
-        self.waiting = False
-        self.in_batch = False
-        self.buffered = []
-        self.buffered_syncs = 0
-        self.terminating = False
-        self.wanted = {}
         self.key = (0, 0)
         self.user = ""
         self.database = ""
         self.connected_at = time.time()
-        self.transactions = 0
-        self.xact_start = 0.0
-        self.replay = None
-        self.replay_syncs = 0
-        self.replay_safe = False
-        self.replayed = False
-        self.wait_start = 0.0
         self._login: auth.Steps[None] | None = None  # the login's steps, until it is done
         self._login_wait: asyncio.Future[Any] | None = None  # what a login step waits for
         # the C login's plan (_native_login_plan), until its proof is checked
-        self._plan: tuple[messages.StartupMessage, DatabaseSettings, dict[str, str]] | None = None
-        self.native_login = False
-        self._server_paused = False
+        self._plan: LoginPlan | None = None
         self._self_paused = False
 
     @property
@@ -219,10 +209,16 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------
 
+    @property
+    def peer(self) -> str:
+        """The client's address, "host:port" or "unix"; read when asked for (transports keep it)."""
+        if self._peer is None:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        return self._peer
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         rt = self.rt
         rt.clients.add(self)
         rt.logins[self] = time.monotonic()  # login_timeout: see Runtime.expire_logins
@@ -248,7 +244,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._end_login()
+        if not self.relaying:  # else the login ended already
+            self._end_login()
         self.rt.unregister(self)
         pool = self.pool
         if pool is not None:
@@ -536,17 +533,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             if rt.draining:
                 raise PooldError("57P01", "poold is shutting down")
             raise PooldError("53300", "sorry, too many clients already (max_client_conn)")
-        db = rt.config.database(self.database)
-        if db is None:
-            raise PooldError("3D000", f'database "{self.database}" does not exist')
-        wanted = {}
-        for name, value in startup.params.items():
-            canon = canonical_parameter(name)
-            if canon is not None:
-                wanted[canon] = value
-            elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
-                raise PooldError("08P01", f"unsupported startup parameter: {name}")
-        return db, wanted
+        return _database_and_settings(rt.config, startup)
 
     def _enter_pool(self, startup: messages.StartupMessage, db: DatabaseSettings, wanted: dict[str, str],
                     sasl_final: bytes) -> auth.Steps[None]:
@@ -560,76 +547,74 @@ class ClientSession(ClientCore, asyncio.Protocol):
         defaults = pool.defaults
         if defaults is None:
             defaults = yield pool.prepare()
-        self._welcome(startup, pool, defaults, wanted, sasl_final)
+        self._welcome(startup, pool, _greeting(pool, defaults, wanted), sasl_final, self.reader.take_rest())
 
-    def _welcome(self, startup: messages.StartupMessage, pool: Pool, defaults: dict[str, str], wanted: dict[str, str],
-                 sasl_final: bytes) -> None:
-        rt = self.rt
+    def _welcome(self, startup: messages.StartupMessage, pool: Pool, greeting: Greeting, sasl_final: bytes,
+                 rest: bytes) -> None:
+        """One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery."""
+        own, settings = greeting
         self.session_mode = pool.settings.mode == "session"
-        self.wanted = {k: v for k, v in wanted.items() if defaults.get(k) != v}
-        # One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery.
-        out = [sasl_final, _AUTH_OK]
+        self.wanted = dict(own) if own else {}
         if startup.minor or startup.protocol_options:
-            out.insert(0, messages.negotiate_protocol_version(0, startup.protocol_options))
-        if not self.wanted:
-            out.append(pool.status_block)
-        else:
-            status = pool.status_messages
-            for name in defaults:
-                own = self.wanted.get(name)
-                out.append(status[name] if own is None else messages.parameter_status(name, own))
-        self.key = rt.register(self)
-        out.append(messages.backend_key_data(*self.key))
-        out.append(_READY_IDLE)
-        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+            sasl_final = messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
+        self.key = key = self.rt.register(self)
+        self.transport.write(b"".join((sasl_final, settings, messages.backend_key_data(*key), _READY_IDLE)))  # type: ignore[union-attr]
         self.relaying = True
-        rest = self.reader.take_rest()
         if rest:
             self._relay(rest)
 
     # -- the C login's calls (_relaycore.c, client_login) ---------------------
 
-    def _native_login_plan(self, params: dict[str, str]) -> auth.NativeKeys | None:
-        """A protocol 3.0 StartupMessage's parameters (no protocol options): this login's
-        SCRAM keys (StoredKey, ServerKey and ",s=<salt>,i=<iterations>") when it is the
-        common case the C login runs: the checks of ``_admit`` passed, SCRAM against keys
-        known without waiting. None leaves the whole login to ``_login_steps``, which
-        gives the answer for everything else.
+    def _native_login_plan(self, payload: bytes) -> auth.NativeKeys | None:
+        """A protocol 3.0 startup packet (its payload): this login's SCRAM keys (StoredKey,
+        ServerKey and ",s=<salt>,i=<iterations>") when it is the common case the C login
+        runs: the checks of ``_admit`` pass, SCRAM against keys known without waiting.
+        None leaves the whole login to ``_login_steps``, which gives the answer for
+        everything else.
+
+        What follows from the packet alone (the database, the settings, the keys) is
+        decided once per packet and kept in ``Runtime.login_plans`` until the
+        configuration or the auth file is replaced: a pooler's clients send the same
+        few packets again and again.
 
         An unknown user gets mock keys here, as in ``auth._scram``, and a pool is not
         looked for until the proof is checked, as there: so up to its refusal an unknown
         user's login runs the same code as a known user's, and costs the same."""
-        try:
-            if not params.get("user") or "replication" in params or (self.rt.config.tls.require and not self.tls):
-                return None
-            startup = messages.StartupMessage(params)
-            db, wanted = self._admit(startup)
-        except (ProtocolError, PooldError):
-            return None  # _login_steps answers it
-        except Exception:  # as in _advance: one broken login must not hurt others
-            log.exception("login_failed", peer=self.peer)
-            return None
         rt = self.rt
-        secret = rt.users.get(self.user)
-        keys = auth.native_scram_keys(rt.config.auth.type, self.user, secret, rt.scram)
-        if keys is not None:
-            self._plan = (startup, db, wanted)
-        return keys
+        config = rt.config
+        if len(rt.clients) > config.clients.max_client_conn or rt.draining or (config.tls.require and not self.tls):
+            return None  # _admit and _negotiate refuse these
+        plan = rt.login_plans.get(payload)
+        if plan is None:
+            try:
+                plan = _login_plan(rt, payload)
+            except Exception:  # as in _advance: one broken login must not hurt others
+                log.exception("login_failed", peer=self.peer)
+                return None
+            if plan is None:
+                return None
+            if len(rt.login_plans) >= _LOGIN_PLANS_KEPT:
+                del rt.login_plans[next(iter(rt.login_plans))]  # the oldest
+            rt.login_plans[payload] = plan
+        self._plan = plan
+        self.user, self.database = plan.user, plan.database
+        return plan.keys
 
     def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
         """The C login checked the proof: the rest of the login is ``_enter_pool``'s."""
         plan, self._plan = self._plan, None
         assert plan is not None
-        self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
-        startup, db, wanted = plan
-        pool = self.rt.pools.find(db, self.user)
+        pool = self.rt.pools.find(plan.db, self.user)
         if pool is not None and pool.defaults is not None:  # _enter_pool with nothing to wait for
             self.pool = pool
             pool.clients += 1
             self._end_login()
-            self._welcome(startup, pool, pool.defaults, wanted, sasl_final)
+            if plan.greeting_pool is not pool:  # this packet's greeting, kept for its pool
+                plan.greeting, plan.greeting_pool = _greeting(pool, pool.defaults, plan.wanted), pool
+            self._welcome(plan.startup, pool, plan.greeting, sasl_final, rest)  # type: ignore[arg-type]
         else:
-            self._login = self._enter_pool(startup, db, wanted, sasl_final)
+            self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
+            self._login = self._enter_pool(plan.startup, plan.db, plan.wanted, sasl_final)
             self._advance()
 
     def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
@@ -667,6 +652,75 @@ class ClientSession(ClientCore, asyncio.Protocol):
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]
         raise ProtocolError("too many encryption negotiation requests")
+
+
+class LoginPlan:
+    """What a startup packet decides for the C login, whoever sends it (see _native_login_plan)."""
+
+    __slots__ = ("db", "database", "greeting", "greeting_pool", "keys", "startup", "user", "wanted")
+
+    def __init__(self, startup: messages.StartupMessage, db: DatabaseSettings, wanted: dict[str, str],
+                 keys: auth.NativeKeys) -> None:
+        self.startup, self.db, self.wanted, self.keys = startup, db, wanted, keys  # wanted: read, never changed
+        self.user, self.database = startup.user, startup.database
+        #: _greeting for the pool these logins last joined
+        self.greeting: Greeting | None = None
+        self.greeting_pool: Pool | None = None
+
+
+#: the settings a client asked for that differ from its pool's, and the welcome's
+#: AuthenticationOk and ParameterStatus messages (see _greeting)
+Greeting = tuple[dict[str, str], bytes]
+
+
+def _greeting(pool: Pool, defaults: dict[str, str], wanted: dict[str, str]) -> Greeting:
+    """AuthenticationOk and the settings a client is told: its pool's, and its own where it set one."""
+    own = {k: v for k, v in wanted.items() if defaults.get(k) != v}
+    if not own:
+        return own, _AUTH_OK + pool.status_block
+    status = pool.status_messages
+    out = [_AUTH_OK]
+    for name in defaults:
+        value = own.get(name)
+        out.append(status[name] if value is None else messages.parameter_status(name, value))
+    return own, b"".join(out)
+
+
+#: startup packets whose LoginPlan is kept; beyond, the oldest is dropped
+_LOGIN_PLANS_KEPT = 1000
+
+
+def _login_plan(rt: Runtime, payload: bytes) -> LoginPlan | None:
+    """The LoginPlan of a startup packet, or None where ``_login_steps`` must answer."""
+    try:
+        startup = messages.parse_startup(payload)
+        if not isinstance(startup, messages.StartupMessage) or startup.minor or startup.protocol_options:
+            return None
+        if "replication" in startup.params:
+            return None
+        db, wanted = _database_and_settings(rt.config, startup)
+    except (ProtocolError, PooldError):
+        return None
+    user = startup.user
+    keys = auth.native_scram_keys(rt.config.auth.type, user, rt.users.get(user), rt.scram)
+    if keys is None:
+        return None
+    return LoginPlan(startup, db, wanted, keys)
+
+
+def _database_and_settings(config: Config, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
+    """The database a startup packet asks for, and the tracked settings it sets."""
+    db = config.database(startup.database)
+    if db is None:
+        raise PooldError("3D000", f'database "{startup.database}" does not exist')
+    wanted = {}
+    for name, value in startup.params.items():
+        canon = canonical_parameter(name)
+        if canon is not None:
+            wanted[canon] = value
+        elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
+            raise PooldError("08P01", f"unsupported startup parameter: {name}")
+    return db, wanted
 
 
 class _Muted:

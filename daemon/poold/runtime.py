@@ -9,8 +9,9 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .auth import ScramCache, Secret
 from .config import Config
@@ -21,9 +22,14 @@ from .tls import server_context
 if TYPE_CHECKING:
     from .client import ClientSession
 
+_SECRETS = struct.Struct("1024I")
+
 
 class Runtime:
     def __init__(self, config: Config, users: dict[str, Secret]) -> None:
+        #: what the C login decided per startup packet (client.LoginPlan), for this
+        #: configuration and auth file: emptied when either is replaced
+        self.login_plans: dict[bytes, Any] = {}
         self.config = config
         self.ssl_context = server_context(config.tls)
         self.users = users
@@ -38,7 +44,25 @@ class Runtime:
         self.started = time.monotonic()
         self.stats = DaemonStats()
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)
-        self._random = memoryview(b"")  # the kernel's random bytes, drawn 4 KiB at a time for the cancel keys
+        self._secrets: list[int] = []  # the cancel keys' secrets: the kernel's random bytes, drawn 4 KiB at a time
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+        self.login_plans.clear()
+
+    @property
+    def users(self) -> dict[str, Secret]:
+        return self._users
+
+    @users.setter
+    def users(self, users: dict[str, Secret]) -> None:
+        self._users = users
+        self.login_plans.clear()
 
     def register(self, client: ClientSession) -> tuple[int, int]:
         """Give a logged-in client its own BackendKeyData."""
@@ -47,10 +71,9 @@ class Runtime:
             if pid and pid not in self.by_key:
                 break
         self.by_key[pid] = client
-        if len(self._random) < 4:
-            self._random = memoryview(os.urandom(4096))
-        secret, self._random = int.from_bytes(self._random[:4]) & 0x7FFFFFFF, self._random[4:]
-        return pid, secret
+        if not self._secrets:
+            self._secrets = list(_SECRETS.unpack(os.urandom(_SECRETS.size)))
+        return pid, self._secrets.pop() & 0x7FFFFFFF
 
     def unregister(self, client: ClientSession) -> None:
         self.clients.discard(client)

@@ -300,19 +300,88 @@ def test_what_the_c_login_leaves_ends_as_the_python_login_ends() -> None:
     assert kinds(got)[:2] == [b"R", b"S"] and handed_over == [0]
 
 
+def payload(**params: str) -> bytes:
+    """A protocol 3.0 startup packet's payload, as the C login hands it to the plan."""
+    return struct.pack("!I", messages.PROTOCOL_3_0) + b"".join(f"{k}\0{v}\0".encode() for k, v in params.items()) + b"\0"
+
+
 def test_the_plan_declines_what_only_the_python_login_answers() -> None:
     rt = runtime()
     session = ClientSession(rt)
     session.connection_made(Transport())  # type: ignore[arg-type]
-    assert session._native_login_plan({"user": "app", "database": "app"}) is not None
-    assert session._native_login_plan({"user": "app", "database": "nodb"}) is None  # 3D000
-    assert session._native_login_plan({"user": "nobody", "database": "app"}) is not None  # mock keys
-    assert session._native_login_plan({"user": "", "database": "app"}) is None  # 28000
-    assert session._native_login_plan({"user": "app", "replication": "false"}) is None
-    assert session._native_login_plan({"user": "app", "DateStyle": "ISO"}) is not None
-    assert session._native_login_plan({"user": "app", "work_mem": "1MB"}) is None  # 08P01, unsupported
+    plan = session._native_login_plan
+    assert plan(payload(user="app", database="app")) is not None
+    assert plan(payload(user="app", database="nodb")) is None  # 3D000
+    assert plan(payload(user="nobody", database="app")) is not None  # mock keys
+    assert plan(payload(user="", database="app")) is None  # 28000
+    assert plan(payload(user="app", replication="false")) is None
+    assert plan(payload(user="app", DateStyle="ISO")) is not None
+    assert plan(payload(user="app", work_mem="1MB")) is None  # 08P01, unsupported
+    assert plan(payload(user="app", _pq_x="1").replace(b"_pq_x", b"_pq_.x")) is None  # protocol options
+    assert plan(struct.pack("!I", 3 << 16 | 1) + b"user\0app\0\0") is None  # 3.1: NegotiateProtocolVersion
+    assert plan(payload(user="app").replace(b"app", b"\xff")) is None  # not UTF-8
     rt.draining = True
-    assert session._native_login_plan({"user": "app", "database": "app"}) is None  # 57P01
+    assert plan(payload(user="app", database="app")) is None  # 57P01
+
+
+def test_a_startup_packets_plan_is_kept_until_the_configuration_or_users_change() -> None:
+    rt = runtime()
+    first = [ClientSession(rt) for _ in range(3)]
+    for session in first:
+        session.connection_made(Transport())  # type: ignore[arg-type]
+    app = payload(user="app", database="app")
+    keys = first[0]._native_login_plan(app)
+    assert keys is not None and list(rt.login_plans) == [app]
+    kept = rt.login_plans[app]
+    assert first[1]._native_login_plan(app) is keys and rt.login_plans[app] is kept  # the same decision, not redone
+    assert (first[1].user, first[1].database) == ("app", "app")
+    # what is not the packet's is checked at every login all the same
+    rt.draining = True
+    assert first[2]._native_login_plan(app) is None
+    rt.draining = False
+    rt.config = build_config({"auth": {"type": "scram-sha-256"}, "databases": {"app": {"dsn": "dbname=app"}},
+                              "clients": {"max_client_conn": 2}}, Path("/nonexistent/poold.toml"))
+    assert rt.login_plans == {}  # a new configuration: decided again
+    assert first[2]._native_login_plan(app) is None  # three clients, room for two: 53300 from the Python login
+    rt.config = build_config({"auth": {"type": "scram-sha-256"}, "databases": {"other": {"dsn": "dbname=o"}}},
+                             Path("/nonexistent/poold.toml"))
+    assert first[2]._native_login_plan(app) is None  # the database is gone
+    rt.config = build_config({"auth": {"type": "scram-sha-256"}, "databases": {"app": {"dsn": "dbname=app"}}},
+                             Path("/nonexistent/poold.toml"))
+    assert first[2]._native_login_plan(app) is not None
+    rt.users = {**USERS, "app": Secret("scram", verifier("changed"))}
+    assert rt.login_plans == {}  # a new auth file: decided again
+    assert first[2]._native_login_plan(app) != keys
+
+
+def test_the_kept_plans_are_bounded() -> None:
+    rt = runtime()
+    session = ClientSession(rt)
+    session.connection_made(Transport())  # type: ignore[arg-type]
+    for i in range(client_module._LOGIN_PLANS_KEPT + 10):
+        assert session._native_login_plan(payload(user=f"nobody{i}", database="app")) is not None
+    assert len(rt.login_plans) == client_module._LOGIN_PLANS_KEPT
+    assert payload(user="nobody0", database="app") not in rt.login_plans  # the oldest went first
+    assert payload(user=f"nobody{client_module._LOGIN_PLANS_KEPT + 9}", database="app") in rt.login_plans
+
+
+def test_logins_after_the_first_run_on_the_kept_plan() -> None:
+    rt = runtime()
+    for _ in range(3):
+        session, transport = Session(rt), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        client = Client("app", "secret")
+        session.data_received(startup("app"))
+        (kind, body), = split(transport.written)
+        transport.written = b""
+        session.data_received(client.first())
+        (kind, body), = split(transport.written)
+        transport.written = b""
+        session.data_received(client.final(body[4:]))
+        got = split(transport.written)
+        client.check(got[0][1][4:])
+        assert client.verified and kinds(got)[-1] == b"Z" and session.relaying
+    assert len(rt.login_plans) == 1
 
 
 STARTUP_CASES = {

@@ -98,7 +98,7 @@ def scenario() -> dict[str, Any]:
     clients = {}
     for name in ("c1", "c2", "c3", "c4"):
         c = ClientSession(rt)  # type: ignore[arg-type]
-        c.transport, c.relaying, c.pool, c.peer = Transport(name, log), True, pool, name
+        c.transport, c.relaying, c.pool, c._peer = Transport(name, log), True, pool, name
         clients[name] = c
     c1, c2, c3, c4 = clients["c1"], clients["c2"], clients["c3"], clients["c4"]
     s1, s2 = links["s1"], links["s2"]

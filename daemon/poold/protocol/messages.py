@@ -175,8 +175,11 @@ def parameter_status(name: str, value: str) -> bytes:
     return _msg(b"S", _cstr(name) + _cstr(value))
 
 
+_BACKEND_KEY_DATA = struct.Struct("!cIii")
+
+
 def backend_key_data(pid: int, secret: int) -> bytes:
-    return _msg(b"K", _II.pack(pid, secret))
+    return _BACKEND_KEY_DATA.pack(b"K", 12, pid, secret)
 
 
 def ready_for_query(status: bytes = b"I") -> bytes:
