@@ -17,6 +17,7 @@ signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import time
@@ -64,7 +65,7 @@ class App:
         rt = self.runtime
         config = rt.config
 
-        factory = lambda: ClientSession(rt)
+        factory = functools.partial(ClientSession, rt)
         passed = systemd_sockets(self.environ)
         if passed:
             self._activated = True

@@ -33,6 +33,7 @@ import structlog
 
 from . import auth, relaycore
 from .errors import PooldError
+from .pools import PoolRegistry
 from .protocol import messages
 from .protocol.errors import ProtocolError
 from .protocol.framing import FrameScanner, MessageReader, PyFrameScanner
@@ -179,14 +180,14 @@ NATIVE_LOGIN = ClientCore is not ClientCorePy
 
 class ClientSession(ClientCore, asyncio.Protocol):
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_self_paused", "connected_at", "database", "key", "reader",
+    __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "connected_at", "database", "key",
                  "tls", "user")
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()  # the core's state (ClientCorePy.__init__, or the C core's own)
         self.rt = runtime
         self._peer: str | None = None
-        self.reader = MessageReader()
+        self._reader: MessageReader | None = None
         self.scanner = FrameScanner(report_all=True, max_length=runtime.config.clients.max_message_size)
         self.tls = False
         self.key = (0, 0)
@@ -216,6 +217,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         return self._peer
+
+    @property
+    def reader(self) -> MessageReader:
+        """The Python login's buffer; made when first asked for (the C login keeps its own)."""
+        if self._reader is None:
+            self._reader = MessageReader()
+        return self._reader
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -557,8 +565,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.wanted = dict(own) if own else {}
         if startup.minor or startup.protocol_options:
             sasl_final = messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
-        self.key = key = self.rt.register(self)
-        self.transport.write(b"".join((sasl_final, settings, messages.backend_key_data(*key), _READY_IDLE)))  # type: ignore[union-attr]
+        self.transport.write(b"".join((sasl_final, settings, self.rt.register(self), _READY_IDLE)))  # type: ignore[union-attr]
         self.relaying = True
         if rest:
             self._relay(rest)
@@ -604,11 +611,12 @@ class ClientSession(ClientCore, asyncio.Protocol):
         """The C login checked the proof: the rest of the login is ``_enter_pool``'s."""
         plan, self._plan = self._plan, None
         assert plan is not None
-        pool = self.rt.pools.find(plan.db, self.user)
+        rt = self.rt
+        pool = rt.pools.pools.get(plan.pool_key)  # rt.pools.find(plan.db, self.user)
         if pool is not None and pool.defaults is not None:  # _enter_pool with nothing to wait for
             self.pool = pool
             pool.clients += 1
-            self._end_login()
+            rt.logins.pop(self, None)  # the login is over: _end_login, with the C login's own state reset already
             if plan.greeting_pool is not pool:  # this packet's greeting, kept for its pool
                 plan.greeting, plan.greeting_pool = _greeting(pool, pool.defaults, plan.wanted), pool
             self._welcome(plan.startup, pool, plan.greeting, sasl_final, rest)  # type: ignore[arg-type]
@@ -657,12 +665,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
 class LoginPlan:
     """What a startup packet decides for the C login, whoever sends it (see _native_login_plan)."""
 
-    __slots__ = ("db", "database", "greeting", "greeting_pool", "keys", "startup", "user", "wanted")
+    __slots__ = ("db", "database", "greeting", "greeting_pool", "keys", "pool_key", "startup", "user", "wanted")
 
     def __init__(self, startup: messages.StartupMessage, db: DatabaseSettings, wanted: dict[str, str],
                  keys: auth.NativeKeys) -> None:
         self.startup, self.db, self.wanted, self.keys = startup, db, wanted, keys  # wanted: read, never changed
         self.user, self.database = startup.user, startup.database
+        self.pool_key = PoolRegistry.key(db, self.user)
         #: _greeting for the pool these logins last joined
         self.greeting: Greeting | None = None
         self.greeting_pool: Pool | None = None

@@ -632,7 +632,7 @@ class PoolRegistry:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @staticmethod
-    def _key(db: DatabaseSettings, user: str) -> tuple[str, str]:
+    def key(db: DatabaseSettings, user: str) -> tuple[str, str]:
         """One pool per (database, server user). A DSN that names its user serves
         every client with that one pool, as PgBouncer's forced user does;
         otherwise each client user has its own."""
@@ -640,11 +640,11 @@ class PoolRegistry:
 
     def find(self, db: DatabaseSettings, user: str) -> Pool | None:
         """The pool serving ``user`` on ``db`` if there is one already."""
-        return self.pools.get(self._key(db, user))
+        return self.pools.get(self.key(db, user))
 
     async def get(self, db: DatabaseSettings, user: str, users: Mapping[str, Secret]) -> Pool:
         """The pool serving ``user`` on ``db``, created and opened on first use."""
-        key = self._key(db, user)
+        key = self.key(db, user)
         server_user = key[1]
         pool = self.pools.get(key)
         if pool is None:

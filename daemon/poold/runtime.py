@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .auth import ScramCache, Secret
 from .config import Config
 from .pools import PoolRegistry
+from .protocol.messages import backend_key_data
 from .stats import DaemonStats
 from .tls import server_context
 
@@ -64,8 +65,8 @@ class Runtime:
         self._users = users
         self.login_plans.clear()
 
-    def register(self, client: ClientSession) -> tuple[int, int]:
-        """Give a logged-in client its own BackendKeyData."""
+    def register(self, client: ClientSession) -> bytes:
+        """Give a logged-in client its own cancel key (``client.key``); its BackendKeyData message."""
         while True:
             pid = next(self._pids) & 0x7FFFFFFF
             if pid and pid not in self.by_key:
@@ -73,7 +74,8 @@ class Runtime:
         self.by_key[pid] = client
         if not self._secrets:
             self._secrets = list(_SECRETS.unpack(os.urandom(_SECRETS.size)))
-        return pid, self._secrets.pop() & 0x7FFFFFFF
+        client.key = key = (pid, self._secrets.pop() & 0x7FFFFFFF)
+        return backend_key_data(*key)
 
     def unregister(self, client: ClientSession) -> None:
         self.clients.discard(client)
