@@ -58,17 +58,23 @@ class Session(ClientSession):
     """Counts the logins the C login handed to the Python one."""
 
     handed_over: list[int] = []
+    entered: int = 0  # logins that went through _enter_pool (the Python login, or a pool to wait for)
 
     def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
         Session.handed_over.append(sent)
         super()._native_login_fallback(transcript, sent, nonce)
+
+    def _enter_pool(self, *args: Any) -> Any:
+        Session.entered += 1
+        return super()._enter_pool(*args)
 
 
 def runtime(method: str = "scram-sha-256") -> Runtime:
     raw = {"auth": {"type": method}, "databases": {"app": {"dsn": "dbname=app"}}}
     rt = Runtime(build_config(raw, Path("/nonexistent/poold.toml")), dict(USERS))
     pool = open_pool(DEFAULTS)
-    rt.pools.find = lambda db, user: pool  # type: ignore[method-assign]
+    for user in (*USERS, "nobody"):  # one open pool, found as the registry finds its pools
+        rt.pools.pools[("app", user)] = pool
     return rt
 
 
@@ -173,7 +179,7 @@ def login(native: bool, client: Client, method: str = "scram-sha-256", chunk: in
 
 
 def both(make: Callable[[], Client], **kwargs: Any) -> tuple[list[tuple[bytes, bytes]], Client, list[int]]:
-    Session.handed_over = []
+    Session.handed_over, Session.entered = [], 0
     python_client = make()
     expected, _ = login(False, python_client, **kwargs)
     native_client = make()
@@ -198,6 +204,7 @@ def test_the_common_login_is_the_c_logins_own(chunk: int) -> None:
     assert kinds(got) == [b"R", b"R", b"R", b"R", b"S", b"S", b"K", b"Z"]
     assert client.verified  # the server's signature, checked by this client
     assert handed_over == []
+    assert Session.entered == 1  # the Python login's; the C login's welcome found its pool open
 
 
 def test_many_logins_agree_with_the_client_on_every_signature() -> None:
@@ -243,14 +250,14 @@ def test_an_unknown_user_runs_the_c_login_as_far_as_a_wrong_password() -> None:
 
 def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
     rt = runtime()
-    pool = rt.pools.find(None, "app")  # type: ignore[arg-type]
+    pool = rt.pools.pools[("app", "app")]
+    rt.pools.pools.clear()
     opened: list[str] = []
 
     async def get(db: object, user: str, users: object) -> Any:
         opened.append(user)
         return pool
 
-    rt.pools.find = lambda db, user: None  # type: ignore[method-assign]
     rt.pools.get = get  # type: ignore[method-assign]
 
     async def main() -> tuple[bytes, bool]:
@@ -266,9 +273,9 @@ def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
             await asyncio.sleep(0)
         return transport.written, session.relaying
 
-    Session.handed_over = []
+    Session.handed_over, Session.entered = [], 0
     written, relaying = asyncio.run(main())
-    assert opened == ["app"] and relaying and Session.handed_over == []
+    assert opened == ["app"] and relaying and Session.handed_over == [] and Session.entered == 1
     assert [k for k, _ in split(written)] == [b"R", b"R", b"S", b"S", b"K", b"Z"]
 
 
