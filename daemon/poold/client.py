@@ -562,7 +562,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         """One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery."""
         own, settings = greeting
         self.session_mode = pool.settings.mode == "session"
-        self.wanted = dict(own) if own else {}
+        if own:
+            self.wanted = dict(own)  # the session's own copy: on_server_parameter changes it
         if startup.minor or startup.protocol_options:
             sasl_final = messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
         self.transport.write(b"".join((sasl_final, settings, self.rt.register(self), _READY_IDLE)))  # type: ignore[union-attr]
@@ -663,7 +664,10 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
 
 class LoginPlan:
-    """What a startup packet decides for the C login, whoever sends it (see _native_login_plan)."""
+    """What a startup packet decides for the C login, whoever sends it (see _native_login_plan).
+
+    An unknown user's plan keeps its mock keys like any other: its ServerKey signs
+    nothing, since no proof matches the mock StoredKey."""
 
     __slots__ = ("db", "database", "greeting", "greeting_pool", "keys", "pool_key", "startup", "user", "wanted")
 
