@@ -188,7 +188,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.rt = runtime
         self._peer: str | None = None
         self._reader: MessageReader | None = None
-        self.scanner = FrameScanner(report_all=True, max_length=runtime.config.clients.max_message_size)
+        # FrameScanner(report_all=True, max_length=...), by position: keywords cost a connection 0.25 us
+        self.scanner = FrameScanner(b"", True, runtime.config.clients.max_message_size)
         self.tls = False
         self.key = (0, 0)
         self.user = ""

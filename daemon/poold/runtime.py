@@ -47,23 +47,12 @@ class Runtime:
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1)
         self._secrets: list[int] = []  # the cancel keys' secrets: the kernel's random bytes, drawn 4 KiB at a time
 
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @config.setter
-    def config(self, config: Config) -> None:
-        self._config = config
-        self.login_plans.clear()
-
-    @property
-    def users(self) -> dict[str, Secret]:
-        return self._users
-
-    @users.setter
-    def users(self, users: dict[str, Secret]) -> None:
-        self._users = users
-        self.login_plans.clear()
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A plain attribute for reading (every login reads config); a new configuration
+        # or auth file empties login_plans.
+        object.__setattr__(self, name, value)
+        if name in ("config", "users"):
+            self.login_plans.clear()
 
     def register(self, client: ClientSession) -> bytes:
         """Give a logged-in client its own cancel key (``client.key``); its BackendKeyData message."""

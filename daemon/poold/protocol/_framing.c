@@ -312,7 +312,7 @@ Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
     Py_buffer watch = {0};
     int report_all = 0;
     long long max_length = MAX_MESSAGE_LENGTH;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|y*$pL", kwlist, &watch, &report_all, &max_length))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|y*pL", kwlist, &watch, &report_all, &max_length))
         return -1;
     memset(self->watch, 0, sizeof(self->watch));
     for (Py_ssize_t i = 0; i < watch.len; i++)

@@ -56,7 +56,6 @@ class PyFrameScanner:
     def __init__(
         self,
         watch: bytes = b"",
-        *,
         report_all: bool = False,
         max_length: int = MAX_MESSAGE_LENGTH,
     ) -> None:

@@ -6,7 +6,9 @@ type byte and length) and raise ProtocolError on malformed input.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import FeatureNotSupported, ProtocolError
@@ -175,11 +177,8 @@ def parameter_status(name: str, value: str) -> bytes:
     return _msg(b"S", _cstr(name) + _cstr(value))
 
 
-_BACKEND_KEY_DATA = struct.Struct("!cIii")
-
-
-def backend_key_data(pid: int, secret: int) -> bytes:
-    return _BACKEND_KEY_DATA.pack(b"K", 12, pid, secret)
+#: backend_key_data(pid, secret): one per login, so a struct's pack, without a Python call around it
+backend_key_data: Callable[[int, int], bytes] = functools.partial(struct.Struct("!cIii").pack, b"K", 12)
 
 
 def ready_for_query(status: bytes = b"I") -> bytes:
