@@ -60,7 +60,8 @@ static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause,
     *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
-    *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback;
+    *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
+    *s_ssl_context;
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
 
 static double
@@ -402,6 +403,7 @@ typedef struct {
     /* the C login (see client_login): */
     char native_login;    /* set by ClientSession.connection_made: the client's login bytes come here */
     int login_sent;       /* messages it wrote: 0, 1 (AuthenticationSASL), 2 (and SASLContinue) */
+    int negotiated;       /* SSLRequest or GSSENCRequest answered 'N' before the startup packet: 0 or 1 */
     PyObject *login_buf;  /* every byte the client sent so far */
     Py_ssize_t login_pos; /* where the next unread message starts */
     ScramServer *scram;
@@ -1065,12 +1067,14 @@ login_reset(ClientCore *self)
     self->native_login = 0;
     Py_CLEAR(self->login_buf);
     self->login_pos = 0;
+    self->negotiated = 0;
     PyMem_Free(self->scram);
     self->scram = NULL;
 }
 
-/* Hand the login to Python: every byte received, how many messages were sent,
- * and the server nonce once SASLContinue went out with it. */
+/* Hand the login to Python: every byte received since the startup packet began, how
+ * many messages were sent since, the server nonce once SASLContinue went out with it,
+ * and whether an encryption request was answered 'N' before. */
 static PyObject *
 login_fallback(ClientCore *self)
 {
@@ -1082,13 +1086,16 @@ login_fallback(ClientCore *self)
                                                     SCRAM_NONCE_LEN));
     }
     PyObject *sent = PyLong_FromLong(self->login_sent);
+    PyObject *negotiated = PyLong_FromLong(self->negotiated);
     login_reset(self);
     PyObject *result = NULL;
-    if (nonce != NULL && sent != NULL)
-        result = PyObject_CallMethodObjArgs((PyObject *)self, s_native_login_fallback, transcript, sent, nonce, NULL);
+    if (nonce != NULL && sent != NULL && negotiated != NULL)
+        result = PyObject_CallMethodObjArgs((PyObject *)self, s_native_login_fallback, transcript, sent, nonce,
+                                            negotiated, NULL);
     Py_DECREF(transcript);
     Py_XDECREF(nonce);
     Py_XDECREF(sent);
+    Py_XDECREF(negotiated);
     return result;
 }
 
@@ -1117,6 +1124,33 @@ login_random(unsigned char *out, size_t n)
     memset(pool + sizeof pool - left, 0, n); /* each byte is handed out once */
     left -= n;
     return 0;
+}
+
+#define SSL_REQUEST_CODE 80877103
+#define GSSENC_REQUEST_CODE 80877104
+
+/* SSLRequest or GSSENCRequest with nothing after it, where no TLS is configured: 'N', as
+ * _negotiate answers, and the login starts again at the startup packet (the bytes
+ * before it are not replayed on a fall back; ``negotiated`` says they were answered).
+ * 1: done; 0: fall back (TLS is the Python login's); -1: error. */
+static int
+login_refuse_encryption(ClientCore *self)
+{
+    if (self->rt == NULL)
+        return 0;
+    PyObject *context = PyObject_GetAttr(self->rt, s_ssl_context);
+    if (context == NULL)
+        return -1;
+    int configured = context != Py_None;
+    Py_DECREF(context);
+    if (configured)
+        return 0;
+    if (login_write(self, PyBytes_FromStringAndSize("N", 1)) < 0)
+        return -1;
+    Py_CLEAR(self->login_buf);
+    self->login_pos = 0;
+    self->negotiated = 1;
+    return 1;
 }
 
 /* The startup packet: the plan, then AuthenticationSASL. 1: done; 0: fall back; -1: error. */
@@ -1216,6 +1250,14 @@ client_login(ClientCore *self, PyObject *data)
                 return login_fallback(self);
             if (avail < length)
                 Py_RETURN_NONE;
+            uint32_t code = be32(p + 4);
+            if (length == 8 && !self->negotiated && (code == SSL_REQUEST_CODE || code == GSSENC_REQUEST_CODE)) {
+                if (avail > 8) /* bytes pipelined after it: the Python login refuses them */
+                    return login_fallback(self);
+                if ((rc = login_refuse_encryption(self)) <= 0)
+                    return rc < 0 ? NULL : login_fallback(self);
+                Py_RETURN_NONE;
+            }
             if ((rc = login_startup(self, p, length)) <= 0)
                 return rc < 0 ? NULL : login_fallback(self);
             self->login_pos += length;
@@ -1578,6 +1620,7 @@ PyInit__relaycore(void)
     INTERN(s_native_login_plan, "_native_login_plan");
     INTERN(s_native_login_done, "_native_login_done");
     INTERN(s_native_login_fallback, "_native_login_fallback");
+    INTERN(s_ssl_context, "ssl_context");
     /* 'R', length 23, 10 (AuthenticationSASL), "SCRAM-SHA-256", NUL, NUL */
     if ((AUTH_SASL = PyBytes_FromStringAndSize("R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0", 24)) == NULL)
         return NULL;

@@ -521,9 +521,9 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self._end_login()
         self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
 
-    def _login_steps(self, muted: int = 0, nonce: str | None = None) -> auth.Steps[None]:
-        """The login, from the first byte. ``muted`` and ``nonce``: see _native_login_fallback."""
-        startup = yield from self._negotiate()
+    def _login_steps(self, muted: int = 0, nonce: str | None = None, negotiated: int = 0) -> auth.Steps[None]:
+        """The login, from the first byte. ``muted``, ``nonce`` and ``negotiated``: see _native_login_fallback."""
+        startup = yield from self._negotiate(negotiated)
         if startup is None:
             return
         db, wanted = self._admit(startup)
@@ -627,19 +627,21 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._login = self._enter_pool(plan.startup, plan.db, plan.wanted, sasl_final)
             self._advance()
 
-    def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
+    def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None, negotiated: int) -> None:
         """The C login met what it leaves to ``_login_steps``: replay the client's bytes
         through it. The first ``sent`` messages it sends are not sent again (the C login
         sent the same), and its SCRAM exchange uses the C login's server ``nonce`` once
-        that went out, so the client sees what this login alone would have sent."""
+        that went out, so the client sees what this login alone would have sent.
+        ``negotiated``: the C login answered that many SSLRequests or GSSENCRequests 'N'
+        before the startup packet, where the ``transcript`` begins."""
         self._plan = None
-        self._login = self._login_steps(sent, nonce)
+        self._login = self._login_steps(sent, nonce, negotiated)
         self._login_data(transcript)
 
-    def _negotiate(self) -> auth.Steps[messages.StartupMessage | None]:
+    def _negotiate(self, negotiated: int = 0) -> auth.Steps[messages.StartupMessage | None]:
         """Answer SSLRequest ('S' and TLS when configured, else 'N') and GSSENCRequest
-        ('N'); serve a CancelRequest."""
-        for _ in range(3):
+        ('N'); serve a CancelRequest. ``negotiated``: requests answered already."""
+        for _ in range(3 - negotiated):
             request = messages.parse_startup((yield from self._read_untyped()))
             if isinstance(request, messages.StartupMessage):
                 if self.rt.config.tls.require and not self.tls:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -174,3 +177,39 @@ def test_control_socket_refuses_other_uids(poold_factory: Callable[..., Poold]) 
     assert os.WEXITSTATUS(status) == 0  # closed without a reply
     wait_until(lambda: '"control_peer_refused"' in p.log_text())
     assert ctl_json(p, "status")["clients"] == 0  # root still served  # type: ignore[index]
+
+
+def scram_verifier(password: str) -> str:
+    salt, iterations = os.urandom(16), 4096
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server = hmac.digest(salted, b"Server Key", "sha256")
+    salt64, stored64, server64 = (base64.b64encode(x).decode() for x in (salt, stored, server))
+    return f"SCRAM-SHA-256${iterations}:{salt64}${stored64}:{server64}"
+
+
+def test_the_next_login_after_a_reload_meets_the_new_auth_file_and_databases(poold_factory: Callable[..., Poold]) -> None:
+    # logins with one startup packet are decided once (Runtime.login_plans): a reload must undo that.
+    # sslmode=disable: the C login takes a StartupMessage first, not an SSLRequest
+    p = poold_factory(max_size=2, min_size=1)
+    (p.tmp / "userlist.txt").write_text(f'"app" "{scram_verifier("first-pw")}"\n')
+    assert p.poolctl("reload").returncode == 0
+    for _ in range(3):  # the C login, on the packet's kept plan after the first
+        with psycopg.connect(p.dsn(password="first-pw", sslmode="disable"), prepare_threshold=None) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    (p.tmp / "userlist.txt").write_text(f'"app" "{scram_verifier("second-pw")}"\n')
+    assert p.poolctl("reload").returncode == 0
+    with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "app"'):
+        psycopg.connect(p.dsn(password="first-pw", sslmode="disable"))
+    for _ in range(2):
+        with psycopg.connect(p.dsn(password="second-pw", sslmode="disable"), prepare_threshold=None) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    config = p.config_path.read_text()
+    p.config_path.write_text(config.replace("[databases.app]", "[databases.other]"))
+    assert p.poolctl("reload").returncode == 0
+    with pytest.raises(psycopg.OperationalError, match='database "app" does not exist'):
+        psycopg.connect(p.dsn(password="second-pw", sslmode="disable"))
+    p.config_path.write_text(config)
+    assert p.poolctl("reload").returncode == 0
+    with psycopg.connect(p.dsn(password="second-pw", sslmode="disable"), prepare_threshold=None) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

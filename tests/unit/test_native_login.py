@@ -60,9 +60,9 @@ class Session(ClientSession):
     handed_over: list[int] = []
     entered: int = 0  # logins that went through _enter_pool (the Python login, or a pool to wait for)
 
-    def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None) -> None:
+    def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None, negotiated: int) -> None:
         Session.handed_over.append(sent)
-        super()._native_login_fallback(transcript, sent, nonce)
+        super()._native_login_fallback(transcript, sent, nonce, negotiated)
 
     def _enter_pool(self, *args: Any) -> Any:
         Session.entered += 1
@@ -296,10 +296,6 @@ def test_what_the_c_login_leaves_ends_as_the_python_login_ends() -> None:
     # a user name outside printable ASCII: handed over after AuthenticationSASL, and logged in
     got, client, handed_over = both(lambda: Client("ünï", "secret"))
     assert client.verified and kinds(got)[-1] == b"Z" and handed_over == [1]
-    # an SSLRequest first (no TLS configured: 'N'), then the login
-    ssl_request = struct.pack("!II", 8, messages.SSL_REQUEST)
-    got, client, handed_over = both(lambda: Client("app", "secret"), first=ssl_request)
-    assert client.verified and handed_over == [0]
     # md5 and trust are the Python login's
     got, client, handed_over = both(lambda: Client("md5user", "secret"))
     assert got == [(b"R", struct.pack("!I", 5))] and handed_over == [0]  # this client answers no md5
@@ -310,6 +306,50 @@ def test_what_the_c_login_leaves_ends_as_the_python_login_ends() -> None:
 def payload(**params: str) -> bytes:
     """A protocol 3.0 startup packet's payload, as the C login hands it to the plan."""
     return struct.pack("!I", messages.PROTOCOL_3_0) + b"".join(f"{k}\0{v}\0".encode() for k, v in params.items()) + b"\0"
+
+
+SSL_REQUEST = struct.pack("!II", 8, messages.SSL_REQUEST)
+GSSENC_REQUEST = struct.pack("!II", 8, messages.GSSENC_REQUEST)
+
+
+@pytest.mark.parametrize("request_", [SSL_REQUEST, GSSENC_REQUEST], ids=["SSLRequest", "GSSENCRequest"])
+def test_an_encryption_request_without_tls_is_answered_n_by_the_c_login(request_: bytes) -> None:
+    # libpq's default (sslmode=prefer) asks for TLS first: with none configured, 'N' and the C login
+    got, client, handed_over = both(lambda: Client("app", "secret"), first=request_)
+    assert client.verified and kinds(got)[-1] == b"Z" and handed_over == []
+    # handed over after the 'N': the Python login does not answer the request again
+    got, client, handed_over = both(lambda: Client("md5user", "secret"), first=request_)
+    assert got == [(b"R", struct.pack("!I", 5))] and handed_over == [0]
+
+
+NEGOTIATION_CASES = {
+    "startup pipelined after SSLRequest": [SSL_REQUEST + startup("app")],
+    "two SSLRequests": [SSL_REQUEST, SSL_REQUEST, startup("app")],
+    "four requests": [SSL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, SSL_REQUEST],
+    "SSLRequest, then a CancelRequest": [SSL_REQUEST, struct.pack("!IIII", 16, messages.CANCEL_REQUEST, 1, 2)],
+    "SSLRequest, then a bad version": [SSL_REQUEST, struct.pack("!II", 8, 2 << 16)],
+    "SSLRequest byte by byte": [SSL_REQUEST[i:i + 1] for i in range(8)] + [startup("app")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEGOTIATION_CASES))
+def test_encryption_requests_end_as_the_python_login_ends_them(case: str) -> None:
+    outcomes = []
+    for native in (False, True):
+        session, transport = Session(runtime()), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        if not native:
+            session.native_login = False
+            session._login = session._login_steps()
+            session._advance()
+        answers = []
+        for chunk in NEGOTIATION_CASES[case]:
+            if not transport.closed:
+                session.data_received(chunk)
+            answers.append(transport.written)
+            transport.written = b""
+        outcomes.append((answers, transport.closed))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_the_plan_declines_what_only_the_python_login_answers() -> None:
