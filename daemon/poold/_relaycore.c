@@ -1020,9 +1020,10 @@ Client_on_server(ClientCore *self, PyObject *link)
 /* ------------------------------------------------------------------------ */
 /* The login, in C, for the common case: client.py's _login_steps            */
 /*
- * A StartupMessage, then SCRAM-SHA-256 against keys already known (a verifier
- * in the auth file, a password already derived, or an unknown user's mock
- * keys): the messages and checks of _login_steps and auth._scram, with
+ * A StartupMessage (after one SSLRequest or GSSENCRequest answered 'N' where
+ * no TLS is configured), then SCRAM-SHA-256 against keys already known (a
+ * verifier in the auth file, a password already derived, or an unknown user's
+ * mock keys): the messages and checks of _login_steps and auth._scram, with
  * scram_core.c for the exchange. The session's own decisions stay in Python,
  * one call each: whether this login is the common case
  * (ClientSession._native_login_plan, from the startup packet)
