@@ -404,7 +404,7 @@ typedef struct {
     char native_login;    /* set by ClientSession.connection_made: the client's login bytes come here */
     int login_sent;       /* messages it wrote: 0, 1 (AuthenticationSASL), 2 (and SASLContinue) */
     int negotiated;       /* SSLRequest or GSSENCRequest answered 'N' before the startup packet: 0 or 1 */
-    PyObject *login_buf;  /* every byte the client sent so far */
+    PyObject *login_buf;  /* every byte the client sent so far (since the startup packet, after an 'N') */
     Py_ssize_t login_pos; /* where the next unread message starts */
     ScramServer *scram;
 } ClientCore;

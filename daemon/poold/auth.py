@@ -123,7 +123,6 @@ class ScramCache:
         self._mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
         self._cache: dict[tuple[str, str], asyncio.Future[AuthInfo]] = {}
         self._verifiers: dict[str, AuthInfo] = {}  # parsed SCRAM verifiers
-        self._native: dict[AuthInfo, NativeKeys] = {}  # what the C login takes, per known keys
         self._mock_key = os.urandom(32)
 
     def auth_info(self, user: str, secret: Secret) -> Steps[AuthInfo]:
@@ -162,15 +161,6 @@ class ScramCache:
         if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
             return None
         return fut.result()
-
-    def native_keys(self, info: AuthInfo) -> NativeKeys:
-        """StoredKey, ServerKey and the end of server-first (``,s=<salt>,i=<iterations>``)."""
-        keys = self._native.get(info)
-        if keys is None:
-            keys = self._native[info] = _native_keys(info)
-            if len(self._native) > 10_000:
-                self._native.pop(next(iter(self._native)))
-        return keys
 
     def mock_info(self, user: str) -> AuthInfo:
         """Keys for an unknown user: the exchange runs and no proof matches. The
@@ -233,7 +223,7 @@ def native_scram_keys(method: str, user: str, secret: Secret | None, cache: Scra
     if secret is None:  # an unknown user: mock keys, new each time
         return _native_keys(cache.mock_info(user))
     info = cache.known_info(user, secret)
-    return cache.native_keys(info) if info is not None else None
+    return _native_keys(info) if info is not None else None
 
 
 def _native_keys(info: AuthInfo) -> NativeKeys:

@@ -692,8 +692,6 @@ Greeting = tuple[dict[str, str], bytes]
 def _greeting(pool: Pool, defaults: dict[str, str], wanted: dict[str, str]) -> Greeting:
     """AuthenticationOk and the settings a client is told: its pool's, and its own where it set one."""
     own = {k: v for k, v in wanted.items() if defaults.get(k) != v}
-    if not own:
-        return own, _AUTH_OK + pool.status_block
     status = pool.status_messages
     out = [_AUTH_OK]
     for name in defaults:

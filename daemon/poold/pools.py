@@ -175,10 +175,8 @@ class Pool(PoolCore):
         self._wait_timer: asyncio.TimerHandle | None = None
         self._wait_until = 0.0  # the deadline it is armed for (0: not armed)
         self.defaults: dict[str, str] | None = None
-        # The defaults as ParameterStatus messages, encoded once for every login,
-        # and all of them joined: the welcome of a client that sets none of them.
+        # The defaults as ParameterStatus messages, encoded once for every login.
         self.status_messages: dict[str, bytes] = {}
-        self.status_block = b""
         self.leased = 0  # links poold holds (free + active)
         self.connecting = 0  # getconn calls in flight
         self.epoch = 0  # bumped by reconnect: older links are not reused
@@ -493,7 +491,6 @@ class Pool(PoolCore):
         if self.defaults is None:
             self.defaults = backend.reported_parameters(conn)
             self.status_messages = {k: messages.parameter_status(k, v) for k, v in self.defaults.items()}
-            self.status_block = b"".join(self.status_messages.values())
         link.conn = conn
         link.pid = backend.backend_pid(conn)
         link.defaults = self.defaults

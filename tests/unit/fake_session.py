@@ -33,4 +33,4 @@ def open_pool(defaults: dict[str, str]) -> Any:
     """A pool in transaction mode whose server reported ``defaults``: what a login reads of it."""
     status = {k: messages.parameter_status(k, v) for k, v in defaults.items()}
     return types.SimpleNamespace(clients=0, settings=types.SimpleNamespace(mode="transaction"), defaults=defaults,
-                                 status_messages=status, status_block=b"".join(status.values()))
+                                 status_messages=status)

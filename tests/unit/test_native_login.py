@@ -134,15 +134,21 @@ class Client:
         self.verified = server_final == b"v=" + base64.b64encode(expected)
 
 
-def login(native: bool, client: Client, method: str = "scram-sha-256", chunk: int = 0,
-          first: bytes = b"") -> tuple[list[tuple[bytes, bytes]], ClientSession]:
-    """Run one login; the server's messages, the nonce-bearing ones reduced to their kind."""
+def connected(native: bool, method: str = "scram-sha-256") -> tuple[Session, Transport]:
+    """A session just connected, its login read by the C login or (native=False) by the Python one."""
     session, transport = Session(runtime(method)), Transport()
     session.connection_made(transport)  # type: ignore[arg-type]
     if not native:  # as ClientSession.connection_made does without the C core
         session.native_login = False
         session._login = session._login_steps()
         session._advance()
+    return session, transport
+
+
+def login(native: bool, client: Client, method: str = "scram-sha-256", chunk: int = 0,
+          first: bytes = b"") -> tuple[list[tuple[bytes, bytes]], ClientSession]:
+    """Run one login; the server's messages, the nonce-bearing ones reduced to their kind."""
+    session, transport = connected(native, method)
 
     def send(data: bytes) -> None:
         pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
@@ -336,12 +342,7 @@ NEGOTIATION_CASES = {
 def test_encryption_requests_end_as_the_python_login_ends_them(case: str) -> None:
     outcomes = []
     for native in (False, True):
-        session, transport = Session(runtime()), Transport()
-        session.connection_made(transport)  # type: ignore[arg-type]
-        if not native:
-            session.native_login = False
-            session._login = session._login_steps()
-            session._advance()
+        session, transport = connected(native)
         answers = []
         for chunk in NEGOTIATION_CASES[case]:
             if not transport.closed:
@@ -451,12 +452,7 @@ def test_startup_packets_end_as_the_python_login_ends_them(case: str) -> None:
     packet = struct.pack("!I", len(body) + 4) + body
     outcomes = []
     for native in (False, True):
-        session, transport = Session(runtime()), Transport()
-        session.connection_made(transport)  # type: ignore[arg-type]
-        if not native:
-            session.native_login = False
-            session._login = session._login_steps()
-            session._advance()
+        session, transport = connected(native)
         session.data_received(packet)
         outcomes.append((transport.written, transport.closed))
     assert outcomes[0] == outcomes[1]
