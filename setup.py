@@ -1,9 +1,11 @@
-"""Build hook for the native parts: the frame scanner, the relay's hot path and the login.
+"""Build hook for the native parts: the frame scanner, the relay's hot path and the login,
+and the client sockets.
 
-Everything else is declared in pyproject.toml. Both extensions are optional:
+Everything else is declared in pyproject.toml. Each extension is optional:
 where no C compiler is available poold installs and runs on their Python
 references (framing.PyFrameScanner; the ``...CorePy`` classes, see
-relaycore.py), and logs which ones it uses at startup.
+relaycore.py; the event loop's transports, see clientio.py), and logs which
+ones it uses at startup.
 """
 
 from setuptools import Extension, setup
@@ -21,6 +23,12 @@ setup(
             "poold._relaycore",
             sources=["daemon/poold/_relaycore.c", "daemon/poold/protocol/scram_core.c"],
             depends=["daemon/poold/protocol/framing_capi.h", "daemon/poold/protocol/scram_core.h"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "poold._clientio",
+            sources=["daemon/poold/_clientio.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

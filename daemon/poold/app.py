@@ -26,12 +26,12 @@ from typing import Any
 
 import structlog
 
-from . import relaycore
+from . import clientio, relaycore
 from .auth import load_userlist
 from .client import ClientSession
 from .config import Config
 from .control import ControlServer
-from .listener import adopt_listeners, start_listeners, stop_listeners, systemd_sockets
+from .listener import Server, adopt_listeners, start_listeners, stop_listeners, systemd_sockets
 from .protocol.framing import FrameScanner, PyFrameScanner
 from .reload import Reloader, ReloadRejected
 from .runtime import Runtime
@@ -53,7 +53,7 @@ class App:
         self.notifier = Notifier(environ)
         self._stop = asyncio.Event()
         self._signals = 0
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Server] = []
         self._activated = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -84,7 +84,7 @@ class App:
         native_scanner = FrameScanner is not PyFrameScanner
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
                  generation=self.reloader.generation, frame_scanner="native" if native_scanner else "python",
-                 relay_core=relaycore.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI)
+                 relay_core=relaycore.NAME, client_io=clientio.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI)
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, relaycore
+from . import auth, clientio, relaycore
 from .errors import PooldError
 from .pools import PoolRegistry
 from .protocol import messages
@@ -658,8 +658,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             ctx = self.rt.ssl_context
             if isinstance(request, messages.SSLRequest) and ctx is not None and not self.tls:
                 self.transport.write(b"S")  # type: ignore[union-attr]
-                loop = asyncio.get_running_loop()
-                self.transport = yield loop.start_tls(self.transport, self, ctx, server_side=True)  # type: ignore[arg-type]
+                self.transport = yield clientio.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]
                 self.tls = True
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]

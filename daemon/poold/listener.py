@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from . import clientio
+from .clientio import NativeServer, bind_tcp
 from .config import ListenSettings
 
 log = structlog.get_logger("poold.listener")
@@ -18,14 +20,18 @@ def unix_socket_path(listen: ListenSettings) -> str:
     return os.path.join(listen.unix_socket_dir, f".s.PGSQL.{listen.port}")
 
 
-async def start_listeners(
-    listen: ListenSettings, factory: Callable[[], asyncio.Protocol]
-) -> list[asyncio.Server]:
+#: a listener: asyncio.Server, or clientio.NativeServer for TCP where the C transports run
+Server = asyncio.Server | NativeServer
+
+
+async def start_listeners(listen: ListenSettings, factory: Callable[[], asyncio.Protocol]) -> list[Server]:
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server] = []
+    servers: list[Server] = []
     try:
         hosts = [h.strip() for h in listen.host.split(",") if h.strip()]
-        if hosts:
+        if hosts and clientio.native is not None:
+            servers.append(NativeServer(bind_tcp(hosts, listen.port, listen.backlog), factory))
+        elif hosts:
             servers.append(
                 await loop.create_server(
                     factory, hosts, listen.port, backlog=listen.backlog, reuse_address=True
@@ -48,7 +54,7 @@ async def start_listeners(
     return servers
 
 
-def stop_listeners(servers: list[asyncio.Server], listen: ListenSettings, unlink: bool = True) -> None:
+def stop_listeners(servers: list[Server], listen: ListenSettings, unlink: bool = True) -> None:
     for s in servers:
         s.close()
     if unlink and listen.unix_socket_dir:
@@ -73,13 +79,15 @@ def systemd_sockets(environ: Mapping[str, str]) -> list[socket.socket]:
 
 async def adopt_listeners(
     socks: list[socket.socket], factory: Callable[[], asyncio.Protocol], backlog: int
-) -> list[asyncio.Server]:
+) -> list[Server]:
     loop = asyncio.get_running_loop()
-    servers = []
+    servers: list[Server] = []
     for sock in socks:
         sock.setblocking(False)
         if sock.family == socket.AF_UNIX:
             servers.append(await loop.create_unix_server(factory, sock=sock, backlog=backlog))
+        elif clientio.native is not None:
+            servers.append(NativeServer([sock], factory))
         else:
             servers.append(await loop.create_server(factory, sock=sock, backlog=backlog))
         log.info("listening", address=str(sock.getsockname()), socket_activated=True)

@@ -1,0 +1,149 @@
+"""Which code accepts, reads and writes client TCP sockets.
+
+``_clientio.c`` does it in C where it was built: one small transport object per
+connection in one epoll set, which the event loop watches as a single reader.
+Otherwise, and for Unix sockets and TLS, the event loop's own transports do.
+The client session on top (``client.ClientSession``) is the same asyncio
+protocol either way. ``POOLD_CLIENT_IO=asyncio`` picks the event loop's
+transports anyway, as a diagnostic and so that the tests can run both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import weakref
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("poold.listener")
+
+#: after accept() failed for want of file descriptors or memory, wait this long
+#: before accepting again (asyncio's constants.ACCEPT_RETRY_DELAY)
+ACCEPT_RETRY_DELAY = 1.0
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("POOLD_CLIENT_IO") == "asyncio":
+        return None
+    try:
+        from . import _clientio  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _clientio
+
+
+native = _load()
+#: logged at startup
+NAME = "c" if native is not None else "asyncio"
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> Any:
+    """The loop's epoll set of client sockets, watched by the loop as one reader."""
+    poller = _pollers.get(loop)
+    if poller is None:
+        assert native is not None
+        poller = _pollers[loop] = native.Poller(loop)
+        loop.add_reader(poller.fileno(), poller.dispatch)
+    return poller
+
+
+def bind_tcp(hosts: list[str], port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``hosts``, as loop.create_server binds them."""
+    infos = []
+    for host in hosts:
+        for info in socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE):
+            if info not in infos:
+                infos.append(info)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                              f"{(exc.strerror or '').lower()}") from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class NativeServer:
+    """Listening TCP sockets whose connections the C transports serve; closed
+    like an asyncio.Server (``close``, ``sockets``)."""
+
+    def __init__(self, socks: list[socket.socket], factory: Callable[[], asyncio.Protocol]) -> None:
+        assert native is not None
+        self._loop = asyncio.get_running_loop()
+        self.sockets = socks
+        poller = _poller(self._loop)
+        self._listeners = []
+        for sock in socks:
+            sock.setblocking(False)
+            listener = native.Listener(poller, sock.fileno(), factory, self._accept_failed)
+            listener.resume()
+            self._listeners.append(listener)
+        self._retry: asyncio.TimerHandle | None = None
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Out of file descriptors or memory: as asyncio, log and pause accepting for a second."""
+        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            log.error("accept_failed", error=str(exc))
+        else:
+            log.error("accept_failed_out_of_resources", error=str(exc), retry_in=ACCEPT_RETRY_DELAY)
+        for listener in self._listeners:
+            listener.pause()
+        if self._retry is None:
+            self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        for listener in self._listeners:
+            listener.resume()
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        for sock in self.sockets:
+            sock.close()
+
+
+class _Handover(asyncio.Protocol):
+    """Holds a socket handed to the event loop for TLS until start_tls gives it
+    its protocol: reads nothing meanwhile."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+
+async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.Protocol,
+                    ctx: Any) -> asyncio.Transport:
+    """loop.start_tls, server side, for either kind of transport: a C transport's
+    socket is handed to the event loop first (TLS is the event loop's)."""
+    loop = asyncio.get_running_loop()
+    if native is not None and isinstance(transport, native.SocketTransport):
+        sock = socket.socket(fileno=transport.detach())
+        transport, _ = await loop.connect_accepted_socket(_Handover, sock)
+    tls = await loop.start_tls(transport, protocol, ctx, server_side=True)  # type: ignore[arg-type]
+    assert tls is not None
+    return tls

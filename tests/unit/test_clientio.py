@@ -1,0 +1,262 @@
+"""The C client sockets (_clientio.c) behave as the event loop's transports do.
+
+Real loopback sockets, a real event loop (uvloop, as the daemon runs, and the
+standard library's), a plain client on the other end. The daemon's own traffic
+through them is the e2e tier's; here are the transport's edges: flow control,
+close with bytes still queued, abort, a reset, pause_reading, a failing protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from poold import clientio
+from poold.clientio import NativeServer, bind_tcp
+
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[Any]]], Any]:
+    assert clientio.native is not None, "poold._clientio was not built (is a C compiler installed?)"
+
+    def run(main: Callable[[], Awaitable[Any]]) -> Any:
+        loop = LOOPS[request.param]()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(main(), 20))
+        finally:
+            loop.close()
+
+    return run
+
+
+class Recorder(asyncio.Protocol):
+    """Keeps what the transport did to it; ``on_data`` answers each chunk."""
+
+    def __init__(self, on_data: Callable[[Recorder, bytes], None] | None = None) -> None:
+        self.events: list[str] = []
+        self.data = b""
+        self.transport: Any = None
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.made = asyncio.Event()
+        self.on_data = on_data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.events.append("made")
+        self.made.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self.on_data is not None:
+            self.on_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.events.append("eof")
+        return False
+
+    def pause_writing(self) -> None:
+        self.events.append("pause_writing")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume_writing")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+async def serve(protocols: list[Recorder], on_data: Callable[[Recorder, bytes], None] | None = None) -> NativeServer:
+    def factory() -> Recorder:
+        protocols.append(Recorder(on_data))
+        return protocols[-1]
+
+    return NativeServer(bind_tcp(["127.0.0.1"], 0, 16), factory)
+
+
+async def connect(server: NativeServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(*server.sockets[0].getsockname())
+
+
+def test_accepts_reads_writes_and_closes(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols, lambda p, d: p.transport.write(d.upper()))
+        reader, writer = await connect(server)
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"HELLO"
+        (p,) = protocols
+        assert type(p.transport).__name__ == "SocketTransport"
+        assert p.transport.get_extra_info("peername") == writer.get_extra_info("sockname")
+        assert p.transport.get_extra_info("sockname") == server.sockets[0].getsockname()
+        assert p.transport.get_extra_info("socket", "x") == "x"
+        p.transport.close()
+        assert p.transport.is_closing()
+        assert await reader.read() == b""  # EOF
+        assert await p.lost is None
+        assert p.events == ["made", "lost"]
+        p.transport.write(b"after")  # ignored, as asyncio does after the connection is lost
+        writer.close()
+        server.close()
+
+    run(main)
+
+
+def test_a_client_that_closes_is_lost_after_eof(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols)
+        _, writer = await connect(server)
+        writer.write(b"bye")
+        writer.close()
+        while not protocols:
+            await asyncio.sleep(0.01)
+        assert await protocols[0].lost is None
+        assert protocols[0].data == b"bye"
+        assert protocols[0].events == ["made", "eof", "lost"]
+        server.close()
+
+    run(main)
+
+
+def test_flow_control_pauses_the_writer_and_close_flushes_first(run: Callable[..., Any]) -> None:
+    payload = bytes(range(256)) * 131072  # 32 MiB: far more than loopback socket buffers take
+
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols)
+        reader, writer = await connect(server)
+        (p,) = [await wait_made(protocols)]
+        p.transport.write(payload)
+        assert p.transport.get_write_buffer_size() > 64 * 1024
+        assert p.events == ["made", "pause_writing"]
+        p.transport.close()  # with megabytes still queued: they go out first
+        assert p.transport.is_closing() and p.events == ["made", "pause_writing"]
+        received = await reader.read()  # to EOF
+        assert received == payload
+        assert await p.lost is None
+        assert p.events == ["made", "pause_writing", "resume_writing", "lost"]
+        writer.close()
+        server.close()
+
+    run(main)
+
+
+def test_abort_drops_what_is_queued(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols)
+        reader, writer = await connect(server)
+        p = await wait_made(protocols)
+        p.transport.write(b"x" * (8 << 20))
+        p.transport.abort()
+        assert p.transport.get_write_buffer_size() == 0
+        assert await p.lost is None
+        received = 0
+        try:
+            while chunk := await reader.read(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < 8 << 20
+        writer.close()
+        server.close()
+
+    run(main)
+
+
+def test_a_reset_is_lost_with_its_error(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols)
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        p = await wait_made(protocols)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        assert isinstance(await p.lost, ConnectionResetError)
+        server.close()
+
+    run(main)
+
+
+def test_pause_reading_holds_the_bytes_until_resumed(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols)
+        _, writer = await connect(server)
+        p = await wait_made(protocols)
+        p.transport.pause_reading()
+        assert not p.transport.is_reading()
+        writer.write(b"held")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        assert p.data == b""
+        p.transport.resume_reading()
+        for _ in range(100):
+            if p.data:
+                break
+            await asyncio.sleep(0.01)
+        assert p.data == b"held"
+        writer.close()
+        await p.lost
+        server.close()
+
+    run(main)
+
+
+def test_a_failing_protocol_is_reported_and_its_connection_aborted(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        protocols: list[Recorder] = []
+
+        def fail(p: Recorder, data: bytes) -> None:
+            raise ValueError("broken protocol")
+
+        server = await serve(protocols, fail)
+        reader, writer = await connect(server)
+        writer.write(b"boom")
+        assert await reader.read() == b""
+        p = protocols[0]
+        exc = await p.lost
+        assert isinstance(exc, ValueError)
+        assert [c["exception"] for c in reported] == [exc]
+        assert reported[0]["protocol"] is p
+        # the listener goes on accepting
+        reader2, writer2 = await connect(server)
+        assert (await wait_made(protocols, 2)).events == ["made"]
+        writer.close()
+        writer2.close()
+        server.close()
+
+    run(main)
+
+
+def test_a_closed_server_accepts_no_more(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await serve(protocols)
+        address = server.sockets[0].getsockname()
+        server.close()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(*address)
+        assert protocols == []
+
+    run(main)
+
+
+async def wait_made(protocols: list[Recorder], count: int = 1) -> Recorder:
+    for _ in range(500):
+        if len(protocols) >= count:
+            await protocols[count - 1].made.wait()
+            return protocols[count - 1]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no connection was accepted")
