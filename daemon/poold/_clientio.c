@@ -42,7 +42,6 @@ static PyObject *s_data_received, *s_connection_made, *s_connection_lost, *s_eof
     *s_protocol, *s_peername, *s_sockname, *s_call_connection_lost;
 
 #define EVENTS_PER_WAIT 64
-#define ACCEPTS_PER_EVENT 64
 #define READ_SIZE (256 * 1024)
 #define HIGH_WATER (64 * 1024) /* asyncio's default write buffer limits */
 
@@ -53,6 +52,9 @@ typedef struct {
     PyObject_HEAD
     int epfd;
     PyObject *loop;
+    /* while dispatch runs: (transport, exc) pairs whose connection_lost runs when
+     * the batch is done, rather than through a call_soon handle each */
+    PyObject *lost;
 } Poller;
 
 /* What the epoll set holds: a Listener or a SocketTransport. While registered it
@@ -75,7 +77,7 @@ typedef struct {
     PyObject *on_error; /* called with the OSError when accept4 fails for want of resources */
 } Listener;
 
-typedef struct {
+struct SocketTransport {
     POLLABLE_HEAD
     PyObject *protocol;
     PyObject *data_received; /* protocol.data_received, looked up once */
@@ -85,10 +87,29 @@ typedef struct {
     char reading, closing, closed, writing_paused, lost_scheduled;
     struct sockaddr_storage peer;
     socklen_t peer_len;
-} SocketTransport;
+};
+
+typedef struct SocketTransport SocketTransport;
+static PyObject *Transport_call_connection_lost(SocketTransport *self, PyObject *exc);
 
 /* ------------------------------------------------------------------------ */
 /* The epoll set                                                            */
+
+/* Leave the set; ``closing``: the socket is about to be closed, which removes it
+ * from the set without an epoll_ctl. */
+static void
+pollable_leave(Pollable *self, int closing)
+{
+    if (!self->registered)
+        return;
+    self->registered = 0;
+    self->interest = 0;
+    if (!closing) {
+        struct epoll_event ev = {0};
+        epoll_ctl(self->poller->epfd, EPOLL_CTL_DEL, self->fd, &ev);
+    }
+    Py_DECREF(self); /* the set's reference; the caller holds its own */
+}
 
 /* Watch ``events`` of this object's socket (0: leave the set). */
 static int
@@ -96,17 +117,11 @@ pollable_watch(Pollable *self, uint32_t events)
 {
     if (events == self->interest && (events != 0) == self->registered)
         return 0;
-    struct epoll_event ev = {.events = events, .data.ptr = self};
     if (events == 0) {
-        if (self->registered) {
-            self->registered = 0;
-            self->interest = 0;
-            if (self->fd >= 0)
-                epoll_ctl(self->poller->epfd, EPOLL_CTL_DEL, self->fd, &ev);
-            Py_DECREF(self); /* the set's reference; the caller holds its own */
-        }
+        pollable_leave(self, 0);
         return 0;
     }
+    struct epoll_event ev = {.events = events, .data.ptr = self};
     int op = self->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     if (epoll_ctl(self->poller->epfd, op, self->fd, &ev) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -206,13 +221,26 @@ Poller_dispatch(Poller *self, PyObject *unused)
      * events here are skipped (closed), and it lives until the batch is done. */
     for (int i = 0; i < n; i++)
         Py_INCREF((PyObject *)events[i].data.ptr);
+    PyObject *lost = self->lost = PyList_New(0);
+    if (lost == NULL)
+        return NULL;
     for (int i = 0; i < n; i++) {
         Pollable *p = events[i].data.ptr;
         if (p->registered)
             p->on_event(p, events[i].events);
     }
+    self->lost = NULL;
     for (int i = 0; i < n; i++)
         Py_DECREF((PyObject *)events[i].data.ptr);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lost); i++) {
+        PyObject *pair = PyList_GET_ITEM(lost, i);
+        PyObject *transport = PyTuple_GET_ITEM(pair, 0);
+        PyObject *r = Transport_call_connection_lost((SocketTransport *)transport, PyTuple_GET_ITEM(pair, 1));
+        if (r == NULL)
+            report_raised(self, "protocol.connection_lost() failed", transport, NULL);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(lost);
     Py_RETURN_NONE;
 }
 
@@ -263,13 +291,20 @@ transport_finish(SocketTransport *self, PyObject *exc)
         return;
     Py_INCREF(self);
     self->closed = self->closing = 1;
-    pollable_watch((Pollable *)self, 0);
+    pollable_leave((Pollable *)self, 1);
     close(self->fd);
     self->fd = -1;
     PyMem_Free(self->wbuf);
     self->wbuf = NULL;
     self->whead = self->wlen = self->wcap = 0;
-    if (self->protocol != NULL && !self->lost_scheduled) {
+    if (self->protocol != NULL && !self->lost_scheduled && self->poller->lost != NULL) {
+        self->lost_scheduled = 1; /* at the end of this dispatch */
+        PyObject *pair = PyTuple_Pack(2, (PyObject *)self, exc ? exc : Py_None);
+        if (pair == NULL || PyList_Append(self->poller->lost, pair) < 0)
+            report_raised(self->poller, "scheduling connection_lost failed", (PyObject *)self, self->protocol);
+        Py_XDECREF(pair);
+    }
+    else if (self->protocol != NULL && !self->lost_scheduled) {
         self->lost_scheduled = 1;
         PyObject *method = PyObject_GetAttr((PyObject *)self, s_call_connection_lost);
         PyObject *r = method ? PyObject_CallMethodObjArgs(self->poller->loop, s_call_soon, method,
@@ -795,31 +830,29 @@ listener_accepted(Listener *self, int fd, const struct sockaddr_storage *addr, s
     Py_DECREF(t);
 }
 
+/* One connection per event, as libuv accepts: with the set level-triggered, a
+ * backlog comes back at once, and no accept4 is spent to learn it is empty. */
 static void
 listener_on_event(Pollable *pollable, uint32_t events)
 {
     Listener *self = (Listener *)pollable;
-    for (int i = 0; i < ACCEPTS_PER_EVENT && self->registered; i++) {
-        struct sockaddr_storage addr;
-        socklen_t len = sizeof addr;
-        int fd = accept4(self->fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return;
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
-                continue;
-            /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the Python side logs it and pauses */
-            PyErr_SetFromErrno(PyExc_OSError);
-            PyObject *exc = take_exception();
-            PyObject *r = exc ? PyObject_CallOneArg(self->on_error, exc) : NULL;
-            if (r == NULL)
-                report_raised(self->poller, "the listener's error callback failed", NULL, NULL);
-            Py_XDECREF(r);
-            Py_XDECREF(exc);
-            return;
-        }
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    int fd = accept4(self->fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
         listener_accepted(self, fd, &addr, len);
+        return;
     }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+        return;
+    /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the Python side logs it and pauses */
+    PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *exc = take_exception();
+    PyObject *r = exc ? PyObject_CallOneArg(self->on_error, exc) : NULL;
+    if (r == NULL)
+        report_raised(self->poller, "the listener's error callback failed", NULL, NULL);
+    Py_XDECREF(r);
+    Py_XDECREF(exc);
 }
 
 static PyObject *
