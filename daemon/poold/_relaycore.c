@@ -55,13 +55,15 @@ static PyObject *SYNC_POINTS;   /* b"QSF": Query, Sync and FunctionCall each owe
 static PyObject *TERMINATE;     /* ord("X") */
 static PyObject *IDLE;          /* b"I" */
 static PyObject *EMPTY;         /* b"" */
+static PyObject *ONE;           /* 1 */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause,
     *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
-    *s_ssl_context;
+    *s_ssl_context, *s_plan, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
+    *s_pids, *s_secrets, *s_draw_secrets, *s_key, *s_mode, *s_settings, *SESSION;
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
 
 static double
@@ -427,6 +429,7 @@ typedef struct {
 } PoolCore;
 
 static PyObject *client_server_ready(ClientCore *self, PyObject *status);
+static PyObject *Client_data_received(ClientCore *self, PyObject *data);
 static int client_on_server(ClientCore *self, ServerCore *link);
 
 static int
@@ -1223,6 +1226,181 @@ login_initial(ClientCore *self, const char *body, uint32_t n)
     return 1;
 }
 
+/* Runtime.register with the runtime's own state: the next free pid, a secret from
+ * its list, ``by_key`` and ``client.key``. The BackendKeyData message goes to ``out``
+ * (13 bytes). 0, or -1 with an exception set. */
+static int
+client_register(ClientCore *self, char *out)
+{
+    PyObject *pids = PyObject_GetAttr(self->rt, s_pids);
+    PyObject *by_key = pids ? PyObject_GetAttr(self->rt, s_by_key) : NULL;
+    PyObject *secrets = by_key ? PyObject_GetAttr(self->rt, s_secrets) : NULL;
+    PyObject *pid = NULL, *key = NULL;
+    int rc = -1;
+    if (secrets == NULL || !PyDict_CheckExact(by_key) || !PyList_CheckExact(secrets)) {
+        if (secrets != NULL)
+            PyErr_SetString(PyExc_TypeError, "runtime.by_key and runtime._secrets: a dict and a list");
+        goto done;
+    }
+    uint32_t p;
+    while (1) {
+        PyObject *next = PyIter_Next(pids);
+        if (next == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "runtime._pids ran out");
+            goto done;
+        }
+        p = (uint32_t)PyLong_AsUnsignedLongMask(next) & 0x7FFFFFFF;
+        Py_DECREF(next);
+        if (p == 0)
+            continue;
+        Py_XSETREF(pid, PyLong_FromUnsignedLong(p));
+        if (pid == NULL)
+            goto done;
+        int taken = PyDict_Contains(by_key, pid);
+        if (taken < 0)
+            goto done;
+        if (!taken)
+            break;
+    }
+    if (PyDict_SetItem(by_key, pid, (PyObject *)self) < 0)
+        goto done;
+    if (PyList_GET_SIZE(secrets) == 0) {
+        PyObject *r = PyObject_CallMethodNoArgs(self->rt, s_draw_secrets);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+        if (PyList_GET_SIZE(secrets) == 0) {
+            PyErr_SetString(PyExc_RuntimeError, "runtime._draw_secrets drew nothing");
+            goto done;
+        }
+    }
+    Py_ssize_t last = PyList_GET_SIZE(secrets) - 1;
+    uint32_t secret = (uint32_t)PyLong_AsUnsignedLongMask(PyList_GET_ITEM(secrets, last)) & 0x7FFFFFFF;
+    if (PyErr_Occurred() || PyList_SetSlice(secrets, last, last + 1, NULL) < 0)
+        goto done;
+    key = Py_BuildValue("(kk)", (unsigned long)p, (unsigned long)secret);
+    if (key == NULL || PyObject_SetAttr((PyObject *)self, s_key, key) < 0)
+        goto done;
+    out[0] = 'K';
+    put_be32(out + 1, 12);
+    put_be32(out + 5, p);
+    put_be32(out + 9, secret);
+    rc = 0;
+done:
+    Py_XDECREF(pids);
+    Py_XDECREF(by_key);
+    Py_XDECREF(secrets);
+    Py_XDECREF(pid);
+    Py_XDECREF(key);
+    return rc;
+}
+
+static const char READY_IDLE[6] = {'Z', 0, 0, 0, 5, 'I'};
+
+/* The proof checked: _native_login_done and _welcome where nothing waits, for a
+ * plan whose welcome (LoginPlan.welcome: its pool, the AuthenticationOk and
+ * ParameterStatus bytes, the client's own settings or None) was made for the
+ * pool the registry holds now, open. 1: done; 0: the Python method's (anything
+ * else); -1: error. */
+static int
+client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
+{
+    if (self->rt == NULL || self->write == NULL)
+        return 0;
+    PyObject *plan = PyObject_GetAttr((PyObject *)self, s_plan);
+    if (plan == NULL)
+        return -1;
+    PyObject *welcome = NULL, *key = NULL, *registry = NULL, *pools = NULL, *defaults = NULL, *clients = NULL,
+             *logins = NULL, *mode = NULL, *message = NULL;
+    int rc = -1;
+    if (plan == Py_None || (welcome = PyObject_GetAttr(plan, s_welcome)) == NULL)
+        goto done;
+    if (!PyTuple_CheckExact(welcome) || PyTuple_GET_SIZE(welcome) != 3) { /* None: not made yet */
+        rc = 0;
+        goto done;
+    }
+    PyObject *pool = PyTuple_GET_ITEM(welcome, 0), *settings = PyTuple_GET_ITEM(welcome, 1),
+             *own = PyTuple_GET_ITEM(welcome, 2);
+    if ((key = PyObject_GetAttr(plan, s_pool_key)) == NULL || (registry = PyObject_GetAttr(self->rt, s_pools)) == NULL ||
+        (pools = PyObject_GetAttr(registry, s_pools)) == NULL)
+        goto done;
+    PyObject *current = PyDict_CheckExact(pools) ? PyDict_GetItemWithError(pools, key) : NULL;
+    if (current == NULL && PyErr_Occurred())
+        goto done;
+    if (current != pool || !PyBytes_CheckExact(settings)) {
+        rc = 0;
+        goto done;
+    }
+    if ((defaults = PyObject_GetAttr(pool, s_defaults)) == NULL)
+        goto done;
+    if (defaults == Py_None) { /* not open yet: _enter_pool waits for it */
+        rc = 0;
+        goto done;
+    }
+    /* the login is over: from here on, as _native_login_done's first branch */
+    if (PyObject_SetAttr((PyObject *)self, s_plan, Py_None) < 0)
+        goto done;
+    Py_XSETREF(self->pool, Py_NewRef(pool));
+    if ((clients = PyObject_GetAttr(pool, s_clients)) == NULL)
+        goto done;
+    Py_SETREF(clients, PyNumber_Add(clients, ONE));
+    if (clients == NULL || PyObject_SetAttr(pool, s_clients, clients) < 0)
+        goto done;
+    if ((logins = PyObject_GetAttr(self->rt, s_logins)) == NULL)
+        goto done;
+    if (PyDict_CheckExact(logins) && PyDict_DelItem(logins, (PyObject *)self) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            goto done;
+        PyErr_Clear();
+    }
+    PyObject *pool_settings = PyObject_GetAttr(pool, s_settings);
+    if (pool_settings == NULL)
+        goto done;
+    mode = PyObject_GetAttr(pool_settings, s_mode);
+    Py_DECREF(pool_settings);
+    if (mode == NULL)
+        goto done;
+    int session = PyObject_RichCompareBool(mode, SESSION, Py_EQ);
+    if (session < 0)
+        goto done;
+    self->session_mode = (char)session;
+    if (own != Py_None) {
+        PyObject *copy = PyDict_Copy(own); /* the session's own: on_server_parameter changes it */
+        if (copy == NULL)
+            goto done;
+        Py_XSETREF(self->wanted, copy);
+    }
+    Py_ssize_t n_final = PyBytes_GET_SIZE(sasl_final), n_settings = PyBytes_GET_SIZE(settings);
+    message = PyBytes_FromStringAndSize(NULL, n_final + n_settings + 13 + (Py_ssize_t)sizeof READY_IDLE);
+    if (message == NULL)
+        goto done;
+    char *m = PyBytes_AS_STRING(message);
+    memcpy(m, PyBytes_AS_STRING(sasl_final), (size_t)n_final);
+    memcpy(m + n_final, PyBytes_AS_STRING(settings), (size_t)n_settings);
+    if (client_register(self, m + n_final + n_settings) < 0)
+        goto done;
+    memcpy(m + n_final + n_settings + 13, READY_IDLE, sizeof READY_IDLE);
+    if (call_done(PyObject_CallOneArg(self->write, message)) < 0)
+        goto done;
+    self->relaying = 1;
+    rc = 1;
+    if (PyBytes_GET_SIZE(rest) && call_done(Client_data_received(self, rest)) < 0)
+        rc = -1;
+done:
+    Py_DECREF(plan);
+    Py_XDECREF(welcome);
+    Py_XDECREF(key);
+    Py_XDECREF(registry);
+    Py_XDECREF(pools);
+    Py_XDECREF(defaults);
+    Py_XDECREF(clients);
+    Py_XDECREF(logins);
+    Py_XDECREF(mode);
+    Py_XDECREF(message);
+    return rc;
+}
+
 static PyObject *
 client_login(ClientCore *self, PyObject *data)
 {
@@ -1295,8 +1473,12 @@ client_login(ClientCore *self, PyObject *data)
         put_be32(m + 5, 12); /* AuthenticationSASLFinal */
         memcpy(m + 9, final, final_len);
         login_reset(self);
-        PyObject *result =
-            PyObject_CallMethodObjArgs((PyObject *)self, s_native_login_done, message, rest, NULL);
+        PyObject *result = NULL;
+        rc = client_welcome(self, message, rest);
+        if (rc > 0)
+            result = Py_NewRef(Py_None);
+        else if (rc == 0)
+            result = PyObject_CallMethodObjArgs((PyObject *)self, s_native_login_done, message, rest, NULL);
         Py_DECREF(message);
         Py_DECREF(rest);
         return result;
@@ -1622,11 +1804,26 @@ PyInit__relaycore(void)
     INTERN(s_native_login_done, "_native_login_done");
     INTERN(s_native_login_fallback, "_native_login_fallback");
     INTERN(s_ssl_context, "ssl_context");
+    INTERN(s_plan, "_plan");
+    INTERN(s_welcome, "welcome");
+    INTERN(s_pool_key, "pool_key");
+    INTERN(s_pools, "pools");
+    INTERN(s_defaults, "defaults");
+    INTERN(s_clients, "clients");
+    INTERN(s_logins, "logins");
+    INTERN(s_by_key, "by_key");
+    INTERN(s_pids, "_pids");
+    INTERN(s_secrets, "_secrets");
+    INTERN(s_draw_secrets, "_draw_secrets");
+    INTERN(s_key, "key");
+    INTERN(s_mode, "mode");
+    INTERN(s_settings, "settings");
+    INTERN(SESSION, "session");
     /* 'R', length 23, 10 (AuthenticationSASL), "SCRAM-SHA-256", NUL, NUL */
     if ((AUTH_SASL = PyBytes_FromStringAndSize("R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0", 24)) == NULL)
         return NULL;
     if ((SYNC_POINTS = PyBytes_FromString("QSF")) == NULL || (TERMINATE = PyLong_FromLong('X')) == NULL ||
-        (IDLE = PyBytes_FromString("I")) == NULL || (EMPTY = PyBytes_FromString("")) == NULL ||
+        (IDLE = PyBytes_FromString("I")) == NULL || (EMPTY = PyBytes_FromString("")) == NULL || (ONE = PyLong_FromLong(1)) == NULL ||
         (DRAIN_STATE = PyUnicode_FromString("57P01")) == NULL ||
         (DRAIN_MESSAGE = PyUnicode_FromString("terminating connection: poold is draining")) == NULL)
         return NULL;

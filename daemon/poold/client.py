@@ -610,7 +610,10 @@ class ClientSession(ClientCore, asyncio.Protocol):
         return plan.keys
 
     def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
-        """The C login checked the proof: the rest of the login is ``_enter_pool``'s."""
+        """The C login checked the proof: the rest of the login is ``_enter_pool``'s.
+
+        Once the plan's welcome is made for the registry's open pool, the C login
+        does the first branch itself (_relaycore.c, client_welcome)."""
         plan, self._plan = self._plan, None
         assert plan is not None
         rt = self.rt
@@ -619,9 +622,11 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self.pool = pool
             pool.clients += 1
             rt.logins.pop(self, None)  # the login is over: _end_login, with the C login's own state reset already
-            if plan.greeting_pool is not pool:  # this packet's greeting, kept for its pool
-                plan.greeting, plan.greeting_pool = _greeting(pool, pool.defaults, plan.wanted), pool
-            self._welcome(plan.startup, pool, plan.greeting, sasl_final, rest)  # type: ignore[arg-type]
+            welcome = plan.welcome
+            if welcome is None or welcome[0] is not pool:  # this packet's greeting, kept for its pool
+                own, settings = _greeting(pool, pool.defaults, plan.wanted)
+                plan.welcome = welcome = (pool, settings, own or None)
+            self._welcome(plan.startup, pool, (welcome[2] or {}, welcome[1]), sasl_final, rest)
         else:
             self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
             self._login = self._enter_pool(plan.startup, plan.db, plan.wanted, sasl_final)
@@ -671,16 +676,16 @@ class LoginPlan:
     An unknown user's plan keeps its mock keys like any other: its ServerKey signs
     nothing, since no proof matches the mock StoredKey."""
 
-    __slots__ = ("db", "database", "greeting", "greeting_pool", "keys", "pool_key", "startup", "user", "wanted")
+    __slots__ = ("db", "database", "keys", "pool_key", "startup", "user", "wanted", "welcome")
 
     def __init__(self, startup: messages.StartupMessage, db: DatabaseSettings, wanted: dict[str, str],
                  keys: auth.NativeKeys) -> None:
         self.startup, self.db, self.wanted, self.keys = startup, db, wanted, keys  # wanted: read, never changed
         self.user, self.database = startup.user, startup.database
         self.pool_key = PoolRegistry.key(db, self.user)
-        #: _greeting for the pool these logins last joined
-        self.greeting: Greeting | None = None
-        self.greeting_pool: Pool | None = None
+        #: for the pool these logins last joined: (the pool, the AuthenticationOk and
+        #: ParameterStatus bytes, the settings of the client's own or None); see _greeting
+        self.welcome: tuple[Pool, bytes, dict[str, str] | None] | None = None
 
 
 #: the settings a client asked for that differ from its pool's, and the welcome's

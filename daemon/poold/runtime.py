@@ -55,16 +55,22 @@ class Runtime:
             self.login_plans.clear()
 
     def register(self, client: ClientSession) -> bytes:
-        """Give a logged-in client its own cancel key (``client.key``); its BackendKeyData message."""
+        """Give a logged-in client its own cancel key (``client.key``); its BackendKeyData message.
+
+        The C login does the same with the same state (_relaycore.c, client_register)."""
         while True:
             pid = next(self._pids) & 0x7FFFFFFF
             if pid and pid not in self.by_key:
                 break
         self.by_key[pid] = client
         if not self._secrets:
-            self._secrets = list(_SECRETS.unpack(os.urandom(_SECRETS.size)))
+            self._draw_secrets()
         client.key = key = (pid, self._secrets.pop() & 0x7FFFFFFF)
         return backend_key_data(*key)
+
+    def _draw_secrets(self) -> None:
+        """The next 1,024 cancel key secrets (the C login's registration draws them here too)."""
+        self._secrets.extend(_SECRETS.unpack(os.urandom(_SECRETS.size)))
 
     def unregister(self, client: ClientSession) -> None:
         self.clients.discard(client)

@@ -59,6 +59,11 @@ class Session(ClientSession):
 
     handed_over: list[int] = []
     entered: int = 0  # logins that went through _enter_pool (the Python login, or a pool to wait for)
+    done_in_python: int = 0  # proofs checked by the C login whose welcome Python sent
+
+    def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
+        Session.done_in_python += 1
+        super()._native_login_done(sasl_final, rest)
 
     def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None, negotiated: int) -> None:
         Session.handed_over.append(sent)
@@ -414,21 +419,42 @@ def test_the_kept_plans_are_bounded() -> None:
 
 
 def test_logins_after_the_first_run_on_the_kept_plan() -> None:
+    """The first login makes the plan's welcome in Python; the next ones send it from C
+    (client_welcome), with a cancel key of their own, and a query pipelined after the
+    proof is relayed."""
     rt = runtime()
-    for _ in range(3):
+    pool = rt.pools.pools[("app", "app")]
+    Session.done_in_python = 0
+    welcomes, sessions = [], []
+    for i in range(3):
         session, transport = Session(rt), Transport()
         session.connection_made(transport)  # type: ignore[arg-type]
         client = Client("app", "secret")
-        session.data_received(startup("app"))
+        packet = payload(user="app", database="app", DateStyle="ISO")
+        session.data_received(struct.pack("!I", len(packet) + 4) + packet)
         (kind, body), = split(transport.written)
         transport.written = b""
         session.data_received(client.first())
         (kind, body), = split(transport.written)
         transport.written = b""
-        session.data_received(client.final(body[4:]))
+        session.relayed = []  # type: ignore[attr-defined]
+        session._relay = session.relayed.append  # type: ignore[attr-defined, method-assign]
+        session.data_received(client.final(body[4:]) + (b"Q\0\0\0\x0dselect 1\0" if i == 2 else b""))
         got = split(transport.written)
         client.check(got[0][1][4:])
         assert client.verified and kinds(got)[-1] == b"Z" and session.relaying
+        assert session.pool is pool and session not in rt.logins and session._plan is None
+        assert session.wanted == {"DateStyle": "ISO"} and not session.session_mode
+        pid, secret = struct.unpack("!ii", dict(got)[b"K"])
+        assert session.key == (pid, secret) and rt.by_key[pid] is session and secret > 0
+        welcomes.append([m for m in got[1:] if m[0] != b"K"])  # after SASLFinal (its signature differs)
+        sessions.append(session)
+    assert Session.done_in_python == 1  # the first login; the others were C's
+    assert welcomes[0] == welcomes[1] == welcomes[2]
+    assert pool.clients == 3 and len({s.key for s in sessions}) == 3
+    assert sessions[1].wanted is not sessions[2].wanted  # each session's own copy
+    assert sessions[2].relayed == [b"Q\0\0\0\x0dselect 1\0"]  # type: ignore[attr-defined]
+    assert sessions[0].relayed == []  # type: ignore[attr-defined]
     assert len(rt.login_plans) == 1
 
 
