@@ -62,8 +62,11 @@ static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause,
     *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
-    *s_ssl_context, *s_plan, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
-    *s_pids, *s_secrets, *s_draw_secrets, *s_key, *s_mode, *s_settings, *SESSION;
+    *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
+    *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
+    *s_config, *s_max_message_size, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended;
+static PyObject *NO_KEY;    /* (0, 0): a session's cancel key until it has one */
+static PyObject *EMPTY_STR; /* "" */
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
 
 static double
@@ -409,6 +412,10 @@ typedef struct {
     PyObject *login_buf;  /* every byte the client sent so far (since the startup packet, after an 'N') */
     Py_ssize_t login_pos; /* where the next unread message starts */
     ScramServer *scram;
+    /* the rest of ClientSession's state, here so that a connection starts without Python */
+    PyObject *login, *login_wait, *peer, *plan, *reader, *key, *user, *database;
+    double connected_at;
+    char tls, self_paused;
 } ClientCore;
 
 typedef struct {
@@ -1279,9 +1286,12 @@ client_register(ClientCore *self, char *out)
     uint32_t secret = (uint32_t)PyLong_AsUnsignedLongMask(PyList_GET_ITEM(secrets, last)) & 0x7FFFFFFF;
     if (PyErr_Occurred() || PyList_SetSlice(secrets, last, last + 1, NULL) < 0)
         goto done;
-    key = Py_BuildValue("(kk)", (unsigned long)p, (unsigned long)secret);
-    if (key == NULL || PyObject_SetAttr((PyObject *)self, s_key, key) < 0)
+    PyObject *secret_obj = PyLong_FromUnsignedLong(secret);
+    key = secret_obj ? PyTuple_Pack(2, pid, secret_obj) : NULL;
+    Py_XDECREF(secret_obj);
+    if (key == NULL)
         goto done;
+    Py_XSETREF(self->key, Py_NewRef(key));
     out[0] = 'K';
     put_be32(out + 1, 12);
     put_be32(out + 5, p);
@@ -1308,9 +1318,9 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
 {
     if (self->rt == NULL || self->write == NULL)
         return 0;
-    PyObject *plan = PyObject_GetAttr((PyObject *)self, s_plan);
-    if (plan == NULL)
-        return -1;
+    if (self->plan == NULL)
+        return 0;
+    PyObject *plan = Py_NewRef(self->plan);
     PyObject *welcome = NULL, *key = NULL, *registry = NULL, *pools = NULL, *defaults = NULL, *clients = NULL,
              *logins = NULL, *mode = NULL, *message = NULL;
     int rc = -1;
@@ -1339,8 +1349,7 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
         goto done;
     }
     /* the login is over: from here on, as _native_login_done's first branch */
-    if (PyObject_SetAttr((PyObject *)self, s_plan, Py_None) < 0)
-        goto done;
+    Py_CLEAR(self->plan);
     Py_XSETREF(self->pool, Py_NewRef(pool));
     if ((clients = PyObject_GetAttr(pool, s_clients)) == NULL)
         goto done;
@@ -1659,11 +1668,125 @@ Client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->replay = Py_NewRef(Py_None);
     self->buffered = PyList_New(0);
     self->wanted = PyDict_New();
+    self->key = Py_NewRef(NO_KEY);
+    self->user = Py_NewRef(EMPTY_STR);
+    self->database = Py_NewRef(EMPTY_STR);
     if (self->buffered == NULL || self->wanted == NULL) {
         Py_DECREF(self);
         return NULL;
     }
     return (PyObject *)self;
+}
+
+/* ClientSession(runtime): ClientCorePy.__init__'s rest, the runtime and the scanner
+ * (the class's scanner_type, made through the C API when it is the native one). */
+static int
+Client_init(ClientCore *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *runtime;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_UnpackTuple(args, "ClientSession", 1, 1, &runtime)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "ClientSession takes the runtime, by position");
+        return -1;
+    }
+    Py_XSETREF(self->rt, Py_NewRef(runtime));
+    PyObject *config = PyObject_GetAttr(runtime, s_config);
+    PyObject *clients = config ? PyObject_GetAttr(config, s_clients) : NULL;
+    PyObject *max_length = clients ? PyObject_GetAttr(clients, s_max_message_size) : NULL;
+    PyObject *type = max_length ? PyObject_GetAttr((PyObject *)Py_TYPE(self), s_scanner_type) : NULL;
+    PyObject *scanner = NULL;
+    if (type != NULL && framing != NULL && type == (PyObject *)framing->scanner_type) {
+        long long n = PyLong_AsLongLong(max_length);
+        if (!(n == -1 && PyErr_Occurred()))
+            scanner = framing->new_scanner(1, n);
+    }
+    else if (type != NULL)
+        scanner = PyObject_CallFunctionObjArgs(type, EMPTY, Py_True, max_length, NULL);
+    Py_XDECREF(config);
+    Py_XDECREF(clients);
+    Py_XDECREF(max_length);
+    Py_XDECREF(type);
+    if (scanner == NULL)
+        return -1;
+    Py_XSETREF(self->scanner, scanner);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    self->connected_at = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    return 0;
+}
+
+/* asyncio.Protocol.connection_made: ClientCorePy.connection_made, with the C login
+ * reading the client's first bytes. */
+static PyObject *
+Client_connection_made(ClientCore *self, PyObject *transport)
+{
+    if (self->rt == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ClientSession was not given its runtime");
+        return NULL;
+    }
+    if (set_transport(&self->transport, &self->write, transport) < 0)
+        return NULL;
+    PyObject *clients = PyObject_GetAttr(self->rt, s_clients);
+    PyObject *logins = clients ? PyObject_GetAttr(self->rt, s_logins) : NULL;
+    PyObject *now = logins ? PyFloat_FromDouble(monotonic()) : NULL; /* login_timeout: Runtime.expire_logins */
+    int rc = now != NULL && PySet_Add(clients, (PyObject *)self) == 0 &&
+             PyDict_SetItem(logins, (PyObject *)self, now) == 0;
+    Py_XDECREF(clients);
+    Py_XDECREF(logins);
+    Py_XDECREF(now);
+    if (!rc)
+        return NULL;
+    self->native_login = 1;
+    Py_RETURN_NONE;
+}
+
+/* asyncio.Protocol.connection_lost: ClientCorePy.connection_lost, calling the same
+ * Python methods for what is not the common end of a session. */
+static PyObject *
+Client_connection_lost(ClientCore *self, PyObject *exc)
+{
+    if (self->closed || self->rt == NULL)
+        Py_RETURN_NONE;
+    self->closed = 1;
+    if (!self->relaying && call_done(PyObject_CallMethodNoArgs((PyObject *)self, s_end_login)) < 0)
+        return NULL;
+    /* Runtime.unregister */
+    PyObject *clients = PyObject_GetAttr(self->rt, s_clients);
+    PyObject *by_key = clients ? PyObject_GetAttr(self->rt, s_by_key) : NULL;
+    int rc = by_key != NULL && PySet_Discard(clients, (PyObject *)self) >= 0;
+    if (rc && PyTuple_Check(self->key) && PyTuple_GET_SIZE(self->key) == 2 && PyDict_Check(by_key)) {
+        PyObject *pid = PyTuple_GET_ITEM(self->key, 0);
+        PyObject *holder = PyDict_GetItemWithError(by_key, pid);
+        if (holder == (PyObject *)self)
+            rc = PyDict_DelItem(by_key, pid) == 0;
+        else if (holder == NULL && PyErr_Occurred())
+            rc = 0;
+    }
+    Py_XDECREF(clients);
+    Py_XDECREF(by_key);
+    if (!rc)
+        return NULL;
+    if (!is_none(self->pool)) {
+        PyObject *pool = Py_NewRef(self->pool);
+        PyObject *count = PyObject_GetAttr(pool, s_clients);
+        Py_XSETREF(count, count ? PyNumber_Subtract(count, ONE) : NULL);
+        rc = count != NULL && PyObject_SetAttr(pool, s_clients, count) == 0;
+        Py_XDECREF(count);
+        if (rc && self->waiting) {
+            self->waiting = 0;
+            rc = call_done(PyObject_CallMethodOneArg(pool, s_cancel_wait, (PyObject *)self)) == 0;
+        }
+        if (rc && !is_none(self->server)) {
+            rc = call_done(PyObject_CallMethodObjArgs((PyObject *)self, s_hand_back, self->server, pool, NULL)) == 0;
+            Py_XSETREF(self->server, Py_NewRef(Py_None));
+        }
+        Py_DECREF(pool);
+        if (!rc)
+            return NULL;
+    }
+    if (self->relaying)
+        return PyObject_CallMethodNoArgs((PyObject *)self, s_session_ended);
+    Py_RETURN_NONE;
 }
 
 static int
@@ -1678,6 +1801,11 @@ Client_traverse(ClientCore *self, visitproc visit, void *arg)
     Py_VISIT(self->wanted);
     Py_VISIT(self->rt);
     Py_VISIT(self->login_buf);
+    Py_VISIT(self->login);
+    Py_VISIT(self->login_wait);
+    Py_VISIT(self->plan);
+    Py_VISIT(self->reader);
+    Py_VISIT(self->key);
     return 0;
 }
 
@@ -1694,6 +1822,14 @@ Client_clear(ClientCore *self)
     Py_CLEAR(self->wanted);
     Py_CLEAR(self->rt);
     login_reset(self);
+    Py_CLEAR(self->login);
+    Py_CLEAR(self->login_wait);
+    Py_CLEAR(self->peer);
+    Py_CLEAR(self->plan);
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->user);
+    Py_CLEAR(self->database);
     return 0;
 }
 
@@ -1707,6 +1843,8 @@ Client_dealloc(ClientCore *self)
 
 static PyMethodDef Client_methods[] = {
     {"data_received", (PyCFunction)Client_data_received, METH_O, "asyncio.Protocol.data_received"},
+    {"connection_made", (PyCFunction)Client_connection_made, METH_O, "asyncio.Protocol.connection_made"},
+    {"connection_lost", (PyCFunction)Client_connection_lost, METH_O, "asyncio.Protocol.connection_lost"},
     {"on_server", (PyCFunction)Client_on_server, METH_O, "pools.Waiter.on_server: the awaited link."},
     {"on_server_ready", (PyCFunction)Client_on_server_ready, METH_O,
      "ReadyForQuery with nothing more owed: count the transaction; release at 'I' in transaction mode."},
@@ -1736,6 +1874,17 @@ static PyMemberDef Client_members[] = {
     {"replay_safe", T_BOOL, offsetof(ClientCore, replay_safe), 0, NULL},
     {"_server_paused", T_BOOL, offsetof(ClientCore, server_paused), 0, NULL},
     {"native_login", T_BOOL, offsetof(ClientCore, native_login), 0, NULL},
+    {"_login", T_OBJECT, offsetof(ClientCore, login), 0, NULL},
+    {"_login_wait", T_OBJECT, offsetof(ClientCore, login_wait), 0, NULL},
+    {"_peer", T_OBJECT, offsetof(ClientCore, peer), 0, NULL},
+    {"_plan", T_OBJECT, offsetof(ClientCore, plan), 0, NULL},
+    {"_reader", T_OBJECT, offsetof(ClientCore, reader), 0, NULL},
+    {"key", T_OBJECT, offsetof(ClientCore, key), 0, NULL},
+    {"user", T_OBJECT, offsetof(ClientCore, user), 0, NULL},
+    {"database", T_OBJECT, offsetof(ClientCore, database), 0, NULL},
+    {"connected_at", T_DOUBLE, offsetof(ClientCore, connected_at), 0, NULL},
+    {"tls", T_BOOL, offsetof(ClientCore, tls), 0, NULL},
+    {"_self_paused", T_BOOL, offsetof(ClientCore, self_paused), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1751,6 +1900,7 @@ static PyTypeObject ClientCoreType = {
     .tp_basicsize = sizeof(ClientCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_new = Client_new,
+    .tp_init = (initproc)Client_init,
     .tp_traverse = (traverseproc)Client_traverse,
     .tp_clear = (inquiry)Client_clear,
     .tp_dealloc = (destructor)Client_dealloc,
@@ -1804,7 +1954,6 @@ PyInit__relaycore(void)
     INTERN(s_native_login_done, "_native_login_done");
     INTERN(s_native_login_fallback, "_native_login_fallback");
     INTERN(s_ssl_context, "ssl_context");
-    INTERN(s_plan, "_plan");
     INTERN(s_welcome, "welcome");
     INTERN(s_pool_key, "pool_key");
     INTERN(s_pools, "pools");
@@ -1815,9 +1964,17 @@ PyInit__relaycore(void)
     INTERN(s_pids, "_pids");
     INTERN(s_secrets, "_secrets");
     INTERN(s_draw_secrets, "_draw_secrets");
-    INTERN(s_key, "key");
     INTERN(s_mode, "mode");
     INTERN(s_settings, "settings");
+    INTERN(s_config, "config");
+    INTERN(s_max_message_size, "max_message_size");
+    INTERN(s_scanner_type, "scanner_type");
+    INTERN(s_end_login, "_end_login");
+    INTERN(s_cancel_wait, "cancel_wait");
+    INTERN(s_hand_back, "_hand_back");
+    INTERN(s_session_ended, "_session_ended");
+    if ((NO_KEY = Py_BuildValue("(ii)", 0, 0)) == NULL || (EMPTY_STR = PyUnicode_FromString("")) == NULL)
+        return NULL;
     INTERN(SESSION, "session");
     /* 'R', length 23, 10 (AuthenticationSASL), "SCRAM-SHA-256", NUL, NUL */
     if ((AUTH_SASL = PyBytes_FromStringAndSize("R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0", 24)) == NULL)

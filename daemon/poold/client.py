@@ -68,13 +68,20 @@ class ClientCorePy:
     The C version does ``_relay`` itself for the common chunk (requests for the
     server connection held, or the first request of a transaction, leased at
     once or queued for), ``on_server`` and ``on_server_ready`` up to the
-    release; it calls the methods below for everything else.
+    release; it calls the methods below for everything else. It also starts
+    and ends a connection (``__init__``, ``connection_made``, ``connection_lost``)
+    and holds the whole session's state, so that a connection costs no Python
+    until it does something unusual.
     """
 
-    __slots__ = ("_server_paused", "buffered", "buffered_syncs", "closed", "in_batch", "native_login", "pool",
+    # Slots: one of these lives per client connection, idle ones included.
+    __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
+                 "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pool",
                  "relaying", "replay", "replay_safe", "replay_syncs", "replayed", "rt", "scanner", "server",
-                 "session_mode", "terminating", "transactions", "transport", "wait_start", "waiting", "wanted",
-                 "xact_start")
+                 "session_mode", "terminating", "tls", "transactions", "transport", "user", "wait_start", "waiting",
+                 "wanted", "xact_start")
+
+    scanner_type: type[PyFrameScanner]  # the class's: ClientSession.scanner_type
 
     transport: asyncio.Transport | None
     scanner: PyFrameScanner
@@ -98,10 +105,29 @@ class ClientCorePy:
     in_batch: bool  # messages sent since the last Sync
     session_mode: bool
     _server_paused: bool
-    native_login: bool  # the C core reads the login (never here: see ClientSession.connection_made)
+    native_login: bool  # the C core reads the login (never here: see connection_made)
+    tls: bool
+    key: tuple[int, int]  # the cancel key (pid, secret), (0, 0) until logged in
+    user: str
+    database: str
+    connected_at: float  # time.time()
+    _peer: str | None
+    _reader: MessageReader | None
+    _login: auth.Steps[None] | None  # the login's steps, until it is done
+    _login_wait: asyncio.Future[Any] | None  # what a login step waits for
+    _plan: LoginPlan | None  # the C login's plan (_native_login_plan), until its proof is checked
+    _self_paused: bool
 
-    def __init__(self) -> None:
-        # A new session's state; the C core starts from the same (_relaycore.c, Client_new).
+    def __init__(self, runtime: Runtime) -> None:
+        # A new session's state; the C core starts from the same (_relaycore.c, Client_new, Client_init).
+        self.rt = runtime
+        # FrameScanner(report_all=True, max_length=...), by position: keywords cost a connection 0.25 us
+        self.scanner = self.scanner_type(b"", True, runtime.config.clients.max_message_size)
+        self._peer = self._reader = self._login = self._login_wait = self._plan = None
+        self.tls = self._self_paused = False
+        self.key = (0, 0)
+        self.user = self.database = ""
+        self.connected_at = time.time()
         self.transport = self.pool = self.server = self.replay = None
         self.buffered = []
         self.wanted = {}
@@ -109,6 +135,32 @@ class ClientCorePy:
         self.xact_start = self.wait_start = 0.0
         self.relaying = self.waiting = self.terminating = self.closed = self.in_batch = False
         self.session_mode = self.replayed = self.replay_safe = self._server_paused = self.native_login = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        rt = self.rt
+        rt.clients.add(self)  # type: ignore[arg-type]
+        rt.logins[self] = time.monotonic()  # type: ignore[index]  # login_timeout: see Runtime.expire_logins
+        self._start_login()  # the C core sets native_login instead: its C login reads the bytes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.relaying:  # else the login ended already
+            self._end_login()
+        self.rt.unregister(self)  # type: ignore[arg-type]
+        pool = self.pool
+        if pool is not None:
+            pool.clients -= 1
+            if self.waiting:
+                self.waiting = False
+                pool.cancel_wait(self)  # type: ignore[arg-type]
+            if self.server is not None:
+                self._hand_back(self.server, pool)
+                self.server = None
+        if self.relaying:
+            self._session_ended()
 
     def data_received(self, data: bytes) -> None:
         if self.relaying:
@@ -167,6 +219,18 @@ class ClientCorePy:
     def _unpause(self, link: ServerLink) -> None:
         raise NotImplementedError
 
+    def _start_login(self) -> None:
+        raise NotImplementedError
+
+    def _end_login(self) -> None:
+        raise NotImplementedError
+
+    def _hand_back(self, link: ServerLink, pool: Pool) -> None:
+        raise NotImplementedError
+
+    def _session_ended(self) -> None:
+        raise NotImplementedError
+
 
 if TYPE_CHECKING:
     ClientCore = ClientCorePy
@@ -179,27 +243,11 @@ NATIVE_LOGIN = ClientCore is not ClientCorePy
 
 
 class ClientSession(ClientCore, asyncio.Protocol):
-    # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "connected_at", "database", "key",
-                 "tls", "user")
+    # Its state is the core's (ClientCorePy.__slots__, or the C core's members).
+    __slots__ = ()
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__()  # the core's state (ClientCorePy.__init__, or the C core's own)
-        self.rt = runtime
-        self._peer: str | None = None
-        self._reader: MessageReader | None = None
-        # FrameScanner(report_all=True, max_length=...), by position: keywords cost a connection 0.25 us
-        self.scanner = FrameScanner(b"", True, runtime.config.clients.max_message_size)
-        self.tls = False
-        self.key = (0, 0)
-        self.user = ""
-        self.database = ""
-        self.connected_at = time.time()
-        self._login: auth.Steps[None] | None = None  # the login's steps, until it is done
-        self._login_wait: asyncio.Future[Any] | None = None  # what a login step waits for
-        # the C login's plan (_native_login_plan), until its proof is checked
-        self._plan: LoginPlan | None = None
-        self._self_paused = False
+    #: the frame scanner class a session reads its client with (__init__ makes one)
+    scanner_type = FrameScanner
 
     @property
     def state(self) -> str:
@@ -226,16 +274,10 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._reader = MessageReader()
         return self._reader
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        rt = self.rt
-        rt.clients.add(self)
-        rt.logins[self] = time.monotonic()  # login_timeout: see Runtime.expire_logins
-        if NATIVE_LOGIN:
-            self.native_login = True
-        else:
-            self._login = self._login_steps()
-            self._advance()  # up to reading the startup packet
+    def _start_login(self) -> None:
+        """The Python login (where the C core does not read it): up to reading the startup packet."""
+        self._login = self._login_steps()
+        self._advance()
 
     def _login_data(self, data: bytes) -> None:
         try:
@@ -249,23 +291,9 @@ class ClientSession(ClientCore, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return False  # close; a client half-close ends the session
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if not self.relaying:  # else the login ended already
-            self._end_login()
-        self.rt.unregister(self)
-        pool = self.pool
-        if pool is not None:
-            pool.clients -= 1
-            if self.waiting:
-                self.waiting = False
-                pool.cancel_wait(self)
-            if self.server is not None:
-                self._hand_back(self.server, pool)
-                self.server = None
-        if self.relaying and _stdlog.isEnabledFor(logging.INFO):  # a filtered call still costs microseconds
+    def _session_ended(self) -> None:
+        """A logged-in client is gone: its log line."""
+        if _stdlog.isEnabledFor(logging.INFO):  # a filtered call still costs microseconds
             log.info(
                 "client_session_end",
                 peer=self.peer,
@@ -662,8 +690,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
                 raise ProtocolError("received unencrypted data after SSL request")
             ctx = self.rt.ssl_context
             if isinstance(request, messages.SSLRequest) and ctx is not None and not self.tls:
-                self.transport.write(b"S")  # type: ignore[union-attr]
-                self.transport = yield clientio.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]
+                self.transport = yield clientio.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]  # 'S', then TLS
                 self.tls = True
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]

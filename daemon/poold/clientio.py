@@ -129,21 +129,20 @@ class NativeServer:
 
 
 class _Handover(asyncio.Protocol):
-    """Holds a socket handed to the event loop for TLS until start_tls gives it
-    its protocol: reads nothing meanwhile."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]
+    """A socket handed to the event loop for TLS, until start_tls gives it its
+    protocol. The client sends nothing meanwhile: it waits for the 'S'."""
 
 
-async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.Protocol,
-                    ctx: Any) -> asyncio.Transport:
-    """loop.start_tls, server side, for either kind of transport: a C transport's
-    socket is handed to the event loop first (TLS is the event loop's)."""
+async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.Protocol, ctx: Any) -> asyncio.Transport:
+    """Answer an SSLRequest 'S' and start TLS, server side, on either kind of
+    transport: a C transport's socket is handed to the event loop first (TLS is
+    the event loop's), before the 'S', so no byte of the handshake can reach the
+    wrong reader."""
     loop = asyncio.get_running_loop()
     if native is not None and isinstance(transport, native.SocketTransport):
         sock = socket.socket(fileno=transport.detach())
         transport, _ = await loop.connect_accepted_socket(_Handover, sock)
+    transport.write(b"S")  # type: ignore[attr-defined]
     tls = await loop.start_tls(transport, protocol, ctx, server_side=True)  # type: ignore[arg-type]
     assert tls is not None
     return tls

@@ -36,6 +36,8 @@ typedef struct {
     unsigned char watch[256];
 } Scanner;
 
+static PyTypeObject ScannerType;
+
 /* The exception for a bad length, built by framing._bad_length so that the
  * classes and wording live in one place. */
 static PyObject *
@@ -327,6 +329,17 @@ Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static PyObject *
+capi_new_scanner(int report_all, long long max_length)
+{
+    Scanner *self = (Scanner *)ScannerType.tp_alloc(&ScannerType, 0); /* zeroed: no watch, no carry */
+    if (self == NULL)
+        return NULL;
+    self->report_all = report_all;
+    self->max_length = max_length;
+    return (PyObject *)self;
+}
+
 static void
 Scanner_dealloc(Scanner *self)
 {
@@ -387,6 +400,7 @@ PyInit__framing(void)
     capi.tally = capi_tally;
     capi.feed = capi_feed;
     capi.at_boundary = capi_at_boundary;
+    capi.new_scanner = capi_new_scanner;
     PyObject *capsule = PyCapsule_New(&capi, FRAMING_CAPI_NAME, NULL);
     if (capsule == NULL || PyModule_AddObject(m, "_C_API", capsule) < 0) {
         Py_XDECREF(capsule);

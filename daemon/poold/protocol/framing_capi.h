@@ -1,7 +1,7 @@
 /*
  * The native FrameScanner's C API, for the relay core (poold/_relaycore.c):
  * the walks of FrameScanner.tally and .feed and the at_boundary test, callable
- * without a method call. Exported by _framing as the capsule named below.
+ * without a method call, and a constructor. Exported by _framing as the capsule named below.
  */
 #ifndef POOLD_FRAMING_CAPI_H
 #define POOLD_FRAMING_CAPI_H
@@ -18,6 +18,8 @@ typedef struct {
     /* feed(data): the frames list, or NULL with an exception set */
     PyObject *(*feed)(PyObject *scanner, const char *data, Py_ssize_t n);
     int (*at_boundary)(PyObject *scanner);
+    /* FrameScanner(b"", report_all, max_length), without parsing arguments: a new reference or NULL */
+    PyObject *(*new_scanner)(int report_all, long long max_length);
 } FramingCAPI;
 
 #endif
