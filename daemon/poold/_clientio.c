@@ -52,8 +52,9 @@ typedef struct {
     PyObject_HEAD
     int epfd;
     PyObject *loop;
+    char dispatching;
     /* while dispatch runs: (transport, exc) pairs whose connection_lost runs when
-     * the batch is done, rather than through a call_soon handle each */
+     * the batch is done, rather than through a call_soon handle each (made when needed) */
     PyObject *lost;
 } Poller;
 
@@ -221,18 +222,18 @@ Poller_dispatch(Poller *self, PyObject *unused)
      * events here are skipped (closed), and it lives until the batch is done. */
     for (int i = 0; i < n; i++)
         Py_INCREF((PyObject *)events[i].data.ptr);
-    PyObject *lost = self->lost = PyList_New(0);
-    if (lost == NULL)
-        return NULL;
+    self->dispatching = 1;
     for (int i = 0; i < n; i++) {
         Pollable *p = events[i].data.ptr;
         if (p->registered)
             p->on_event(p, events[i].events);
     }
-    self->lost = NULL;
+    self->dispatching = 0;
     for (int i = 0; i < n; i++)
         Py_DECREF((PyObject *)events[i].data.ptr);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lost); i++) {
+    PyObject *lost = self->lost;
+    self->lost = NULL;
+    for (Py_ssize_t i = 0; lost != NULL && i < PyList_GET_SIZE(lost); i++) {
         PyObject *pair = PyList_GET_ITEM(lost, i);
         PyObject *transport = PyTuple_GET_ITEM(pair, 0);
         PyObject *r = Transport_call_connection_lost((SocketTransport *)transport, PyTuple_GET_ITEM(pair, 1));
@@ -240,7 +241,7 @@ Poller_dispatch(Poller *self, PyObject *unused)
             report_raised(self, "protocol.connection_lost() failed", transport, NULL);
         Py_XDECREF(r);
     }
-    Py_DECREF(lost);
+    Py_XDECREF(lost);
     Py_RETURN_NONE;
 }
 
@@ -297,10 +298,13 @@ transport_finish(SocketTransport *self, PyObject *exc)
     PyMem_Free(self->wbuf);
     self->wbuf = NULL;
     self->whead = self->wlen = self->wcap = 0;
-    if (self->protocol != NULL && !self->lost_scheduled && self->poller->lost != NULL) {
+    Poller *poller = self->poller;
+    if (self->protocol != NULL && !self->lost_scheduled && poller->dispatching) {
         self->lost_scheduled = 1; /* at the end of this dispatch */
-        PyObject *pair = PyTuple_Pack(2, (PyObject *)self, exc ? exc : Py_None);
-        if (pair == NULL || PyList_Append(self->poller->lost, pair) < 0)
+        if (poller->lost == NULL)
+            poller->lost = PyList_New(0);
+        PyObject *pair = poller->lost ? PyTuple_Pack(2, (PyObject *)self, exc ? exc : Py_None) : NULL;
+        if (pair == NULL || PyList_Append(poller->lost, pair) < 0)
             report_raised(self->poller, "scheduling connection_lost failed", (PyObject *)self, self->protocol);
         Py_XDECREF(pair);
     }
