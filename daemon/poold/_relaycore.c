@@ -64,7 +64,8 @@ static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
     *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
     *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
-    *s_config, *s_max_message_size, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended;
+    *s_config, *s_max_message_size, *s_login_plans, *s_max_client_conn, *s_tls, *s_require, *s_user,
+    *s_database, *s_keys, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended;
 static PyObject *NO_KEY;    /* (0, 0): a session's cancel key until it has one */
 static PyObject *EMPTY_STR; /* "" */
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
@@ -1164,6 +1165,57 @@ login_refuse_encryption(ClientCore *self)
     return 1;
 }
 
+/* _native_login_plan's first branch, for a packet whose plan is kept
+ * (Runtime.login_plans) when the checks made at every login pass: the plan's keys.
+ * NULL without an exception: the Python method's to answer. */
+static PyObject *
+login_kept_plan(ClientCore *self, PyObject *payload)
+{
+    PyObject *plans = PyObject_GetAttr(self->rt, s_login_plans);
+    if (plans == NULL)
+        return NULL;
+    PyObject *plan = PyDict_CheckExact(plans) ? PyDict_GetItemWithError(plans, payload) : NULL;
+    Py_XINCREF(plan);
+    Py_DECREF(plans);
+    if (plan == NULL)
+        return NULL;
+    PyObject *clients = PyObject_GetAttr(self->rt, s_clients);
+    PyObject *config = clients ? PyObject_GetAttr(self->rt, s_config) : NULL;
+    PyObject *limits = config ? PyObject_GetAttr(config, s_clients) : NULL;
+    PyObject *max_conn = limits ? PyObject_GetAttr(limits, s_max_client_conn) : NULL;
+    PyObject *draining = max_conn ? PyObject_GetAttr(self->rt, s_draining) : NULL;
+    PyObject *tls = draining ? PyObject_GetAttr(config, s_tls) : NULL;
+    PyObject *require = tls ? PyObject_GetAttr(tls, s_require) : NULL;
+    PyObject *keys = NULL;
+    if (require != NULL && PyAnySet_Check(clients)) {
+        long long limit = PyLong_AsLongLong(max_conn);
+        int refuse = (limit == -1 && PyErr_Occurred()) ? -1 : PySet_GET_SIZE(clients) > limit;
+        if (refuse == 0)
+            refuse = PyObject_IsTrue(draining);
+        if (refuse == 0 && !self->tls)
+            refuse = PyObject_IsTrue(require);
+        PyObject *user = refuse == 0 ? PyObject_GetAttr(plan, s_user) : NULL;
+        PyObject *database = user ? PyObject_GetAttr(plan, s_database) : NULL;
+        keys = database ? PyObject_GetAttr(plan, s_keys) : NULL;
+        if (keys != NULL) {
+            Py_XSETREF(self->plan, Py_NewRef(plan));
+            Py_XSETREF(self->user, Py_NewRef(user));
+            Py_XSETREF(self->database, Py_NewRef(database));
+        }
+        Py_XDECREF(user);
+        Py_XDECREF(database);
+    }
+    Py_DECREF(plan);
+    Py_XDECREF(clients);
+    Py_XDECREF(config);
+    Py_XDECREF(limits);
+    Py_XDECREF(max_conn);
+    Py_XDECREF(draining);
+    Py_XDECREF(tls);
+    Py_XDECREF(require);
+    return keys;
+}
+
 /* The startup packet: the plan, then AuthenticationSASL. 1: done; 0: fall back; -1: error. */
 static int
 login_startup(ClientCore *self, const char *packet, uint32_t length)
@@ -1173,7 +1225,9 @@ login_startup(ClientCore *self, const char *packet, uint32_t length)
     PyObject *payload = PyBytes_FromStringAndSize(packet + 4, length - 4);
     if (payload == NULL)
         return -1;
-    PyObject *keys = PyObject_CallMethodOneArg((PyObject *)self, s_native_login_plan, payload);
+    PyObject *keys = login_kept_plan(self, payload);
+    if (keys == NULL && !PyErr_Occurred())
+        keys = PyObject_CallMethodOneArg((PyObject *)self, s_native_login_plan, payload);
     Py_DECREF(payload);
     if (keys == NULL)
         return -1;
@@ -1967,6 +2021,13 @@ PyInit__relaycore(void)
     INTERN(s_mode, "mode");
     INTERN(s_settings, "settings");
     INTERN(s_config, "config");
+    INTERN(s_login_plans, "login_plans");
+    INTERN(s_max_client_conn, "max_client_conn");
+    INTERN(s_tls, "tls");
+    INTERN(s_require, "require");
+    INTERN(s_user, "user");
+    INTERN(s_database, "database");
+    INTERN(s_keys, "keys");
     INTERN(s_max_message_size, "max_message_size");
     INTERN(s_scanner_type, "scanner_type");
     INTERN(s_end_login, "_end_login");

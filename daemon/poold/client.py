@@ -614,6 +614,9 @@ class ClientSession(ClientCore, asyncio.Protocol):
         configuration or the auth file is replaced: a pooler's clients send the same
         few packets again and again.
 
+        For a kept plan whose checks pass, the C login does this itself
+        (_relaycore.c, login_kept_plan).
+
         An unknown user gets mock keys here, as in ``auth._scram``, and a pool is not
         looked for until the proof is checked, as there: so up to its refusal an unknown
         user's login runs the same code as a known user's, and costs the same."""

@@ -143,10 +143,9 @@ def connected(native: bool, method: str = "scram-sha-256") -> tuple[Session, Tra
     """A session just connected, its login read by the C login or (native=False) by the Python one."""
     session, transport = Session(runtime(method)), Transport()
     session.connection_made(transport)  # type: ignore[arg-type]
-    if not native:  # as ClientSession.connection_made does without the C core
+    if not native:  # as ClientCorePy.connection_made does
         session.native_login = False
-        session._login = session._login_steps()
-        session._advance()
+        session._start_login()
     return session, transport
 
 
@@ -456,6 +455,38 @@ def test_logins_after_the_first_run_on_the_kept_plan() -> None:
     assert sessions[2].relayed == [b"Q\0\0\0\x0dselect 1\0"]  # type: ignore[attr-defined]
     assert sessions[0].relayed == []  # type: ignore[attr-defined]
     assert len(rt.login_plans) == 1
+
+
+def test_a_kept_plan_still_meets_the_checks_of_every_login() -> None:
+    """The C login takes a kept plan only where draining and max_client_conn allow
+    (login_kept_plan); else the Python login refuses as it always did."""
+    rt = runtime()
+    session, transport = Session(rt), Transport()
+    session.connection_made(transport)  # type: ignore[arg-type]
+    session.data_received(startup("app"))
+    assert len(rt.login_plans) == 1 and kinds(split(transport.written)) == [b"R"]  # kept, and in C
+
+    def refused() -> bytes:
+        session, transport = Session(rt), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        handed = len(Session.handed_over)
+        session.data_received(startup("app"))
+        (kind, body), = split(transport.written)
+        assert kind == b"E" and transport.closed and len(Session.handed_over) == handed + 1
+        return body
+
+    rt.draining = True
+    assert b"C57P01\0" in refused()
+    rt.draining = False
+    crowd = [object() for _ in range(rt.config.clients.max_client_conn)]
+    rt.clients.update(crowd)  # type: ignore[arg-type]
+    assert b"C53300\0" in refused()
+    rt.clients.difference_update(crowd)  # type: ignore[arg-type]
+    session, transport = Session(rt), Transport()
+    session.connection_made(transport)  # type: ignore[arg-type]
+    session.data_received(startup("app"))
+    assert kinds(split(transport.written)) == [b"R"] and session._plan is rt.login_plans[payload(
+        user="app", database="app")]
 
 
 STARTUP_CASES = {
