@@ -238,7 +238,8 @@ else:
     ClientCore = relaycore.pick("ClientCore", ClientCorePy)
 
 #: The C core runs the common login itself (_relaycore.c, client_login) and
-#: calls the ``_native_login_...`` methods below; otherwise ``_login_steps`` does.
+#: calls the ``_native_login_...`` methods below; otherwise ``_login_steps`` does
+#: (ClientCorePy.connection_made starts it).
 NATIVE_LOGIN = ClientCore is not ClientCorePy
 
 
@@ -508,8 +509,10 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     def _resume(self, fut: asyncio.Future[Any]) -> None:
         self._login_wait = None
-        if self._login is None:
-            return  # the login was given up meanwhile
+        if self._login is None:  # the login was given up meanwhile (the client went away)
+            if not fut.cancelled():
+                fut.exception()  # its outcome is no one's: not an "exception was never retrieved"
+            return
         if fut.cancelled():  # poold is stopping
             self._end_login()
             self._close()

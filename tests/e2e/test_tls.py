@@ -10,7 +10,8 @@ import psycopg
 import pytest
 import trustme
 
-from tests.conftest import Poold, pgcluster
+from tests.conftest import Poold, pgcluster, wait_until
+from tests.e2e.test_http import scrape, value
 
 
 @pytest.fixture
@@ -55,8 +56,15 @@ def test_wrong_ca_is_refused_by_the_client(poold_factory: Callable[..., Poold], 
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     p = poold_factory(raw=tls_raw(cert_pem, key_pem))
-    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
-        psycopg.connect(p.dsn(sslmode="verify-full", sslrootcert=str(other)).replace("host=127.0.0.1", "host=localhost"))
+    for _ in range(3):
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            psycopg.connect(p.dsn(sslmode="verify-full", sslrootcert=str(other)).replace("host=127.0.0.1", "host=localhost"))
+    # a failed handshake leaves no client behind (each would count against max_client_conn),
+    # and no error in the log: the client went away
+    assert wait_until(lambda: value(scrape(p), "poold_clients", state="login") == 0)
+    assert "never retrieved" not in p.log_text()
+    with psycopg.connect(p.dsn(sslmode="require"), prepare_threshold=None):
+        assert value(scrape(p), "poold_clients", state="idle") == 1
 
 
 def test_require_refuses_plain_clients(poold_factory: Callable[..., Poold], ca: tuple) -> None:  # type: ignore[type-arg]
