@@ -84,7 +84,9 @@ def main() -> int:
         print("usage: poold_canned_login.py {login|all} -c FILE", file=sys.stderr)
         return 2
     answer_query = mode == "all"
-    client.NATIVE_LOGIN = False  # the login is this file's, in Python, whichever core runs
+    # the login is this file's, in Python, whichever core runs: the Python core's
+    # connection_made starts it (the C core's would start the C login)
+    client.ClientSession.connection_made = client.ClientCorePy.connection_made  # type: ignore[assignment, method-assign]
     client.ClientSession._login_steps = lambda self, *_: canned_login_steps(self, answer_query)  # type: ignore[method-assign]
     return poold_main.main(argv)
 
