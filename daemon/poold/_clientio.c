@@ -86,6 +86,7 @@ struct SocketTransport {
     Py_ssize_t whead, wlen, wcap;
     Py_ssize_t high, low; /* write buffer limits: pause_writing above high, resume_writing at low */
     char reading, closing, closed, writing_paused, lost_scheduled;
+    char shared; /* the socket's open file is another's too (a dup): it leaves the set by epoll_ctl */
     struct sockaddr_storage peer;
     socklen_t peer_len;
 };
@@ -251,9 +252,13 @@ Poller_fileno(Poller *self, PyObject *unused)
     return PyLong_FromLong(self->epfd);
 }
 
+static PyObject *Poller_adopt(Poller *self, PyObject *args);
+
 static PyMethodDef Poller_methods[] = {
     {"dispatch", (PyCFunction)Poller_dispatch, METH_NOARGS, "Run the socket events ready now."},
     {"fileno", (PyCFunction)Poller_fileno, METH_NOARGS, "The epoll set, for the event loop's add_reader."},
+    {"adopt", (PyCFunction)Poller_adopt, METH_VARARGS,
+     "adopt(fd, protocol): a transport on a connected socket that is a dup of another's."},
     {NULL},
 };
 
@@ -292,7 +297,7 @@ transport_finish(SocketTransport *self, PyObject *exc)
         return;
     Py_INCREF(self);
     self->closed = self->closing = 1;
-    pollable_leave((Pollable *)self, 1);
+    pollable_leave((Pollable *)self, !self->shared);
     close(self->fd);
     self->fd = -1;
     PyMem_Free(self->wbuf);
@@ -789,19 +794,15 @@ static PyTypeObject TransportType = {
 /* ------------------------------------------------------------------------ */
 /* Listener                                                                 */
 
-static void
-listener_accepted(Listener *self, int fd, const struct sockaddr_storage *addr, socklen_t addr_len)
+/* A transport on ``fd`` (connected, non-blocking), not yet read by anyone. */
+static SocketTransport *
+transport_new(Poller *poller, int fd, const struct sockaddr_storage *addr, socklen_t addr_len, int shared)
 {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     SocketTransport *t = PyObject_GC_New(SocketTransport, &TransportType);
-    if (t == NULL) {
-        close(fd);
-        report_raised(self->poller, "accepting a connection failed", NULL, NULL);
-        return;
-    }
+    if (t == NULL)
+        return NULL;
     t->on_event = transport_on_event;
-    t->poller = (Poller *)Py_NewRef(self->poller);
+    t->poller = (Poller *)Py_NewRef(poller);
     t->fd = fd;
     t->interest = 0;
     t->registered = 0;
@@ -812,9 +813,25 @@ listener_accepted(Listener *self, int fd, const struct sockaddr_storage *addr, s
     t->low = HIGH_WATER / 4;
     t->reading = 1;
     t->closing = t->closed = t->writing_paused = t->lost_scheduled = 0;
+    t->shared = (char)shared;
+    memset(&t->peer, 0, sizeof t->peer);
     memcpy(&t->peer, addr, addr_len);
     t->peer_len = addr_len;
     PyObject_GC_Track(t);
+    return t;
+}
+
+static void
+listener_accepted(Listener *self, int fd, const struct sockaddr_storage *addr, socklen_t addr_len)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SocketTransport *t = transport_new(self->poller, fd, addr, addr_len, 0);
+    if (t == NULL) {
+        close(fd);
+        report_raised(self->poller, "accepting a connection failed", NULL, NULL);
+        return;
+    }
     PyObject *protocol = PyObject_CallNoArgs(self->factory);
     if (protocol == NULL || transport_set_protocol(t, protocol) < 0) {
         report_raised(self->poller, "the protocol factory failed", (PyObject *)t, NULL);
@@ -832,6 +849,42 @@ listener_accepted(Listener *self, int fd, const struct sockaddr_storage *addr, s
     }
     Py_XDECREF(protocol);
     Py_DECREF(t);
+}
+
+/* Poller.adopt(fd, protocol): a connected socket whose open file is shared (a
+ * dup of a server connection's socket): its transport, after connection_made.
+ * On an error the descriptor is left to the caller. */
+static PyObject *
+Poller_adopt(Poller *self, PyObject *args)
+{
+    int fd;
+    PyObject *protocol;
+    if (!PyArg_ParseTuple(args, "iO:adopt", &fd, &protocol))
+        return NULL;
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    if (getpeername(fd, (struct sockaddr *)&addr, &len) < 0)
+        len = 0;
+    SocketTransport *t = transport_new(self, fd, &addr, len, 1);
+    if (t == NULL)
+        return NULL;
+    PyObject *r = NULL;
+    if (transport_set_protocol(t, protocol) == 0 && transport_rewatch(t) == 0)
+        r = PyObject_CallMethodOneArg(protocol, s_connection_made, (PyObject *)t);
+    if (r == NULL) { /* the exception is the caller's, and so is the descriptor */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        pollable_watch((Pollable *)t, 0);
+        t->fd = -1;
+        t->closed = t->closing = 1;
+        Py_CLEAR(t->protocol);
+        Py_CLEAR(t->data_received);
+        Py_DECREF(t);
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return (PyObject *)t;
 }
 
 /* One connection per event, as libuv accepts: with the set level-triggered, a

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from . import clientio
+
 P = TypeVar("P", bound=asyncio.Protocol)
 
 #: parameters PostgreSQL reports (GUC_REPORT) that a client sees at login
@@ -89,7 +91,8 @@ def connection_kwargs() -> dict[str, Any]:
 async def open_stream(
     conn: AsyncConnection[Any], protocol_factory: Callable[[], P]
 ) -> tuple[asyncio.Transport, P]:
-    """Attach an asyncio transport to a duplicate of the connection's socket."""
+    """Attach a transport to a duplicate of the connection's socket: a C one
+    (clientio.adopt) where it was built, else the event loop's."""
     fd = os.dup(conn.pgconn.socket)
     try:
         sock = socket.socket(fileno=fd)
@@ -99,9 +102,10 @@ async def open_stream(
     sock.setblocking(False)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    loop = asyncio.get_running_loop()
     try:
-        transport, protocol = await loop.connect_accepted_socket(protocol_factory, sock=sock)
+        if clientio.native is not None:  # read and written in C, as the client sockets
+            return clientio.adopt(sock, protocol_factory)
+        transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(protocol_factory, sock=sock)
     except BaseException:
         sock.close()
         raise

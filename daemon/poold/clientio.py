@@ -17,11 +17,13 @@ import socket
 import weakref
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger("poold.listener")
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 #: after accept() failed for want of file descriptors or memory, wait this long
 #: before accepting again (asyncio's constants.ACCEPT_RETRY_DELAY)
@@ -126,6 +128,18 @@ class NativeServer:
         self._listeners = []
         for sock in self.sockets:
             sock.close()
+
+
+def adopt(sock: socket.socket, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+    """A C transport on a connected socket that is a duplicate of another's (a
+    server connection's, whose psycopg connection keeps the original); it owns the
+    descriptor from here on. Where the C module is not built: the event loop's
+    (``loop.connect_accepted_socket``)."""
+    assert native is not None
+    protocol = factory()
+    transport = _poller(asyncio.get_running_loop()).adopt(sock.fileno(), protocol)
+    sock.detach()
+    return transport, protocol
 
 
 class _Handover(asyncio.Protocol):

@@ -3,12 +3,15 @@
 Real loopback sockets, a real event loop (uvloop, as the daemon runs, and the
 standard library's), a plain client on the other end. The daemon's own traffic
 through them is the e2e tier's; here are the transport's edges: flow control,
-close with bytes still queued, abort, a reset, pause_reading, a failing protocol.
+close with bytes still queued, abort, a reset, pause_reading, a failing protocol,
+and a server connection's duplicated socket (clientio.adopt).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -260,3 +263,37 @@ async def wait_made(protocols: list[Recorder], count: int = 1) -> Recorder:
             return protocols[count - 1]
         await asyncio.sleep(0.01)
     raise AssertionError("no connection was accepted")
+
+
+def test_an_adopted_duplicate_leaves_the_set_when_closed_and_the_original_stays(run: Callable[..., Any]) -> None:
+    """A server connection's socket is a dup of psycopg's: closing the transport must
+    take it out of the epoll set (closing the dup alone would not) and leave the
+    original to its owner."""
+
+    async def main() -> None:
+        ours, peer = socket.socketpair()
+        dup = socket.socket(fileno=os.dup(ours.fileno()))
+        dup.setblocking(False)
+        transport, p = clientio.adopt(dup, Recorder)
+        assert dup.fileno() == -1 and p.events == ["made"]  # the transport owns the dup now
+        peer.sendall(b"ping")
+        for _ in range(100):
+            if p.data:
+                break
+            await asyncio.sleep(0.01)
+        assert p.data == b"ping"
+        transport.write(b"pong")
+        assert peer.recv(4) == b"pong"
+        transport.close()
+        assert await p.lost is None
+        peer.sendall(b"more")
+        await asyncio.sleep(0.1)  # the loop runs: nothing reads the original's bytes now
+        assert p.data == b"ping"
+        epoll_set = clientio._poller(asyncio.get_running_loop()).fileno()
+        assert select.select([epoll_set], [], [], 0)[0] == []  # the set no longer watches it
+        ours.settimeout(5)
+        assert ours.recv(4) == b"more"
+        ours.close()
+        peer.close()
+
+    run(main)
