@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/protocol/framing_capi.h daemon/poold/_relaycore.c \
-		daemon/poold/protocol/scram_core.c daemon/poold/protocol/scram_core.h daemon/poold/_clientio.c
+		daemon/poold/protocol/scram_core.c daemon/poold/protocol/scram_core.h daemon/poold/_sockio.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -1,10 +1,10 @@
 """Build hook for the native parts: the frame scanner, the relay's hot path and the login,
-and the client sockets.
+and the relay's sockets.
 
 Everything else is declared in pyproject.toml. Each extension is optional:
 where no C compiler is available poold installs and runs on their Python
 references (framing.PyFrameScanner; the ``...CorePy`` classes, see
-relaycore.py; the event loop's transports, see clientio.py), and logs which
+relaycore.py; the event loop's transports, see sockio.py), and logs which
 ones it uses at startup.
 """
 
@@ -27,8 +27,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "poold._clientio",
-            sources=["daemon/poold/_clientio.c"],
+            "poold._sockio",
+            sources=["daemon/poold/_sockio.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from . import clientio, relaycore
+from . import relaycore, sockio
 from .auth import load_userlist
 from .client import ClientSession
 from .config import Config
@@ -84,7 +84,7 @@ class App:
         native_scanner = FrameScanner is not PyFrameScanner
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
                  generation=self.reloader.generation, frame_scanner="native" if native_scanner else "python",
-                 relay_core=relaycore.NAME, client_io=clientio.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI)
+                 relay_core=relaycore.NAME, socket_io=sockio.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI)
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

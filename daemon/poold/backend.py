@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from . import clientio
+from . import sockio
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -92,7 +92,7 @@ async def open_stream(
     conn: AsyncConnection[Any], protocol_factory: Callable[[], P]
 ) -> tuple[asyncio.Transport, P]:
     """Attach a transport to a duplicate of the connection's socket: a C one
-    (clientio.adopt) where it was built, else the event loop's."""
+    (sockio.adopt) where it was built, else the event loop's."""
     fd = os.dup(conn.pgconn.socket)
     try:
         sock = socket.socket(fileno=fd)
@@ -103,8 +103,8 @@ async def open_stream(
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        if clientio.native is not None:  # read and written in C, as the client sockets
-            return clientio.adopt(sock, protocol_factory)
+        if sockio.native is not None:  # read and written in C, as the client sockets
+            return sockio.adopt(sock, protocol_factory)
         transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(protocol_factory, sock=sock)
     except BaseException:
         sock.close()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, clientio, relaycore
+from . import auth, relaycore, sockio
 from .errors import PooldError
 from .pools import PoolRegistry
 from .protocol import messages
@@ -696,7 +696,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
                 raise ProtocolError("received unencrypted data after SSL request")
             ctx = self.rt.ssl_context
             if isinstance(request, messages.SSLRequest) and ctx is not None and not self.tls:
-                self.transport = yield clientio.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]  # 'S', then TLS
+                self.transport = yield sockio.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]  # 'S', then TLS
                 self.tls = True
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]

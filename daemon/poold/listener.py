@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from . import clientio
-from .clientio import NativeServer, bind_tcp
+from . import sockio
 from .config import ListenSettings
+from .sockio import NativeServer, bind_tcp
 
 log = structlog.get_logger("poold.listener")
 
@@ -20,7 +20,7 @@ def unix_socket_path(listen: ListenSettings) -> str:
     return os.path.join(listen.unix_socket_dir, f".s.PGSQL.{listen.port}")
 
 
-#: a listener: asyncio.Server, or clientio.NativeServer for TCP where the C transports run
+#: a listener: asyncio.Server, or sockio.NativeServer for TCP where the C transports run
 Server = asyncio.Server | NativeServer
 
 
@@ -29,7 +29,7 @@ async def start_listeners(listen: ListenSettings, factory: Callable[[], asyncio.
     servers: list[Server] = []
     try:
         hosts = [h.strip() for h in listen.host.split(",") if h.strip()]
-        if hosts and clientio.native is not None:
+        if hosts and sockio.native is not None:
             servers.append(NativeServer(bind_tcp(hosts, listen.port, listen.backlog), factory))
         elif hosts:
             servers.append(
@@ -86,7 +86,7 @@ async def adopt_listeners(
         sock.setblocking(False)
         if sock.family == socket.AF_UNIX:
             servers.append(await loop.create_unix_server(factory, sock=sock, backlog=backlog))
-        elif clientio.native is not None:
+        elif sockio.native is not None:
             servers.append(NativeServer([sock], factory))
         else:
             servers.append(await loop.create_server(factory, sock=sock, backlog=backlog))

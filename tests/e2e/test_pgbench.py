@@ -44,7 +44,7 @@ def test_pgbench_zero_failures_and_bounded_server_connections(
     ready = wait_until(lambda: next((line for line in p.log_text().splitlines() if '"event": "ready"' in line), None))
     assert '"frame_scanner": "native"' in str(ready) and '"relay_core": "c"' in str(ready)
     assert '"scanner_capi": true' in str(ready)  # the core calls the scanner's C API, not its methods
-    assert '"client_io": "c"' in str(ready)  # TCP clients on the C sockets (_clientio.c)
+    assert '"socket_io": "c"' in str(ready)  # TCP clients and server legs on the C sockets (_sockio.c)
     init = run_pgbench(p, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr
 
@@ -75,14 +75,14 @@ def test_pgbench_zero_failures_and_bounded_server_connections(
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_python_references_serve_the_same(poold_factory: Callable[..., Poold], protocol: str) -> None:
     """The daemon as it runs where no C extension was built: the reference frame
-    scanner and relay core, the event loop's client transports (POOLD_FRAME_SCANNER=python,
-    POOLD_RELAY_CORE=python, POOLD_CLIENT_IO=asyncio)."""
+    scanner and relay core, the event loop's transports (POOLD_FRAME_SCANNER=python,
+    POOLD_RELAY_CORE=python, POOLD_SOCKET_IO=asyncio)."""
     p = poold_factory(mode="transaction", max_size=MAX_SIZE,
                       environ={"POOLD_FRAME_SCANNER": "python", "POOLD_RELAY_CORE": "python",
-                               "POOLD_CLIENT_IO": "asyncio"})
+                               "POOLD_SOCKET_IO": "asyncio"})
     ready = wait_until(lambda: next((line for line in p.log_text().splitlines() if '"event": "ready"' in line), None))
     assert '"frame_scanner": "python"' in str(ready) and '"relay_core": "python"' in str(ready)
-    assert '"client_io": "asyncio"' in str(ready)
+    assert '"socket_io": "asyncio"' in str(ready)
     assert '"scanner_capi": false' in str(ready)
     init = run_pgbench(p, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr

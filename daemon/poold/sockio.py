@@ -1,11 +1,12 @@
-"""Which code accepts, reads and writes client TCP sockets.
+"""Which code reads and writes the relay's sockets: client TCP connections and server legs.
 
-``_clientio.c`` does it in C where it was built: one small transport object per
+``_sockio.c`` does it in C where it was built: one small transport object per
 connection in one epoll set, which the event loop watches as a single reader.
-Otherwise, and for Unix sockets and TLS, the event loop's own transports do.
-The client session on top (``client.ClientSession``) is the same asyncio
-protocol either way. ``POOLD_CLIENT_IO=asyncio`` picks the event loop's
-transports anyway, as a diagnostic and so that the tests can run both.
+Otherwise, and for clients' Unix sockets and TLS, the event loop's own
+transports do. The protocols on top (``client.ClientSession``,
+``relay.ServerLink``) are the same asyncio protocols either way.
+``POOLD_SOCKET_IO=asyncio`` picks the event loop's transports anyway, as a
+diagnostic and so that the tests can run both.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ ACCEPT_RETRY_DELAY = 1.0
 
 
 def _load() -> ModuleType | None:
-    if os.environ.get("POOLD_CLIENT_IO") == "asyncio":
+    if os.environ.get("POOLD_SOCKET_IO") == "asyncio":
         return None
     try:
-        from . import _clientio  # type: ignore[attr-defined]
+        from . import _sockio  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _clientio
+    return _sockio
 
 
 native = _load()
@@ -48,7 +49,7 @@ _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.We
 
 
 def _poller(loop: asyncio.AbstractEventLoop) -> Any:
-    """The loop's epoll set of client sockets, watched by the loop as one reader."""
+    """The loop's epoll set of relayed sockets, watched by the loop as one reader."""
     poller = _pollers.get(loop)
     if poller is None:
         assert native is not None

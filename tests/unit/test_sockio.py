@@ -1,10 +1,10 @@
-"""The C client sockets (_clientio.c) behave as the event loop's transports do.
+"""The C sockets (_sockio.c) behave as the event loop's transports do.
 
 Real loopback sockets, a real event loop (uvloop, as the daemon runs, and the
 standard library's), a plain client on the other end. The daemon's own traffic
 through them is the e2e tier's; here are the transport's edges: flow control,
 close with bytes still queued, abort, a reset, pause_reading, a failing protocol,
-and a server connection's duplicated socket (clientio.adopt).
+and a server connection's duplicated socket (sockio.adopt).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import uvloop
 
-from poold import clientio
-from poold.clientio import NativeServer, bind_tcp
+from poold import sockio
+from poold.sockio import NativeServer, bind_tcp
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(params=sorted(LOOPS))
 def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[Any]]], Any]:
-    assert clientio.native is not None, "poold._clientio was not built (is a C compiler installed?)"
+    assert sockio.native is not None, "poold._sockio was not built (is a C compiler installed?)"
 
     def run(main: Callable[[], Awaitable[Any]]) -> Any:
         loop = LOOPS[request.param]()
@@ -274,7 +274,7 @@ def test_an_adopted_duplicate_leaves_the_set_when_closed_and_the_original_stays(
         ours, peer = socket.socketpair()
         dup = socket.socket(fileno=os.dup(ours.fileno()))
         dup.setblocking(False)
-        transport, p = clientio.adopt(dup, Recorder)
+        transport, p = sockio.adopt(dup, Recorder)
         assert dup.fileno() == -1 and p.events == ["made"]  # the transport owns the dup now
         peer.sendall(b"ping")
         for _ in range(100):
@@ -289,7 +289,7 @@ def test_an_adopted_duplicate_leaves_the_set_when_closed_and_the_original_stays(
         peer.sendall(b"more")
         await asyncio.sleep(0.1)  # the loop runs: nothing reads the original's bytes now
         assert p.data == b"ping"
-        epoll_set = clientio._poller(asyncio.get_running_loop()).fileno()
+        epoll_set = sockio._poller(asyncio.get_running_loop()).fileno()
         assert select.select([epoll_set], [], [], 0)[0] == []  # the set no longer watches it
         ours.settimeout(5)
         assert ours.recv(4) == b"more"

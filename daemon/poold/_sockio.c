@@ -1,19 +1,22 @@
 /*
- * Client TCP sockets in C: accepted, read and written here, one small object per
- * connection, instead of the event loop's transport objects.
+ * The relay's sockets in C: client TCP connections accepted, and they and the
+ * server legs read and written here, one small object per connection, instead
+ * of the event loop's transport objects.
  *
  *   Poller            one epoll set, itself watched by the event loop (add_reader):
- *                     one event loop callback runs every client event that is ready
+ *                     one event loop callback runs every socket event that is ready;
+ *                     adopt() puts a server leg (a dup of psycopg's socket) in it
  *   Listener          a listening TCP socket in that set: accept4, TCP_NODELAY, the
  *                     protocol factory, connection_made
- *   SocketTransport   an accepted socket: the asyncio.Transport methods the client
- *                     session uses (write, close, abort, pause_reading, flow control
- *                     by pause_writing/resume_writing, get_extra_info("peername"))
+ *   SocketTransport   a connected socket: the asyncio.Transport methods the client
+ *                     session and the server link use (write, close, abort,
+ *                     pause_reading, flow control by pause_writing/resume_writing,
+ *                     get_extra_info("peername"))
  *
- * The protocol on top is unchanged (client.ClientSession): data_received is called
- * with the bytes read, connection_lost soon after the socket is closed, as asyncio
- * does. TLS is the event loop's: clientio.start_tls hands the socket over (detach).
- * Unix sockets stay with the event loop.
+ * The protocols on top are unchanged (client.ClientSession, relay.ServerLink):
+ * data_received is called with the bytes read, connection_lost soon after the
+ * socket is closed, as asyncio does. TLS is the event loop's: sockio.start_tls
+ * hands the socket over (detach). Unix sockets of clients stay with the event loop.
  *
  * Why native, with numbers (README, Performance, the login): with pgbench -C a new
  * connection per transaction cost poold 1.29-1.34 times PgBouncer's CPU, and an
@@ -263,10 +266,10 @@ static PyMethodDef Poller_methods[] = {
 };
 
 static PyTypeObject PollerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poold._clientio.Poller",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poold._sockio.Poller",
     .tp_basicsize = sizeof(Poller),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Poller(loop): an epoll set of client sockets; dispatch() is the loop's reader callback.",
+    .tp_doc = "Poller(loop): an epoll set of relayed sockets; dispatch() is the loop's reader callback.",
     .tp_new = Poller_new,
     .tp_dealloc = (destructor)Poller_dealloc,
     .tp_methods = Poller_methods,
@@ -705,7 +708,7 @@ Transport_call_connection_lost(SocketTransport *self, PyObject *exc)
     return r;
 }
 
-/* For TLS (clientio.start_tls): the socket leaves this object, which is then closed
+/* For TLS (sockio.start_tls): the socket leaves this object, which is then closed
  * without a connection_lost; the file descriptor is the caller's. */
 static PyObject *
 Transport_detach(SocketTransport *self, PyObject *unused)
@@ -781,7 +784,7 @@ static PyMethodDef Transport_methods[] = {
 };
 
 static PyTypeObject TransportType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poold._clientio.SocketTransport",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poold._sockio.SocketTransport",
     .tp_basicsize = sizeof(SocketTransport),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "An accepted client socket with the asyncio.Transport methods a client session uses.",
@@ -993,7 +996,7 @@ static PyMethodDef Listener_methods[] = {
 };
 
 static PyTypeObject ListenerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poold._clientio.Listener",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poold._sockio.Listener",
     .tp_basicsize = sizeof(Listener),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Listener(poller, fd, factory, on_error): accepts on a listening TCP socket once resumed.",
@@ -1006,10 +1009,10 @@ static PyTypeObject ListenerType = {
 
 /* ------------------------------------------------------------------------ */
 
-static struct PyModuleDef clientio_module = {
+static struct PyModuleDef sockio_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "poold._clientio",
-    .m_doc = "Client TCP sockets accepted, read and written in C (see clientio.py).",
+    .m_name = "poold._sockio",
+    .m_doc = "The relay's sockets accepted, read and written in C (see sockio.py).",
     .m_size = -1,
 };
 
@@ -1020,7 +1023,7 @@ static struct PyModuleDef clientio_module = {
     } while (0)
 
 PyMODINIT_FUNC
-PyInit__clientio(void)
+PyInit__sockio(void)
 {
     INTERN(s_data_received, "data_received");
     INTERN(s_connection_made, "connection_made");
@@ -1042,7 +1045,7 @@ PyInit__clientio(void)
     for (int i = 0; i < 3; i++)
         if (PyType_Ready(types[i]) < 0)
             return NULL;
-    PyObject *m = PyModule_Create(&clientio_module);
+    PyObject *m = PyModule_Create(&sockio_module);
     if (m == NULL)
         return NULL;
     for (int i = 0; i < 3; i++) {
