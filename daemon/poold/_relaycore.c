@@ -55,7 +55,6 @@ static PyObject *SYNC_POINTS;   /* b"QSF": Query, Sync and FunctionCall each owe
 static PyObject *TERMINATE;     /* ord("X") */
 static PyObject *IDLE;          /* b"I" */
 static PyObject *EMPTY;         /* b"" */
-static PyObject *ONE;           /* 1 */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
@@ -1287,6 +1286,19 @@ login_initial(ClientCore *self, const char *body, uint32_t n)
     return 1;
 }
 
+/* pool.clients += delta (a Pool's Python attribute): 0, or -1 with an exception set. */
+static int
+pool_count_client(PyObject *pool, long delta)
+{
+    PyObject *count = PyObject_GetAttr(pool, s_clients);
+    PyObject *step = count ? PyLong_FromLong(delta) : NULL;
+    Py_XSETREF(count, step ? PyNumber_Add(count, step) : NULL);
+    Py_XDECREF(step);
+    int rc = count != NULL && PyObject_SetAttr(pool, s_clients, count) == 0 ? 0 : -1;
+    Py_XDECREF(count);
+    return rc;
+}
+
 /* Runtime.register with the runtime's own state: the next free pid, a secret from
  * its list, ``by_key`` and ``client.key``. The BackendKeyData message goes to ``out``
  * (13 bytes). 0, or -1 with an exception set. */
@@ -1375,8 +1387,8 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
     if (self->plan == NULL)
         return 0;
     PyObject *plan = Py_NewRef(self->plan);
-    PyObject *welcome = NULL, *key = NULL, *registry = NULL, *pools = NULL, *defaults = NULL, *clients = NULL,
-             *logins = NULL, *mode = NULL, *message = NULL;
+    PyObject *welcome = NULL, *key = NULL, *registry = NULL, *pools = NULL, *defaults = NULL, *logins = NULL,
+             *mode = NULL, *message = NULL;
     int rc = -1;
     if (plan == Py_None || (welcome = PyObject_GetAttr(plan, s_welcome)) == NULL)
         goto done;
@@ -1405,10 +1417,7 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
     /* the login is over: from here on, as _native_login_done's first branch */
     Py_CLEAR(self->plan);
     Py_XSETREF(self->pool, Py_NewRef(pool));
-    if ((clients = PyObject_GetAttr(pool, s_clients)) == NULL)
-        goto done;
-    Py_SETREF(clients, PyNumber_Add(clients, ONE));
-    if (clients == NULL || PyObject_SetAttr(pool, s_clients, clients) < 0)
+    if (pool_count_client(pool, 1) < 0)
         goto done;
     if ((logins = PyObject_GetAttr(self->rt, s_logins)) == NULL)
         goto done;
@@ -1457,7 +1466,6 @@ done:
     Py_XDECREF(registry);
     Py_XDECREF(pools);
     Py_XDECREF(defaults);
-    Py_XDECREF(clients);
     Py_XDECREF(logins);
     Py_XDECREF(mode);
     Py_XDECREF(message);
@@ -1822,10 +1830,7 @@ Client_connection_lost(ClientCore *self, PyObject *exc)
         return NULL;
     if (!is_none(self->pool)) {
         PyObject *pool = Py_NewRef(self->pool);
-        PyObject *count = PyObject_GetAttr(pool, s_clients);
-        Py_XSETREF(count, count ? PyNumber_Subtract(count, ONE) : NULL);
-        rc = count != NULL && PyObject_SetAttr(pool, s_clients, count) == 0;
-        Py_XDECREF(count);
+        rc = pool_count_client(pool, -1) == 0;
         if (rc && self->waiting) {
             self->waiting = 0;
             rc = call_done(PyObject_CallMethodOneArg(pool, s_cancel_wait, (PyObject *)self)) == 0;
@@ -2041,7 +2046,7 @@ PyInit__relaycore(void)
     if ((AUTH_SASL = PyBytes_FromStringAndSize("R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0", 24)) == NULL)
         return NULL;
     if ((SYNC_POINTS = PyBytes_FromString("QSF")) == NULL || (TERMINATE = PyLong_FromLong('X')) == NULL ||
-        (IDLE = PyBytes_FromString("I")) == NULL || (EMPTY = PyBytes_FromString("")) == NULL || (ONE = PyLong_FromLong(1)) == NULL ||
+        (IDLE = PyBytes_FromString("I")) == NULL || (EMPTY = PyBytes_FromString("")) == NULL ||
         (DRAIN_STATE = PyUnicode_FromString("57P01")) == NULL ||
         (DRAIN_MESSAGE = PyUnicode_FromString("terminating connection: poold is draining")) == NULL)
         return NULL;

@@ -41,7 +41,7 @@
 
 static PyTypeObject PollerType, ListenerType, TransportType;
 static PyObject *s_data_received, *s_connection_made, *s_connection_lost, *s_eof_received, *s_pause_writing,
-    *s_resume_writing, *s_call_soon, *s_call_exception_handler, *s_message, *s_exception, *s_transport,
+    *s_resume_writing, *s_call_soon, *s_call_exception_handler, *s_transport,
     *s_protocol, *s_peername, *s_sockname, *s_call_connection_lost;
 
 #define EVENTS_PER_WAIT 64
@@ -91,7 +91,6 @@ struct SocketTransport {
     char reading, closing, closed, writing_paused, lost_scheduled;
     char shared; /* the socket's open file is another's too (a dup): it leaves the set by epoll_ctl */
     struct sockaddr_storage peer;
-    socklen_t peer_len;
 };
 
 typedef struct SocketTransport SocketTransport;
@@ -708,6 +707,21 @@ Transport_call_connection_lost(SocketTransport *self, PyObject *exc)
     return r;
 }
 
+/* The socket leaves the set and this object, open: the transport is closed
+ * without a connection_lost, and the descriptor is someone else's (detach, or a
+ * failed adopt). */
+static void
+transport_release(SocketTransport *self)
+{
+    Py_INCREF(self);
+    pollable_watch((Pollable *)self, 0);
+    self->fd = -1;
+    self->closed = self->closing = 1;
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->data_received);
+    Py_DECREF(self);
+}
+
 /* For TLS (sockio.start_tls): the socket leaves this object, which is then closed
  * without a connection_lost; the file descriptor is the caller's. */
 static PyObject *
@@ -722,13 +736,7 @@ Transport_detach(SocketTransport *self, PyObject *unused)
         return NULL;
     }
     int fd = self->fd;
-    Py_INCREF(self);
-    pollable_watch((Pollable *)self, 0);
-    self->fd = -1;
-    self->closed = self->closing = 1;
-    Py_CLEAR(self->protocol);
-    Py_CLEAR(self->data_received);
-    Py_DECREF(self);
+    transport_release(self);
     return PyLong_FromLong(fd);
 }
 
@@ -819,7 +827,6 @@ transport_new(Poller *poller, int fd, const struct sockaddr_storage *addr, sockl
     t->shared = (char)shared;
     memset(&t->peer, 0, sizeof t->peer);
     memcpy(&t->peer, addr, addr_len);
-    t->peer_len = addr_len;
     PyObject_GC_Track(t);
     return t;
 }
@@ -877,11 +884,7 @@ Poller_adopt(Poller *self, PyObject *args)
     if (r == NULL) { /* the exception is the caller's, and so is the descriptor */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        pollable_watch((Pollable *)t, 0);
-        t->fd = -1;
-        t->closed = t->closing = 1;
-        Py_CLEAR(t->protocol);
-        Py_CLEAR(t->data_received);
+        transport_release(t);
         Py_DECREF(t);
         PyErr_Restore(type, value, tb);
         return NULL;
@@ -1033,8 +1036,6 @@ PyInit__sockio(void)
     INTERN(s_resume_writing, "resume_writing");
     INTERN(s_call_soon, "call_soon");
     INTERN(s_call_exception_handler, "call_exception_handler");
-    INTERN(s_message, "message");
-    INTERN(s_exception, "exception");
     INTERN(s_transport, "transport");
     INTERN(s_protocol, "protocol");
     INTERN(s_peername, "peername");
