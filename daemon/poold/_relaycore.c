@@ -14,7 +14,7 @@
  * in line for one), the reply goes back, and at ReadyForQuery 'I' the
  * connection goes to the longest waiter or back to the free list. Anything
  * else (login, a ParameterStatus or ErrorResponse in a reply, internal
- * queries, a replay, a wait that needs the breaker, a new connection or the
+ * queries, a wait that needs the breaker, a new connection or the
  * wait timer, draining, a reconnect epoch, a shrink) is handed to the Python
  * method that handles it there, with the same arguments, so the rare cases
  * have one implementation.
@@ -401,10 +401,10 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *transport, *write, *scanner, *pool, *server, *replay, *buffered, *wanted, *rt;
-    Py_ssize_t replay_syncs, buffered_syncs, transactions;
+    PyObject *transport, *write, *scanner, *pool, *server, *buffered, *wanted, *rt;
+    Py_ssize_t buffered_syncs, transactions;
     double xact_start, wait_start;
-    char relaying, waiting, terminating, closed, in_batch, session_mode, replayed, replay_safe, server_paused;
+    char relaying, waiting, terminating, closed, in_batch, session_mode, server_paused;
     /* the C login (see client_login): */
     char native_login;    /* set by ClientSession.connection_made: the client's login bytes come here */
     int login_sent;       /* messages it wrote: 0, 1 (AuthenticationSASL), 2 (and SASLContinue) */
@@ -498,15 +498,6 @@ Server_data_received(ServerCore *self, PyObject *data)
     Py_ssize_t n = fast ? PyBytes_GET_SIZE(data) : 0;
     if (fast && (owner->write == NULL || (n && !stats_of(self->stats))))
         fast = 0;
-    if (fast && !is_none(owner->replay)) {
-        /* The first reply to a request that could be replayed: an
-         * ErrorResponse may be the server's termination notice (the slow path
-         * looks); anything else means the request ran. */
-        if (n && PyBytes_AS_STRING(data)[0] == 'E')
-            fast = 0;
-        else
-            Py_XSETREF(owner->replay, Py_NewRef(Py_None));
-    }
     if (!fast) {
         PyObject *result = PyObject_CallMethodObjArgs((PyObject *)self, s_on_frames, data, frames, NULL);
         Py_DECREF(frames);
@@ -943,16 +934,8 @@ client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syn
         link->pending = syncs;
         link->busy_since = self->xact_start = monotonic();
     }
-    if (PyBytes_GET_SIZE(data)) {
-        if (call_done(PyObject_CallOneArg(link->write, data)) < 0)
-            return -1;
-        /* Kept until the server's first reply, for a replay (ClientSession._attach). */
-        if (!self->replayed) {
-            Py_XSETREF(self->replay, Py_NewRef(data));
-            self->replay_syncs = syncs;
-            self->replay_safe = 0;
-        }
-    }
+    if (PyBytes_GET_SIZE(data) && call_done(PyObject_CallOneArg(link->write, data)) < 0)
+        return -1;
     return 0;
 }
 
@@ -1624,18 +1607,8 @@ Client_data_received(ClientCore *self, PyObject *data)
             }
             server->pending += syncs;
         }
-        if (n) {
+        if (n)
             rc = call_done(PyObject_CallOneArg(server->write, chunk));
-            if (rc == 0 && !is_none(self->replay)) { /* pipelined before the first reply (rare) */
-                PyObject *joined = PyNumber_Add(self->replay, chunk);
-                if (joined == NULL)
-                    rc = -1;
-                else {
-                    Py_XSETREF(self->replay, joined);
-                    self->replay_syncs += syncs;
-                }
-            }
-        }
         Py_DECREF(server);
     }
     Py_DECREF(chunk);
@@ -1658,7 +1631,6 @@ client_server_ready(ClientCore *self, PyObject *status)
     }
     PoolCore *pool = (PoolCore *)self->pool;
     double now = monotonic();
-    self->replayed = 0;
     self->transactions += 1;
     StatsCore *stats = stats_of(pool->stats);
     if (stats != NULL) {
@@ -1727,7 +1699,6 @@ Client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     self->pool = Py_NewRef(Py_None);
     self->server = Py_NewRef(Py_None);
-    self->replay = Py_NewRef(Py_None);
     self->buffered = PyList_New(0);
     self->wanted = PyDict_New();
     self->key = Py_NewRef(NO_KEY);
@@ -1876,7 +1847,6 @@ Client_clear(ClientCore *self)
     Py_CLEAR(self->scanner);
     Py_CLEAR(self->pool);
     Py_CLEAR(self->server);
-    Py_CLEAR(self->replay);
     Py_CLEAR(self->buffered);
     Py_CLEAR(self->wanted);
     Py_CLEAR(self->rt);
@@ -1914,11 +1884,9 @@ static PyMemberDef Client_members[] = {
     {"scanner", T_OBJECT, offsetof(ClientCore, scanner), 0, NULL},
     {"pool", T_OBJECT, offsetof(ClientCore, pool), 0, NULL},
     {"server", T_OBJECT, offsetof(ClientCore, server), 0, NULL},
-    {"replay", T_OBJECT, offsetof(ClientCore, replay), 0, NULL},
     {"buffered", T_OBJECT, offsetof(ClientCore, buffered), 0, NULL},
     {"wanted", T_OBJECT, offsetof(ClientCore, wanted), 0, NULL},
     {"rt", T_OBJECT, offsetof(ClientCore, rt), 0, NULL},
-    {"replay_syncs", T_PYSSIZET, offsetof(ClientCore, replay_syncs), 0, NULL},
     {"buffered_syncs", T_PYSSIZET, offsetof(ClientCore, buffered_syncs), 0, NULL},
     {"transactions", T_PYSSIZET, offsetof(ClientCore, transactions), 0, NULL},
     {"xact_start", T_DOUBLE, offsetof(ClientCore, xact_start), 0, NULL},
@@ -1929,8 +1897,6 @@ static PyMemberDef Client_members[] = {
     {"closed", T_BOOL, offsetof(ClientCore, closed), 0, NULL},
     {"in_batch", T_BOOL, offsetof(ClientCore, in_batch), 0, NULL},
     {"session_mode", T_BOOL, offsetof(ClientCore, session_mode), 0, NULL},
-    {"replayed", T_BOOL, offsetof(ClientCore, replayed), 0, NULL},
-    {"replay_safe", T_BOOL, offsetof(ClientCore, replay_safe), 0, NULL},
     {"_server_paused", T_BOOL, offsetof(ClientCore, server_paused), 0, NULL},
     {"native_login", T_BOOL, offsetof(ClientCore, native_login), 0, NULL},
     {"_login", T_OBJECT, offsetof(ClientCore, login), 0, NULL},

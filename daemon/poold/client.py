@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +54,6 @@ _SYNC_POINTS = bytes((_Q, _SYNC, _F))
 _AUTH_OK = messages.auth_ok()
 _READY_IDLE = messages.ready_for_query()
 
-#: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
-_TERMINATED = re.compile(rb"C57P0[123]\0")
-
 #: startup parameters that are not settings
 _STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
@@ -77,7 +73,7 @@ class ClientCorePy:
     # Slots: one of these lives per client connection, idle ones included.
     __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
                  "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pool",
-                 "relaying", "replay", "replay_safe", "replay_syncs", "replayed", "rt", "scanner", "server",
+                 "relaying", "rt", "scanner", "server",
                  "session_mode", "terminating", "tls", "transactions", "transport", "user", "wait_start", "waiting",
                  "wanted", "xact_start")
 
@@ -94,10 +90,6 @@ class ClientCorePy:
     transactions: int
     xact_start: float  # when the current transaction's first request went out
     wait_start: float  # when the current wait for a server connection began
-    replay: bytes | None  # sent on this server connection, no reply yet
-    replay_syncs: int
-    replay_safe: bool  # the server announced its termination before replying
-    replayed: bool  # one replay per transaction at most
     relaying: bool
     waiting: bool
     terminating: bool
@@ -128,13 +120,13 @@ class ClientCorePy:
         self.key = (0, 0)
         self.user = self.database = ""
         self.connected_at = time.time()
-        self.transport = self.pool = self.server = self.replay = None
+        self.transport = self.pool = self.server = None
         self.buffered = []
         self.wanted = {}
-        self.buffered_syncs = self.replay_syncs = self.transactions = 0
+        self.buffered_syncs = self.transactions = 0
         self.xact_start = self.wait_start = 0.0
         self.relaying = self.waiting = self.terminating = self.closed = self.in_batch = False
-        self.session_mode = self.replayed = self.replay_safe = self._server_paused = self.native_login = False
+        self.session_mode = self._server_paused = self.native_login = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -172,7 +164,6 @@ class ClientCorePy:
         if status != b"I":
             return
         now = time.monotonic()
-        self.replayed = False
         self.transactions += 1
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
@@ -348,9 +339,6 @@ class ClientSession(ClientCore, asyncio.Protocol):
                 server.pending += syncs
             if data:
                 server.transport.write(data)  # type: ignore[union-attr]
-                if self.replay is not None:  # pipelined before the first reply (rare)
-                    self.replay += data
-                    self.replay_syncs += syncs
         if self.terminating:
             self._close()
 
@@ -381,11 +369,6 @@ class ClientSession(ClientCore, asyncio.Protocol):
             link.busy_since = self.xact_start = time.monotonic()
         if data:
             link.transport.write(data)  # type: ignore[union-attr]
-            # Kept until the server's first reply: if this idle connection turns
-            # out to have been terminated under us, the request is replayed on
-            # another one (see on_server_lost).
-            if not self.replayed:
-                self.replay, self.replay_syncs, self.replay_safe = data, syncs, False
 
     # -- pools.Waiter -------------------------------------------------------
 
@@ -396,11 +379,6 @@ class ClientSession(ClientCore, asyncio.Protocol):
     # -- relay.ServerOwner --------------------------------------------------
 
     def on_server_data(self, data: bytes) -> None:
-        if self.replay is not None:
-            if data[:1] == b"E" and _TERMINATED.search(data[:200]):
-                self.replay_safe = True
-                return  # the backend was terminated while idle: wait for its EOF, then replay
-            self.replay = None
         self.transport.write(data)  # type: ignore[union-attr]
 
     def on_server_parameter(self, name: str, value: str) -> None:
@@ -409,20 +387,22 @@ class ClientSession(ClientCore, asyncio.Protocol):
         else:
             self.wanted[name] = value
 
-    def on_server_lost(self, sqlstate: str = "08006", message: str = "server connection lost") -> None:
+    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None:
+        """The server connection this client holds is gone, mid-request or between them.
+
+        Whatever was sent on it may have run, so it is never sent again elsewhere:
+        the client's session ends, as it would with a direct connection, with
+        poold's error ``sqlstate`` -- or none where ``sqlstate`` is None: the
+        server's own FATAL (57P01 administrator command, shutdown, ...) reached the
+        client already, and PostgreSQL sends nothing after it.
+        """
         self.server = None
-        replay, self.replay = self.replay, None
-        safe, self.replay_safe = self.replay_safe, False
-        if replay is not None and safe and not self.replayed and not self.closed:
-            # The server said it was terminated (57P01..57P03) before any reply
-            # to this request: the connection died while idle, and the request
-            # never ran. Send it again on another connection, once; the client
-            # sees no error. (Any other loss is reported, never replayed.)
-            log.info("request_replayed", peer=self.peer, db=self.database)
-            self.replayed = True
-            self._lease_and_send(replay, self.replay_syncs)
-            return
-        self._fatal(sqlstate, message)
+        if sqlstate is None:
+            log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate="server_fatal",
+                     error="the server ended the connection")
+            self._close()
+        else:
+            self._fatal(sqlstate, message)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._self_paused:

@@ -66,7 +66,7 @@ class ServerOwner(Protocol):
     def on_server_data(self, data: bytes) -> None: ...
     def on_server_ready(self, status: bytes) -> None: ...
     def on_server_parameter(self, name: str, value: str) -> None: ...
-    def on_server_lost(self, sqlstate: str = "08006", message: str = "server connection lost") -> None: ...
+    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
@@ -122,7 +122,7 @@ else:
 class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
-    __slots__ = ("_on_internal_done", "_on_lost", "conn", "defaults", "pid")
+    __slots__ = ("_on_internal_done", "_on_lost", "conn", "defaults", "pid", "told")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport = None
@@ -140,6 +140,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.expires_at = float("inf")
         self.cancel_at = 0.0  # when poold cancelled the running query (query_timeout)
         self.closed = False
+        self.told = False  # the server sent its owner a FATAL: the owner's session ends with it
         self.epoch = 0  # the pool's reconnect epoch when this link was leased
         self.stats = PoolStats()  # replaced by the pool's own at lease
         self._on_lost = on_lost
@@ -184,7 +185,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.closed = True
         owner, self.owner = self.owner, None
         if owner is not None:
-            owner.on_server_lost()
+            owner.on_server_lost(None if self.told else "08006")
         self._on_lost(self)
 
     def pause_writing(self) -> None:
@@ -251,7 +252,10 @@ class ServerLink(ServerCore, asyncio.Protocol):
             name, value = messages.parse_parameter_status(body)
             self._track(name, value, owner)
         elif t == _E and body is not None:
-            self.stats.server_errors[messages.parse_error_fields(body).get("C", "XX000")] += 1
+            fields = messages.parse_error_fields(body)
+            self.stats.server_errors[fields.get("C", "XX000")] += 1
+            if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                self.told = True
 
     def _track(self, name: str, value: str, owner: ServerOwner | None) -> None:
         canon = canonical_parameter(name)
