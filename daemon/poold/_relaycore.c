@@ -58,7 +58,7 @@ static PyObject *EMPTY;         /* b"" */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
-    *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause,
+    *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
     *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
     *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
@@ -939,6 +939,21 @@ client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syn
     return 0;
 }
 
+/* _buffer: keep a request until a server connection is free; past
+ * BUFFERED_CHUNKS_MAX chunks (client.py's), pause reading the client. */
+#define BUFFERED_CHUNKS_MAX 4
+
+static int
+client_buffer(ClientCore *self, PyObject *data, Py_ssize_t syncs)
+{
+    if (PyList_Append(self->buffered, data) < 0)
+        return -1;
+    self->buffered_syncs += syncs;
+    if (PyList_GET_SIZE(self->buffered) >= BUFFERED_CHUNKS_MAX)
+        return call_done(PyObject_CallMethodNoArgs((PyObject *)self, s_pause_reading));
+    return 0;
+}
+
 /* _lease_and_send: a free link at once, else wait for one (Pool._acquire_wait queues). */
 static int
 client_lease_and_send(ClientCore *self, PyObject *data, Py_ssize_t syncs)
@@ -952,8 +967,7 @@ client_lease_and_send(ClientCore *self, PyObject *data, Py_ssize_t syncs)
             return 0;
         /* Queued: on_server follows. */
         self->wait_start = monotonic();
-        self->buffered_syncs += syncs;
-        return PyList_Append(self->buffered, data);
+        return client_buffer(self, data, syncs);
     }
     int rc = client_attach(self, link, data, syncs);
     Py_DECREF(link);
@@ -991,6 +1005,11 @@ client_on_server(ClientCore *self, ServerCore *link)
         data = PyObject_CallMethodOneArg(EMPTY, s_join, self->buffered);
     if (data == NULL || PyList_SetSlice(self->buffered, 0, nbuf, NULL) < 0) {
         Py_XDECREF(data);
+        return -1;
+    }
+    /* read again: before the write, whose flow control may pause it anew */
+    if (self->self_paused && call_done(PyObject_CallMethodNoArgs((PyObject *)self, s_resume_reading)) < 0) {
+        Py_DECREF(data);
         return -1;
     }
     int rc = client_attach(self, link, data, syncs);
@@ -1589,8 +1608,7 @@ Client_data_received(ClientCore *self, PyObject *data)
             rc = client_lease_and_send(self, chunk, syncs); /* the first request of a transaction */
         }
         else if (n) {
-            rc = PyList_Append(self->buffered, chunk);
-            self->buffered_syncs += syncs;
+            rc = client_buffer(self, chunk, syncs);
         }
     }
     else if (!is_core(self->server, &ServerCoreType) || ((ServerCore *)self->server)->write == NULL) {
@@ -1964,6 +1982,8 @@ PyInit__relaycore(void)
     INTERN(s_relay_error, "_relay_error");
     INTERN(s_join, "join");
     INTERN(s_close, "_close");
+    INTERN(s_pause_reading, "pause_reading");
+    INTERN(s_resume_reading, "resume_reading");
     INTERN(s_fatal, "_fatal");
     INTERN(s_unpause, "_unpause");
     INTERN(s_give_back, "_give_back");

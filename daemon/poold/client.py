@@ -51,6 +51,10 @@ _F = messages.FUNCTION_CALL
 _SYNC = messages.SYNC
 _X = messages.TERMINATE
 _SYNC_POINTS = bytes((_Q, _SYNC, _F))
+#: chunks a client's bytes are read into while it waits for a server connection;
+#: at this many, its reading pauses until it has one (a chunk is at most the
+#: transport's read size, 256 KiB), so a large request waits in its own socket
+BUFFERED_CHUNKS_MAX = 4
 _AUTH_OK = messages.auth_ok()
 _READY_IDLE = messages.ready_for_query()
 
@@ -193,9 +197,17 @@ class ClientCorePy:
         syncs, self.buffered_syncs = self.buffered_syncs, 0
         data = b"".join(self.buffered)
         self.buffered.clear()
+        if self._self_paused:  # read again: before the write below, whose flow control may pause it anew
+            self.resume_reading()
         self._attach(link, data, syncs)
 
     def _relay(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
         raise NotImplementedError
 
     def _attach(self, link: ServerLink, data: bytes, syncs: int) -> None:
@@ -328,8 +340,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             if data and not (self.waiting or self.terminating or self.buffered):
                 self._lease_and_send(data, syncs)  # the first request of a transaction
             elif data:
-                self.buffered.append(data)
-                self.buffered_syncs += syncs
+                self._buffer(data, syncs)
         else:
             if syncs:
                 if not server.pending:
@@ -354,8 +365,14 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._attach(link, data, syncs)
         elif self.waiting:  # queued: on_server follows (else it failed, and we are closed)
             self.wait_start = time.monotonic()
-            self.buffered.append(data)
-            self.buffered_syncs += syncs
+            self._buffer(data, syncs)
+
+    def _buffer(self, data: bytes, syncs: int) -> None:
+        """Keep a request until a server connection is free; pause the client past BUFFERED_CHUNKS_MAX."""
+        self.buffered.append(data)
+        self.buffered_syncs += syncs
+        if len(self.buffered) >= BUFFERED_CHUNKS_MAX:
+            self.pause_reading()
 
     def _attach(self, link: ServerLink, data: bytes, syncs: int) -> None:
         """Take a freshly leased server connection and send it the first request."""

@@ -185,3 +185,39 @@ def test_large_request_and_others_keep_going(poold_factory: Callable[..., Poold]
     t.join(60)
     assert sent == [(size,)] * 3
     assert small > 0
+
+
+def test_large_request_waiting_for_a_server_is_not_held_whole(poold_factory: Callable[..., Poold],
+                                                              core: dict[str, str]) -> None:
+    """A client that must wait for a server connection is read only as far as a few chunks:
+    its 60 MB query waits in its own socket, not in poold's memory."""
+    p = poold_factory(mode="transaction", max_size=1, min_size=1, acquire_timeout=60, environ=core)
+    assert p.proc is not None
+    size = 60 * 1024 * 1024
+    big = "z" * size
+    result: list[object] = []
+    with psycopg.connect(p.dsn(), prepare_threshold=None) as holder:
+        holder.execute("SELECT 1")  # in a transaction: holds the only server connection
+        time.sleep(0.2)
+        _rss_peak_reset(p.proc.pid)
+        base = _vm(p.proc.pid, "VmRSS")
+
+        def large() -> None:
+            with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as conn:
+                result.append(conn.execute(f"SELECT length('{big}')").fetchone())
+
+        t = threading.Thread(target=large, daemon=True)
+        t.start()
+        wait_until(lambda: _waiting(p) == 1, timeout=20)
+        time.sleep(1.0)  # let the client push what poold will take
+        grown = _vm(p.proc.pid, "VmHWM") - base
+        holder.commit()
+    t.join(60)
+    assert result == [(size,)]
+    assert grown < size // 8, f"poold's peak RSS grew {grown / 2**20:.1f} MB holding a waiting 60 MB query"
+
+
+def _waiting(p: Poold) -> int:
+    from tests.e2e.test_http import scrape
+
+    return int(sum(v for (name, labels), v in scrape(p).items() if name == "db_pool_size" and ("state", "waiting") in labels))
