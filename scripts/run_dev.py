@@ -9,7 +9,9 @@ closes its server connections) and then PostgreSQL, and removes the directory.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,38 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _say(text: str, file: object = None) -> None:
+    """Print, unless the reader went away: under `make run | tee log`, Ctrl-C ends tee
+    too, and a failed print must not skip stopping PostgreSQL."""
+    try:
+        print(text, file=file or sys.stdout, flush=True)  # type: ignore[call-overload]
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _start_poold(config: Path, notify: Path) -> tuple[subprocess.Popen[bytes], bool]:
+    """Start poold and wait for its READY=1 (sd_notify on a socket of our own), up to 20 s.
+
+    Its own session: Ctrl-C reaches only this script, which then sends poold
+    exactly one SIGTERM (a second signal would mean "exit now")."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(0.2)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify))
+    poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(config)], start_new_session=True, env=env)
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and poold.poll() is None:
+            try:
+                if b"READY=1" in sock.recv(4096):
+                    return poold, True
+            except TimeoutError:
+                pass
+        return poold, False
+    finally:
+        sock.close()
+
+
 def main() -> int:
     # Ctrl-C and SIGTERM both stop poold and PostgreSQL, even when this script
     # was started with SIGINT ignored (a background job of a script).
@@ -34,11 +68,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="poold-run-"))
     os.chmod(work, 0o755)
     cluster = pgcluster.Cluster(base=str(work / "pg"))
-    print(f"Starting PostgreSQL ({cluster.bindir}) on 127.0.0.1:{cluster.port} ...", flush=True)
-    cluster.init()
-    cluster.start()
+    _say(f"Starting PostgreSQL ({cluster.bindir}) on 127.0.0.1:{cluster.port} ...")
     poold = None
     try:
+        cluster.init()
+        cluster.start()
         cluster.create_role_and_db("app", "app")
         (work / "userlist.txt").write_text('"app" "app"\n')
         (work / "poold.toml").write_text(
@@ -64,14 +98,12 @@ mode = "transaction"
 dsn = "host=127.0.0.1 port={cluster.port} dbname=app user=app password=app"
 """
         )
-        # Its own session: Ctrl-C reaches only this script, which then sends
-        # poold exactly one SIGTERM (a second signal would mean "exit now").
-        poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(work / "poold.toml")], start_new_session=True)
-        time.sleep(1.0)
-        if poold.poll() is not None:
-            print("poold failed to start", file=sys.stderr)
+        poold, ready = _start_poold(work / "poold.toml", work / "notify.sock")
+        if not ready:
+            _say("poold failed to start (its log is above)", sys.stderr)
             return 1
-        print(
+        poolctl = Path(sys.executable).parent / "poolctl"
+        _say(
             f"""
 poold is running in transaction mode in front of a throwaway PostgreSQL.
 
@@ -79,12 +111,11 @@ poold is running in transaction mode in front of a throwaway PostgreSQL.
   psql -h {work} -p {port} -U app app
   postgresql://app:app@127.0.0.1:{port}/app
 
-  poolctl --socket {work}/control.sock pools      (.venv/bin/poolctl)
+  {poolctl} --socket {work}/control.sock pools
   curl http://127.0.0.1:{os.environ.get("POOLD_HTTP_PORT", "9127")}/metrics
 
 Configuration: {work / 'poold.toml'}    Ctrl-C stops both.
-""",
-            flush=True,
+"""
         )
         try:
             poold.wait()
@@ -92,16 +123,17 @@ Configuration: {work / 'poold.toml'}    Ctrl-C stops both.
             pass
         return 0
     finally:
+        # Cleaning up is not interrupted: a second Ctrl-C must not leave PostgreSQL behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if poold is not None and poold.poll() is None:
             poold.send_signal(signal.SIGTERM)
             try:
                 poold.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 poold.kill()
-        print("Stopping PostgreSQL ...", flush=True)
+        _say("Stopping PostgreSQL ...")
         cluster.destroy()
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
