@@ -1,8 +1,10 @@
 """The real unit files under a real systemd user manager.
 
 The user manager runs with its own XDG_RUNTIME_DIR under /run (the unit's
-PrivateTmp hides /tmp from the service); units are installed in
-$XDG_RUNTIME_DIR/systemd/user from systemd/poold.service and poold.socket, with
+PrivateTmp hides /tmp from the service) and XDG_CONFIG_HOME beside it; units are
+installed in $XDG_CONFIG_HOME/systemd/user, which no unit file of this machine's
+outranks (/etc/systemd/user, ~/.config/systemd/user), from systemd/poold.service
+and poold.socket, with
 paths pointed at this checkout and the test cluster. The changes, all said here:
 User=/Group= are dropped (a user manager cannot switch users); a drop-in sends
 output to a file (no journald here); and a sandboxing directive that this
@@ -36,13 +38,18 @@ SYSTEMD = "/lib/systemd/systemd"
 class UserManager:
     def __init__(self, runtime_dir: Path) -> None:
         self.runtime_dir = runtime_dir
-        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir))
+        config_home = runtime_dir.parent / "config"
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), XDG_CONFIG_HOME=str(config_home))
         self.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
-        self.units = runtime_dir / "systemd" / "user"
+        self.units = config_home / "systemd" / "user"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.made: list[str] = []  # directories under /run made here, removed by stop()
 
     def start(self) -> None:
-        os.makedirs("/run/systemd/system", exist_ok=True)  # marks systemd as the init system
+        for d in ("/run/systemd", "/run/systemd/system"):  # marks systemd as the init system
+            if not os.path.isdir(d):
+                os.mkdir(d)
+                self.made.insert(0, d)
         self.units.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([SYSTEMD, "--user"], env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -64,6 +71,11 @@ class UserManager:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        for d in self.made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass  # someone else's files arrived meanwhile: theirs to keep
 
 
 SANDBOXING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
@@ -166,6 +178,7 @@ def test_start_reload_stop_under_systemd(manager: UserManager, pg: pgcluster.Clu
     port = pgcluster.free_port()
     control = install_units(manager, pg, tmp_path, port)
     manager.ctl("start", "poold.service", check=True)  # returns once READY=1 arrived (Type=notify)
+    assert manager.show("poold.service", "FragmentPath") == str(manager.units / "poold.service")  # ours, not outranked
     assert manager.show("poold.service", "ActiveState") == "active"
     assert manager.show("poold.service", "StatusText").startswith("serving:")
     assert manager.show("poold.service", "WatchdogUSec") == "30s"
