@@ -19,6 +19,8 @@ import socket
 import sys
 from typing import Any
 
+from . import __version__
+
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/poold/control.sock"
 
@@ -117,6 +119,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="poolctl", description="control a running poold")
     parser.add_argument("--socket", default=os.environ.get("POOLCTL_SOCKET", DEFAULT_SOCKET))
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    parser.add_argument("--version", action="version", version=f"poolctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("status", "pools", "clients", "servers", "rollback", "drain", "shutdown"):
         sub.add_parser(name)

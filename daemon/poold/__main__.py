@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+from . import __version__
 from .config import ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/poold/poold.toml"
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="poold", description="PostgreSQL connection pool daemon")
     parser.add_argument("-c", "--config", default=os.environ.get("POOLD_CONFIG", DEFAULT_CONFIG))
     parser.add_argument("--check-config", metavar="FILE", help="validate FILE (with environment overrides) and exit")
+    parser.add_argument("--version", action="version", version=f"poold {__version__}")
     args = parser.parse_args(argv)
 
     path = args.check_config or args.config
