@@ -86,7 +86,7 @@ def render(command: str, result: Any) -> str:
         return render_plan(result)
     if isinstance(result, dict):
         width = max((len(k) for k in result), default=0)
-        return "\n".join(f"{k.ljust(width)}  {_text(v)}" for k, v in result.items())
+        return "\n".join(f"{k.ljust(width)}  {_value(k, v)}" for k, v in result.items())
     return json.dumps(result, indent=2)
 
 
@@ -107,6 +107,20 @@ def render_plan(result: dict[str, Any]) -> str:
     if len(lines) == 1:
         lines.append("  (no changes)")
     return "\n".join(lines)
+
+
+#: keys whose numbers are seconds (the configuration's durations, status's uptime)
+_SECONDS = ("_timeout", "_lifetime", "_reset", "uptime")
+
+
+def _value(key: str, v: Any) -> str:
+    """A value as a person reads it: file modes in octal as written in poold.toml, durations with their unit."""
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(v, int) and not isinstance(v, bool) and name.endswith("mode"):
+        return f"0o{v:03o}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.endswith(_SECONDS):
+        return f"{v:g} s"
+    return _text(v)
 
 
 def _text(v: Any) -> str:
