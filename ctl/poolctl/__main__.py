@@ -6,7 +6,8 @@
     poolctl pause [POOL] | resume [POOL] | reconnect [POOL]
     poolctl drain | shutdown
 
-Global options: --socket PATH (or $POOLCTL_SOCKET), --json.
+Global options: --socket PATH (or $POOLCTL_SOCKET), or --config FILE (the control
+socket that poold's configuration names), --json.
 Exits 0 on success, 1 when the command fails, 2 when poold cannot be reached.
 """
 
@@ -132,6 +133,7 @@ def _text(v: Any) -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="poolctl", description="control a running poold")
     parser.add_argument("--socket", default=os.environ.get("POOLCTL_SOCKET", DEFAULT_SOCKET))
+    parser.add_argument("--config", metavar="FILE", help="poold's TOML: use the control socket it names ([control] socket)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
     parser.add_argument("--version", action="version", version=f"poolctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,8 +149,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def socket_from_config(path: str) -> str:
+    """The control socket a poold configuration file names (its default when it names none)."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        control = tomllib.load(f).get("control", {})
+    return str(control.get("socket", DEFAULT_SOCKET))  # as poold opens it
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.config:
+        try:
+            args.socket = socket_from_config(args.config)
+        except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+            print(f"poolctl: cannot read the control socket from {args.config}: {exc}", file=sys.stderr)
+            return 2
     params: dict[str, Any] = {}
     if args.command == "config":
         params["action"] = args.action

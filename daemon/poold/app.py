@@ -51,6 +51,7 @@ class App:
         self.runtime = Runtime(config, load_userlist(config.auth.file))
         self.reloader = Reloader(self.runtime, environ)
         self.notifier = Notifier(environ)
+        self.refused: str | None = None  # why the last reload was refused, until one is applied
         self._stop = asyncio.Event()
         self._signals = 0
         self._servers: list[Server] = []
@@ -110,7 +111,12 @@ class App:
             return await self.reloader.reload(dry_run=True)
         self._notify_reloading()
         try:
-            return await self.reloader.reload()
+            result = await self.reloader.reload()
+            self.refused = None
+            return result
+        except ReloadRejected as exc:
+            self.refused = str(exc)  # in STATUS= (systemctl status) until a reload is applied
+            raise
         finally:
             self.notifier.notify("READY=1", self._status_text())
 
@@ -203,8 +209,11 @@ class App:
         rt = self.runtime
         servers = sum(p.leased for p in rt.pools.pools.values())
         state = "draining" if rt.draining else "serving"
-        return (f"STATUS={state}: {len(rt.clients)} clients, {servers} server connections, "
+        text = (f"STATUS={state}: {len(rt.clients)} clients, {servers} server connections, "
                 f"{len(rt.pools.pools)} pools, generation {self.reloader.generation}")
+        if self.refused is not None:
+            text += f"; last reload refused: {self.refused}"
+        return text
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -146,6 +146,8 @@ dsn = "host={pg.host} port={pg.port} dbname=app user=app password={APP_PASSWORD}
     service = "\n".join(line for line in service.splitlines() if not line.startswith(("User=", "Group=")))
     sandboxing = [line for line in service.splitlines() if line.split("=")[0] in SANDBOXING]
     service = (service.replace("/usr/bin/poold", str(poold))
+               .replace("/usr/bin/poolctl", str(poold.with_name("poolctl")))
+               .replace("/run/poold/control.sock", f"{run}/control.sock")
                .replace("/etc/poold/poold.toml", str(config))
                .replace("/etc/poold/poold.env", str(tmp / "poold.env")))
     (m.units / "poold.service").write_text(service)
@@ -191,6 +193,18 @@ def test_start_reload_stop_under_systemd(manager: UserManager, pg: pgcluster.Clu
         assert json.loads(poolctl(control, "--json", "pools").stdout)[0]["max_size"] == 7
         # the same client connection goes on after the reload
         assert conn.execute("SELECT 2").fetchone() == (2,)
+        # A refused configuration: `systemctl reload` fails and says why; the old one keeps serving.
+        good = (tmp_path / "poold.toml").read_text()
+        (tmp_path / "poold.toml").write_text(good + "\n[pool\n")
+        refused = manager.ctl("reload", "poold.service")
+        assert refused.returncode != 0
+        status = manager.ctl("status", "poold.service").stdout
+        assert "last reload refused" in status and "poold.toml" in status, status
+        assert manager.show("poold.service", "ActiveState") == "active"
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+        (tmp_path / "poold.toml").write_text(good)
+        manager.ctl("reload", "poold.service", check=True)
+        assert "refused" not in manager.show("poold.service", "StatusText")
     assert manager.show("poold.service", "ActiveState") == "active"
 
     manager.ctl("stop", "poold.service", check=True)
