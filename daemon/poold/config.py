@@ -9,7 +9,10 @@ mutates one.
 Environment overrides (later wins):
   1. the process environment, 2. the env file (re-read on every reload, so that
   editing it and reloading takes effect even when the process was started with
-  the same variable set). Within each: short names first (``DB_POOL_MAX`` ...),
+  the same variable set). The env file is the source of truth for what it held
+  at start: under systemd, EnvironmentFile= copies it into the process
+  environment, and a key later removed from the file must not live on from that
+  copy (``without_env_file_copies``). Within each: short names first (``DB_POOL_MAX`` ...),
   then ``POOLD_<SECTION>__<KEY>`` (``POOLD_POOL__MAX_SIZE=12``,
   ``POOLD_DATABASES__APP__DSN=...``; names are lower-cased).
 """
@@ -411,6 +414,23 @@ def _env_file_path(raw: dict[str, Any], path: Path, environ: Mapping[str, str]) 
         return None
     p = Path(name)
     return p if p.is_absolute() else path.parent / p
+
+
+def without_env_file_copies(environ: Mapping[str, str], env_file: str) -> dict[str, str]:
+    """``environ`` less the variables that the env file holds with the same value now.
+
+    Called once at start: those are the env file's own settings, put into the
+    process environment by systemd's EnvironmentFile= (or a shell's ``set -a``).
+    Reloads then read them from the file alone, so that deleting one from the
+    file reverts it to the TOML value, as editing it changes it.
+    """
+    if not env_file:
+        return dict(environ)
+    try:
+        file_env = parse_env_file(Path(env_file).read_text())
+    except (OSError, ValueError):
+        return dict(environ)  # load_config reports it
+    return {k: v for k, v in environ.items() if file_env.get(k) != v}
 
 
 def parse_env_file(text: str) -> dict[str, str]:

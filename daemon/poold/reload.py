@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .auth import Secret, load_userlist
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, without_env_file_copies
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class ReloadRejected(Exception):
 class Reloader:
     def __init__(self, rt: Runtime, environ: Mapping[str, str] = os.environ) -> None:
         self.rt = rt
-        self.environ = environ
+        self.environ = without_env_file_copies(environ, rt.config.env_file)
         self.generation = 1
         self.generations: list[tuple[int, Config]] = [(1, rt.config)]
         self._lock = asyncio.Lock()

@@ -139,6 +139,7 @@ file = "userlist.txt"
 env_file = "poold.env"
 [pool]
 min_size = 1
+max_size = 6
 [databases.app]
 dsn = "host={pg.host} port={pg.port} dbname=app user=app password={APP_PASSWORD}"
 """)
@@ -185,12 +186,22 @@ def test_start_reload_stop_under_systemd(manager: UserManager, pg: pgcluster.Clu
     assert manager.show("poold.service", "StatusText").startswith("serving:")
     assert manager.show("poold.service", "WatchdogUSec") == "30s"
 
+    def max_size() -> int:
+        return int(json.loads(poolctl(control, "--json", "pools").stdout)[0]["max_size"])
+
     with psycopg.connect(dsn(port), prepare_threshold=None, autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert max_size() == 3  # the env file's, which EnvironmentFile= also put into poold's environment
         (tmp_path / "poold.env").write_text("DB_POOL_MAX=7\n")
         manager.ctl("reload", "poold.service", check=True)
         wait_until(lambda: json.loads(poolctl(control, "--json", "status").stdout)["generation"] == 2)
-        assert json.loads(poolctl(control, "--json", "pools").stdout)[0]["max_size"] == 7
+        assert max_size() == 7
+        # Removed from the env file: back to the TOML's value, though systemd's copy of it is still in the environment.
+        (tmp_path / "poold.env").write_text("# DB_POOL_MAX=7\n")
+        manager.ctl("reload", "poold.service", check=True)
+        assert max_size() == 6
+        assert poolctl(control, "rollback").returncode == 0
+        assert max_size() == 7
         # the same client connection goes on after the reload
         assert conn.execute("SELECT 2").fetchone() == (2,)
         # A refused configuration: `systemctl reload` fails and says why; the old one keeps serving.

@@ -144,3 +144,14 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "configuration OK" in ok.stdout
     bad = subprocess.run(run, capture_output=True, text=True, env=dict(os.environ, DB_POOL_MAX="x"))
     assert bad.returncode == 2 and "pool.max_size: must be an integer" in bad.stderr
+
+
+def test_env_file_copies_in_the_environment_are_the_files(tmp_path: Path) -> None:
+    """What EnvironmentFile= copied into the environment belongs to the file; the rest stays."""
+    from poold.config import without_env_file_copies
+
+    env_file = tmp_path / "poold.env"
+    env_file.write_text("DB_POOL_MAX=5\nDB_POOL_MIN=2\n")
+    environ = {"DB_POOL_MAX": "5", "DB_POOL_MIN": "3", "PATH": "/bin"}
+    assert without_env_file_copies(environ, str(env_file)) == {"DB_POOL_MIN": "3", "PATH": "/bin"}
+    assert without_env_file_copies(environ, "") == environ
