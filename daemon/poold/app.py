@@ -1,7 +1,11 @@
 """Startup and shutdown order, written out in one place.
 
-Startup: runtime (configuration, auth file), listeners (or sockets passed by
-systemd), HTTP, control socket, janitor, watchdog, READY=1.
+Startup: runtime (configuration, auth file), control socket, HTTP, the client
+listeners (or sockets passed by systemd), pools, janitor, watchdog, READY=1.
+The client listeners come after the others, so that poold serves no client
+unless it can also be steered and watched: a listener that cannot bind is
+logged with its address and errno and poold exits 1 before serving anything.
+A signal during start-up stops it there and exits 0.
 
 Reload (SIGHUP, `systemctl reload`, `poolctl reload`): RELOADING=1, one
 Reloader.reload, READY=1; a rejected configuration is logged and the old one
@@ -25,13 +29,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from . import relaycore, sockio
 from .auth import load_userlist
 from .client import ClientSession
 from .config import Config
 from .control import ControlServer
-from .listener import Server, adopt_listeners, start_listeners, stop_listeners, systemd_sockets
+from .listener import ListenFailed, Server, adopt_listeners, start_listeners, stop_listeners, systemd_sockets
 from .protocol.framing import FrameScanner, PyFrameScanner
 from .reload import Reloader, ReloadRejected
 from .runtime import Runtime
@@ -55,6 +60,7 @@ class App:
         self._stop = asyncio.Event()
         self._signals = 0
         self._servers: list[Server] = []
+        self._http: web.AppRunner | None = None
         self._activated = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -65,19 +71,26 @@ class App:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_on_signal()))
         rt = self.runtime
         config = rt.config
-
-        factory = functools.partial(ClientSession, rt)
-        passed = systemd_sockets(self.environ)
-        if passed:
-            self._activated = True
-            self._servers = await adopt_listeners(passed, factory, config.listen.backlog)
-        else:
-            self._servers = await start_listeners(config.listen, factory)
-        rt.listening = True
-        await rt.pools.open_configured(config.databases, rt.users)
-        http = await start_http(config.http, rt, self.reloader)
         control = ControlServer(self, config.control)
-        await control.start()
+        starting = asyncio.ensure_future(self._start(control))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # a signal during start-up
+                starting.cancel()
+            await asyncio.wait((starting,))
+            starting.result()
+        except (ListenFailed, asyncio.CancelledError) as exc:
+            if isinstance(exc, ListenFailed):
+                log.error("listen_failed", listener=exc.listener, address=exc.address, errno=exc.errno, error=exc.reason)
+                self.notifier.notify(f"STATUS=failed to start: {exc}")
+            else:
+                log.info("start_interrupted")
+            await self._abandon_start(control)
+            return 1 if isinstance(exc, ListenFailed) else 0
+        finally:
+            stopping.cancel()
+        http = self._http
         for coro in (self._janitor(), self._watchdog(), self._status_line()):
             self._spawn(coro)
 
@@ -102,6 +115,34 @@ class App:
         self.notifier.close()
         log.info("stopped")
         return 0
+
+    async def _start(self, control: ControlServer) -> None:
+        """Bind the control socket, HTTP, then the client listeners; open the pools."""
+        rt = self.runtime
+        config = rt.config
+        await control.start()
+        self._http = await start_http(config.http, rt, self.reloader)
+        factory = functools.partial(ClientSession, rt)
+        passed = systemd_sockets(self.environ)
+        if passed:
+            self._activated = True
+            self._servers = await adopt_listeners(passed, factory, config.listen.backlog)
+        else:
+            self._servers = await start_listeners(config.listen, factory)
+        rt.listening = True
+        await rt.pools.open_configured(config.databases, rt.users)
+
+    async def _abandon_start(self, control: ControlServer) -> None:
+        """Close what a failed or interrupted start-up opened."""
+        rt = self.runtime
+        rt.listening = False
+        if self._servers:  # else the Unix socket there is not ours to unlink
+            stop_listeners(self._servers, rt.config.listen, unlink=not self._activated)
+        control.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        await rt.pools.close()
+        self.notifier.close()
 
     # -- operations (also used by the control socket) ---------------------------
 

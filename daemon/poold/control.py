@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from .config import ControlSettings
+from .listener import listening_as
 from .reload import ReloadRejected, config_items
 
 if TYPE_CHECKING:
@@ -193,16 +194,12 @@ class ControlServer:
         path = self.settings.socket
         if not path:
             return
-        try:
+        with listening_as("control", path):  # poold does not start without it: ListenFailed
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             if os.path.exists(path):
                 os.unlink(path)
             self._server = await asyncio.start_unix_server(self._serve, path, limit=MAX_REQUEST)
             os.chmod(path, self.settings.mode)
-        except OSError as exc:
-            # The pooler itself can serve without its control socket.
-            log.error("control_socket_unavailable", path=path, error=str(exc))
-            return
         log.info("control_listening", path=path)
 
     def close(self) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import structlog
 
@@ -24,25 +26,46 @@ def unix_socket_path(listen: ListenSettings) -> str:
 Server = asyncio.Server | NativeServer
 
 
+class ListenFailed(Exception):
+    """A listener could not be set up: poold does not start (app.App.run logs it and exits)."""
+
+    def __init__(self, listener: str, address: str, exc: OSError) -> None:
+        self.listener, self.address = listener, address
+        self.errno = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        self.reason = exc.strerror or str(exc)
+        super().__init__(f"{listener} on {address}: {self.reason} ({self.errno})")
+
+
+@contextlib.contextmanager
+def listening_as(listener: str, address: str) -> Iterator[None]:
+    """An OSError while binding ``listener`` becomes ListenFailed, naming it and its address."""
+    try:
+        yield
+    except OSError as exc:
+        raise ListenFailed(listener, address, exc) from exc
+
+
 async def start_listeners(listen: ListenSettings, factory: Callable[[], asyncio.Protocol]) -> list[Server]:
     loop = asyncio.get_running_loop()
     servers: list[Server] = []
     try:
         hosts = [h.strip() for h in listen.host.split(",") if h.strip()]
-        if hosts and sockio.native is not None:
-            servers.append(NativeServer(bind_tcp(hosts, listen.port, listen.backlog), factory))
-        elif hosts:
-            servers.append(
-                await loop.create_server(
-                    factory, hosts, listen.port, backlog=listen.backlog, reuse_address=True
+        with listening_as("postgres", f"{listen.host}:{listen.port}"):
+            if hosts and sockio.native is not None:
+                servers.append(NativeServer(bind_tcp(hosts, listen.port, listen.backlog), factory))
+            elif hosts:
+                servers.append(
+                    await loop.create_server(
+                        factory, hosts, listen.port, backlog=listen.backlog, reuse_address=True
+                    )
                 )
-            )
         if listen.unix_socket_dir:
             path = unix_socket_path(listen)
-            if os.path.exists(path):
-                os.unlink(path)  # a stale socket from an unclean exit
-            server = await loop.create_unix_server(factory, path, backlog=listen.backlog)
-            os.chmod(path, listen.unix_socket_mode)
+            with listening_as("postgres_unix", path):
+                if os.path.exists(path):
+                    os.unlink(path)  # a stale socket from an unclean exit
+                server = await loop.create_unix_server(factory, path, backlog=listen.backlog)
+                os.chmod(path, listen.unix_socket_mode)
             servers.append(server)
     except BaseException:
         for s in servers:

@@ -10,6 +10,10 @@ import os
 import socket
 from collections.abc import Mapping
 
+import structlog
+
+log = structlog.get_logger("poold.sdnotify")
+
 
 class Notifier:
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
@@ -19,6 +23,7 @@ class Notifier:
         self._addr = addr
         self._sock: socket.socket | None = None
         self._native = None
+        self._failing = False  # logged once per run of failures
         if addr:
             try:
                 from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]
@@ -42,8 +47,17 @@ class Notifier:
                 self._native(text)
             elif self._sock is not None:
                 self._sock.sendto(text.encode(), self._addr)
-        except OSError:
-            pass  # systemd gone or busy: nothing useful to do about it
+        except OSError as exc:
+            # systemd cannot hear us (a socket hidden by sandboxing, a full queue):
+            # a Type=notify unit will time out or kill us, so say why, once.
+            if not self._failing:
+                self._failing = True
+                log.error("sd_notify_failed", socket=self._addr.replace("\0", "@"), error=str(exc),
+                          message=text.split("\n", 1)[0])
+        else:
+            if self._failing:
+                self._failing = False
+                log.info("sd_notify_recovered", socket=self._addr.replace("\0", "@"))
 
     def close(self) -> None:
         if self._sock is not None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from . import metrics
 from .config import HttpSettings
+from .listener import ListenFailed, listening_as
 from .reload import Reloader
 from .runtime import Runtime
 
@@ -110,5 +111,10 @@ async def start_http(settings: HttpSettings, rt: Runtime, reloader: Reloader) ->
         return None
     runner = web.AppRunner(make_app(rt, reloader), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    try:
+        with listening_as("http", f"{settings.host}:{settings.port}"):
+            await web.TCPSite(runner, settings.host, settings.port).start()
+    except ListenFailed:
+        await runner.cleanup()
+        raise
     return runner
