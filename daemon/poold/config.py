@@ -271,13 +271,15 @@ def _coerce(value: Any, type_name: Any) -> Any:
 def _build_pool(table: Mapping[str, Any], prefix: str, errors: list[str]) -> PoolSettings:
     n_before = len(errors)
     pool: PoolSettings = _build(PoolSettings, table, prefix, errors)
-    if len(errors) > n_before:
-        return pool
     cpus = pool.db_cpu_count or os.cpu_count() or 1
     max_size = pool.max_size or cpus * 2 + 4
     min_size = pool.min_size if pool.min_size >= 0 else math.ceil(max_size * 0.25)
     pool = replace(pool, db_cpu_count=cpus, max_size=max_size, min_size=min_size)
-    _validate_pool(pool, table, prefix, errors)
+    # Every error at once: the keys that did not parse are said once, the rest checked as given.
+    unparsed = {e.split(":")[0] for e in errors[n_before:]}
+    checks: list[str] = []
+    _validate_pool(pool, table, prefix, checks)
+    errors += [e for e in checks if e.split(":")[0] not in unparsed]
     return pool
 
 

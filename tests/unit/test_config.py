@@ -155,3 +155,27 @@ def test_env_file_copies_in_the_environment_are_the_files(tmp_path: Path) -> Non
     environ = {"DB_POOL_MAX": "5", "DB_POOL_MIN": "3", "PATH": "/bin"}
     assert without_env_file_copies(environ, str(env_file)) == {"DB_POOL_MIN": "3", "PATH": "/bin"}
     assert without_env_file_copies(environ, "") == environ
+
+
+def test_every_error_at_once_an_unknown_key_hides_nothing(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, """
+[pool]
+bogus = 1
+min_size = 10
+max_size = 2
+acquire_timeout = -5
+max_lifetime = "soon"
+[databases.app]
+dsn = "host=127.0.0.1 dbname=app"
+typo = 2
+max_size = 1
+min_size = 3
+""")
+    assert errors == [
+        "pool.bogus: unknown key",
+        "pool.max_lifetime: must be a number, got 'soon'",
+        "pool.min_size: must be <= max_size (2)",
+        "pool.acquire_timeout: must be > 0",
+        "databases.app.typo: unknown key",
+        "databases.app.min_size: must be <= max_size (1)",
+    ]
