@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick bench-cpu bench-login venv clean
+.PHONY: run test unit integration e2e lint bench bench-quick bench-cpu bench-login venv clean install uninstall
 
 venv: $(VENV)/.installed
 
@@ -53,3 +53,14 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info
+
+# Install as a systemd service (root): a virtualenv under PREFIX (/opt/poold), poold and
+# poolctl in BINDIR (/usr/bin), the units, the poold user (sysusers.d), the man page, and
+# /etc/poold/{poold.toml,userlist.txt,poold.env} where absent. Every path can be given:
+# make install PREFIX=... BINDIR=... UNITDIR=... SYSUSERSDIR=... MANDIR=... SYSCONFDIR=...
+install:
+	$(PYTHON) scripts/install.py install
+
+# Removes what install put, but /etc/poold (your configuration and secrets).
+uninstall:
+	$(PYTHON) scripts/install.py uninstall

@@ -1,121 +1,28 @@
-"""The real unit files under a real systemd user manager.
+"""The real unit files under a real systemd user manager (tests/e2e/usermanager.py).
 
-The user manager runs with its own XDG_RUNTIME_DIR under /run (the unit's
-PrivateTmp hides /tmp from the service) and XDG_CONFIG_HOME beside it; units are
-installed in $XDG_CONFIG_HOME/systemd/user, which no unit file of this machine's
-outranks (/etc/systemd/user, ~/.config/systemd/user), from systemd/poold.service
-and poold.socket, with
-paths pointed at this checkout and the test cluster. The changes, all said here:
-User=/Group= are dropped (a user manager cannot switch users); a drop-in sends
-output to a file (no journald here); and a sandboxing directive that this
-machine cannot set up (a probe unit fails with 226/NAMESPACE, as ProtectHome
-and ProtectKernelTunables do in some containers, or cannot read the test's
-files, as ProtectControlGroups there, or cannot reach this checkout's Python,
-as ProtectHome for a Python under /root or PrivateTmp for a checkout under
-/tmp) is turned off.
+Units are installed in the manager's unit directory from systemd/poold.service
+and poold.socket, with paths pointed at this checkout and the test cluster.
+The changes, all said here: User=/Group= are dropped (a user manager cannot
+switch users); a drop-in sends output to a file (no journald here); and a
+sandboxing directive that this machine cannot set up (a probe unit fails with
+226/NAMESPACE, as ProtectHome and ProtectKernelTunables do in some
+containers, or cannot read the test's files, as ProtectControlGroups there,
+or cannot reach this checkout's Python, as ProtectHome for a Python under
+/root or PrivateTmp for a checkout under /tmp) is turned off.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.conftest import APP_PASSWORD, ROOT, pgcluster, wait_until
-
-SYSTEMD = "/lib/systemd/systemd"
-
-
-class UserManager:
-    def __init__(self, runtime_dir: Path) -> None:
-        self.runtime_dir = runtime_dir
-        config_home = runtime_dir.parent / "config"
-        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), XDG_CONFIG_HOME=str(config_home))
-        self.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
-        self.units = config_home / "systemd" / "user"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.made: list[str] = []  # directories under /run made here, removed by stop()
-
-    def start(self) -> None:
-        for d in ("/run/systemd", "/run/systemd/system"):  # marks systemd as the init system
-            if not os.path.isdir(d):
-                os.mkdir(d)
-                self.made.insert(0, d)
-        self.units.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([SYSTEMD, "--user"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.ctl("is-system-running").stdout.strip() in ("running", "degraded"), timeout=30)
-
-    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(["systemctl", "--user", *args], env=self.env, capture_output=True, text=True, timeout=60)
-        if check:
-            assert r.returncode == 0, f"systemctl --user {' '.join(args)}: {r.stderr}"
-        return r
-
-    def show(self, unit: str, prop: str) -> str:
-        return self.ctl("show", "-p", prop, "--value", unit).stdout.strip()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        for d in self.made:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass  # someone else's files arrived meanwhile: theirs to keep
-
-
-SANDBOXING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
-              "ProtectKernelModules", "ProtectControlGroups", "RestrictNamespaces", "NoNewPrivileges",
-              "RestrictAddressFamilies", "LockPersonality", "SystemCallArchitectures")
-
-
-@pytest.fixture
-def manager() -> Iterator[UserManager]:
-    if not os.path.exists(SYSTEMD) or shutil.which("systemctl") is None:
-        pytest.fail("systemd is required for these tests (install the systemd package)")
-    base = Path(tempfile.mkdtemp(prefix="poold-systemd-", dir="/run"))
-    m = UserManager(base / "xdg")
-    m.runtime_dir.mkdir(mode=0o700)
-    m.start()
-    yield m
-    m.stop()
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def files(manager: UserManager) -> Path:
-    d = manager.runtime_dir.parent / "files"
-    d.mkdir()
-    return d
-
-
-def unsupported_here(m: UserManager, directives: list[str], probe: Path) -> list[str]:
-    """Sandboxing lines with which this Python cannot start in a unit, or read ``probe``."""
-    probe.write_text("probe\n")
-    failing = []
-    for line in directives:
-        check = f"{sys.executable} -c 'import poold; open(\"{probe}\").read()'"
-        unit = f"[Service]\nType=oneshot\nExecStart={check}\n{line}\n"
-        (m.units / "probe.service").write_text(unit)
-        m.ctl("daemon-reload", check=True)
-        if m.ctl("start", "probe.service").returncode != 0:
-            failing.append(line.split("=")[0])
-    (m.units / "probe.service").unlink()
-    return failing
+from tests.e2e.usermanager import SANDBOXING, UserManager, unsupported_here
 
 
 def install_units(m: UserManager, pg: pgcluster.Cluster, tmp: Path, port: int) -> Path:
