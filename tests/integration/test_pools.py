@@ -200,18 +200,36 @@ def test_idle_link_killed_by_the_server_is_replaced_silently(tmp_path: Path, pg:
 
 def test_idle_links_go_back_to_psycopg_pool_with_their_settings(tmp_path: Path, pg: pgcluster.Cluster) -> None:
     async def main() -> None:
-        async with opened_pool(tmp_path, pg, max_size=1, min_size=0, idle_timeout=0.2) as pool:
+        async with opened_pool(tmp_path, pg, max_size=1, min_size=1, idle_timeout=0.2) as pool:
             link = await lease(pool)
             link.sync_parameters({"TimeZone": "Asia/Tokyo"})  # its reply is swallowed
             _status, data = await query(link, "SHOW TimeZone")
             assert b"Asia/Tokyo" in data
             pool.release(link)
             await asyncio.sleep(0.3)
-            pool.maintain(time.monotonic())  # past hold_time: back to psycopg_pool
+            pool.maintain(time.monotonic())  # past hold_time, within min_size: back to psycopg_pool
             assert not pool.free and pool.leased == 0
             again = await lease(pool)
             assert again is not link and again.pid == link.pid  # same server connection, new link
             assert again.params == {"TimeZone": "Asia/Tokyo"}  # what the server really has
             pool.release(again)
+
+    asyncio.run(main())
+
+
+def test_idle_links_above_min_size_are_closed_at_idle_timeout(tmp_path: Path, pg: pgcluster.Cluster) -> None:
+    async def main() -> None:
+        async with opened_pool(tmp_path, pg, max_size=2, min_size=0, idle_timeout=0.4) as pool:
+            link = await lease(pool)
+            pid = link.pid
+            pool.release(link)
+            await asyncio.sleep(0.25)
+            pool.maintain(time.monotonic())  # past hold_time (0.2 s), not idle_timeout: kept
+            assert pool.free == [link]
+            await asyncio.sleep(0.25)
+            pool.maintain(time.monotonic())  # past idle_timeout, above min_size: closed
+            assert not pool.free and pool.leased == 0
+            await asyncio.sleep(0.2)
+            assert pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}") == "0"
 
     asyncio.run(main())
