@@ -8,7 +8,8 @@ the scanner reads only message headers, plus the bodies of ReadyForQuery
 Internal queries (the SET that gives a client its own settings at hand-off,
 ROLLBACK and DISCARD ALL at release) are written ahead of client traffic; their
 replies, up to their ReadyForQuery, are consumed here and never reach a client
-(``swallow`` counts them).
+(``swallow`` counts them). One that fails (a cancel may have hit it) leaves the
+link ``dirty``: it is discarded at its release, never reused.
 
 While no client holds the link (it sits in the pool's free list) poold keeps
 reading: a NotificationResponse or ParameterStatus arriving then is dropped
