@@ -59,7 +59,7 @@ static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
-    *s_give_back, *s_retire, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
+    *s_give_back, *s_retire, *s_set_aside, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
     *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
     *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
@@ -394,9 +394,11 @@ typedef struct {
     PyObject *params;    /* tracked settings differing from defaults */
     Py_ssize_t pending;  /* ReadyForQuery messages still owed to the owner */
     Py_ssize_t swallow;  /* ReadyForQuery messages owed to internal queries */
+    Py_ssize_t cancels;  /* CancelRequests in flight for it (Pool.cancel_query): no other client gets it */
     double busy_since, cancel_at, expires_at, idle_since;
     long epoch;
     char closed;
+    char dirty; /* an internal query failed: discarded at its release */
 } ServerCore;
 
 typedef struct {
@@ -559,6 +561,8 @@ static PyMemberDef Server_members[] = {
     {"params", T_OBJECT, offsetof(ServerCore, params), 0, NULL},
     {"pending", T_PYSSIZET, offsetof(ServerCore, pending), 0, NULL},
     {"swallow", T_PYSSIZET, offsetof(ServerCore, swallow), 0, NULL},
+    {"cancels", T_PYSSIZET, offsetof(ServerCore, cancels), 0, NULL},
+    {"dirty", T_BOOL, offsetof(ServerCore, dirty), 0, NULL},
     {"busy_since", T_DOUBLE, offsetof(ServerCore, busy_since), 0, NULL},
     {"cancel_at", T_DOUBLE, offsetof(ServerCore, cancel_at), 0, NULL},
     {"expires_at", T_DOUBLE, offsetof(ServerCore, expires_at), 0, NULL},
@@ -650,11 +654,14 @@ pool_serve_waiter(PoolCore *self, ServerCore *link)
     return rc;
 }
 
-/* release: take back an idle link (ReadyForQuery 'I', nothing pending). */
+/* release: take back an idle link (ReadyForQuery 'I', nothing pending). A link
+ * with a cancel in flight, or whose internal query failed, is Pool._set_aside's. */
 static int
 pool_release(PoolCore *self, ServerCore *link, double now)
 {
     Py_XSETREF(link->owner, Py_NewRef(Py_None));
+    if (link->cancels || link->dirty)
+        return call_done(PyObject_CallMethodOneArg((PyObject *)self, s_set_aside, (PyObject *)link));
     if (PySet_Discard(self->active, (PyObject *)link) < 0)
         return -1;
     if (link->closed)
@@ -1301,23 +1308,23 @@ pool_count_client(PyObject *pool, long delta)
     return rc;
 }
 
-/* Runtime.register with the runtime's own state: the next free pid, a secret from
- * its list, ``by_key`` and ``client.key``. The BackendKeyData message goes to ``out``
- * (13 bytes). 0, or -1 with an exception set. */
+/* Runtime.register, for poold's own pids, with the runtime's own state: the next pid,
+ * a secret from its list, ``by_key`` (by the key, pid and secret) and ``client.key``.
+ * The BackendKeyData message goes to ``out`` (13 bytes). 0, or -1 with an exception set. */
 static int
 client_register(ClientCore *self, char *out)
 {
     PyObject *pids = PyObject_GetAttr(self->rt, s_pids);
     PyObject *by_key = pids ? PyObject_GetAttr(self->rt, s_by_key) : NULL;
     PyObject *secrets = by_key ? PyObject_GetAttr(self->rt, s_secrets) : NULL;
-    PyObject *pid = NULL, *key = NULL;
+    PyObject *key = NULL;
     int rc = -1;
     if (secrets == NULL || !PyDict_CheckExact(by_key) || !PyList_CheckExact(secrets)) {
         if (secrets != NULL)
             PyErr_SetString(PyExc_TypeError, "runtime.by_key and runtime._secrets: a dict and a list");
         goto done;
     }
-    uint32_t p;
+    uint32_t p, secret;
     while (1) {
         PyObject *next = PyIter_Next(pids);
         if (next == NULL) {
@@ -1327,37 +1334,32 @@ client_register(ClientCore *self, char *out)
         }
         p = (uint32_t)PyLong_AsUnsignedLongMask(next) & 0x7FFFFFFF;
         Py_DECREF(next);
+        if (PyList_GET_SIZE(secrets) == 0) {
+            PyObject *r = PyObject_CallMethodNoArgs(self->rt, s_draw_secrets);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            if (PyList_GET_SIZE(secrets) == 0) {
+                PyErr_SetString(PyExc_RuntimeError, "runtime._draw_secrets drew nothing");
+                goto done;
+            }
+        }
+        Py_ssize_t last = PyList_GET_SIZE(secrets) - 1;
+        secret = (uint32_t)PyLong_AsUnsignedLongMask(PyList_GET_ITEM(secrets, last)) & 0x7FFFFFFF;
+        if (PyErr_Occurred() || PyList_SetSlice(secrets, last, last + 1, NULL) < 0)
+            goto done;
         if (p == 0)
             continue;
-        Py_XSETREF(pid, PyLong_FromUnsignedLong(p));
-        if (pid == NULL)
+        Py_XSETREF(key, Py_BuildValue("(kk)", (unsigned long)p, (unsigned long)secret));
+        if (key == NULL)
             goto done;
-        int taken = PyDict_Contains(by_key, pid);
+        int taken = PyDict_Contains(by_key, key);
         if (taken < 0)
             goto done;
         if (!taken)
             break;
     }
-    if (PyDict_SetItem(by_key, pid, (PyObject *)self) < 0)
-        goto done;
-    if (PyList_GET_SIZE(secrets) == 0) {
-        PyObject *r = PyObject_CallMethodNoArgs(self->rt, s_draw_secrets);
-        if (r == NULL)
-            goto done;
-        Py_DECREF(r);
-        if (PyList_GET_SIZE(secrets) == 0) {
-            PyErr_SetString(PyExc_RuntimeError, "runtime._draw_secrets drew nothing");
-            goto done;
-        }
-    }
-    Py_ssize_t last = PyList_GET_SIZE(secrets) - 1;
-    uint32_t secret = (uint32_t)PyLong_AsUnsignedLongMask(PyList_GET_ITEM(secrets, last)) & 0x7FFFFFFF;
-    if (PyErr_Occurred() || PyList_SetSlice(secrets, last, last + 1, NULL) < 0)
-        goto done;
-    PyObject *secret_obj = PyLong_FromUnsignedLong(secret);
-    key = secret_obj ? PyTuple_Pack(2, pid, secret_obj) : NULL;
-    Py_XDECREF(secret_obj);
-    if (key == NULL)
+    if (PyDict_SetItem(by_key, key, (PyObject *)self) < 0)
         goto done;
     Py_XSETREF(self->key, Py_NewRef(key));
     out[0] = 'K';
@@ -1369,7 +1371,6 @@ done:
     Py_XDECREF(pids);
     Py_XDECREF(by_key);
     Py_XDECREF(secrets);
-    Py_XDECREF(pid);
     Py_XDECREF(key);
     return rc;
 }
@@ -1379,8 +1380,8 @@ static const char READY_IDLE[6] = {'Z', 0, 0, 0, 5, 'I'};
 /* The proof checked: _native_login_done and _welcome where nothing waits, for a
  * plan whose welcome (LoginPlan.welcome: its pool, the AuthenticationOk and
  * ParameterStatus bytes, the client's own settings or None) was made for the
- * pool the registry holds now, open. 1: done; 0: the Python method's (anything
- * else); -1: error. */
+ * pool the registry holds now, open, in transaction mode. 1: done; 0: the Python
+ * method's (anything else, session mode too: it leases a server first); -1: error. */
 static int
 client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
 {
@@ -1416,6 +1417,18 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
         rc = 0;
         goto done;
     }
+    PyObject *pool_settings = PyObject_GetAttr(pool, s_settings);
+    if (pool_settings == NULL)
+        goto done;
+    mode = PyObject_GetAttr(pool_settings, s_mode);
+    Py_DECREF(pool_settings);
+    if (mode == NULL)
+        goto done;
+    int session = PyObject_RichCompareBool(mode, SESSION, Py_EQ);
+    if (session != 0) { /* session mode leases its server first: _enter_pool */
+        rc = session < 0 ? -1 : 0;
+        goto done;
+    }
     /* the login is over: from here on, as _native_login_done's first branch */
     Py_CLEAR(self->plan);
     Py_XSETREF(self->pool, Py_NewRef(pool));
@@ -1428,17 +1441,7 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
             goto done;
         PyErr_Clear();
     }
-    PyObject *pool_settings = PyObject_GetAttr(pool, s_settings);
-    if (pool_settings == NULL)
-        goto done;
-    mode = PyObject_GetAttr(pool_settings, s_mode);
-    Py_DECREF(pool_settings);
-    if (mode == NULL)
-        goto done;
-    int session = PyObject_RichCompareBool(mode, SESSION, Py_EQ);
-    if (session < 0)
-        goto done;
-    self->session_mode = (char)session;
+    self->session_mode = 0;
     if (own != Py_None) {
         PyObject *copy = PyDict_Copy(own); /* the session's own: on_server_parameter changes it */
         if (copy == NULL)
@@ -1806,10 +1809,9 @@ Client_connection_lost(ClientCore *self, PyObject *exc)
     PyObject *by_key = clients ? PyObject_GetAttr(self->rt, s_by_key) : NULL;
     int rc = by_key != NULL && PySet_Discard(clients, (PyObject *)self) >= 0;
     if (rc && PyTuple_Check(self->key) && PyTuple_GET_SIZE(self->key) == 2 && PyDict_Check(by_key)) {
-        PyObject *pid = PyTuple_GET_ITEM(self->key, 0);
-        PyObject *holder = PyDict_GetItemWithError(by_key, pid);
+        PyObject *holder = PyDict_GetItemWithError(by_key, self->key);
         if (holder == (PyObject *)self)
-            rc = PyDict_DelItem(by_key, pid) == 0;
+            rc = PyDict_DelItem(by_key, self->key) == 0;
         else if (holder == NULL && PyErr_Occurred())
             rc = 0;
     }
@@ -1988,6 +1990,7 @@ PyInit__relaycore(void)
     INTERN(s_unpause, "_unpause");
     INTERN(s_give_back, "_give_back");
     INTERN(s_retire, "_retire");
+    INTERN(s_set_aside, "_set_aside");
     INTERN(s_popleft, "popleft");
     INTERN(s_open, "open");
     INTERN(s_acquire_timeout, "acquire_timeout");

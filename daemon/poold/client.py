@@ -584,18 +584,42 @@ class ClientSession(ClientCore, asyncio.Protocol):
         defaults = pool.defaults
         if defaults is None:
             defaults = yield pool.prepare()
-        self._welcome(startup, pool, _greeting(pool, defaults, wanted), sasl_final, self.reader.take_rest())
+        link = None
+        if pool.settings.mode == "session":
+            link = yield from self._lease_for_session(pool)
+        self._welcome(startup, pool, _greeting(pool, defaults, wanted), sasl_final, self.reader.take_rest(), link)
+
+    def _lease_for_session(self, pool: Pool) -> auth.Steps[ServerLink]:
+        """Session mode: the server connection this client holds for its life, leased
+        before the welcome so that its BackendKeyData can carry that server's process id
+        (pg_backend_pid() and a notification's sender are then what the driver knows)."""
+        lease = _SessionLease(pool)
+        link = pool.acquire(lease)
+        if link is not None:
+            return link
+        try:
+            link = yield lease.future  # a failure to lease is raised here, and refuses the login
+        except GeneratorExit:  # the login ended first (the client left, login_timeout)
+            lease.abandon()
+            raise
+        return link
 
     def _welcome(self, startup: messages.StartupMessage, pool: Pool, greeting: Greeting, sasl_final: bytes,
-                 rest: bytes) -> None:
-        """One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery."""
+                 rest: bytes, link: ServerLink | None = None) -> None:
+        """One write: SASL final (if any), AuthenticationOk, the settings, the key, ReadyForQuery.
+
+        ``link``: a session-mode client's server connection, held from here on; the key
+        carries its process id. Without one (transaction mode) the key is poold's own."""
         own, settings = greeting
-        self.session_mode = pool.settings.mode == "session"
+        self.session_mode = link is not None
         if own:
             self.wanted = dict(own)  # the session's own copy: on_server_parameter changes it
+        if link is not None:
+            self._attach(link, b"", 0)  # the client's settings go first, if it has its own
         if startup.minor or startup.protocol_options:
             sasl_final = messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
-        self.transport.write(b"".join((sasl_final, settings, self.rt.register(self), _READY_IDLE)))  # type: ignore[union-attr]
+        key = self.rt.register(self, link.pid if link is not None else 0)
+        self.transport.write(b"".join((sasl_final, settings, key, _READY_IDLE)))  # type: ignore[union-attr]
         self.relaying = True
         if rest:
             self._relay(rest)
@@ -644,12 +668,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
         """The C login checked the proof: the rest of the login is ``_enter_pool``'s.
 
         Once the plan's welcome is made for the registry's open pool, the C login
-        does the first branch itself (_relaycore.c, client_welcome)."""
+        does the first branch itself in transaction mode (_relaycore.c, client_welcome)."""
         plan, self._plan = self._plan, None
         assert plan is not None
         rt = self.rt
         pool = rt.pools.pools.get(plan.pool_key)  # rt.pools.find(plan.db, self.user)
-        if pool is not None and pool.defaults is not None:  # _enter_pool with nothing to wait for
+        if pool is not None and pool.defaults is not None and pool.settings.mode != "session":
+            # _enter_pool with nothing to wait for (session mode leases a server first)
             self.pool = pool
             pool.clients += 1
             rt.logins.pop(self, None)  # the login is over: _end_login, with the C login's own state reset already
@@ -684,7 +709,9 @@ class ClientSession(ClientCore, asyncio.Protocol):
                     raise PooldError("28000", "TLS is required: connect with sslmode=require")
                 return request
             if isinstance(request, messages.CancelRequest):
-                self.rt.cancel(request.pid, request.secret)
+                delivered = self.rt.cancel(request.pid, request.secret)
+                if delivered is not None:
+                    yield delivered  # closed after the server closed its own cancel connection
                 self._close()
                 return None
             if self.reader.take_rest():
@@ -698,6 +725,36 @@ class ClientSession(ClientCore, asyncio.Protocol):
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]
         raise ProtocolError("too many encryption negotiation requests")
+
+
+class _SessionLease:
+    """A session-mode login waiting for its server connection (a pools.Waiter)."""
+
+    __slots__ = ("future", "pool", "since")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.future: asyncio.Future[ServerLink] = asyncio.get_running_loop().create_future()
+        self.since = time.monotonic()
+
+    def on_server(self, link: ServerLink) -> None:
+        if self.future.done():  # the login was given up
+            self.pool.release(link)
+            return
+        self.pool.stats.wait.observe(time.monotonic() - self.since)
+        self.future.set_result(link)
+
+    def on_acquire_failed(self, error: PooldError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def abandon(self) -> None:
+        """The login ended before it took its server connection: give it back, or stop waiting."""
+        if not self.future.done():
+            self.future.cancel()
+            self.pool.cancel_wait(self)
+        elif not self.future.cancelled() and self.future.exception() is None:
+            self.pool.release(self.future.result())
 
 
 class LoginPlan:

@@ -101,6 +101,9 @@ class PoolCorePy:
     def release(self, link: ServerLink, now: float = 0.0) -> None:
         """Take back an idle link (ReadyForQuery 'I', nothing pending)."""
         link.owner = None
+        if link.cancels or link.dirty:
+            self._set_aside(link)
+            return
         self.active.discard(link)
         if link.closed:
             return
@@ -124,6 +127,9 @@ class PoolCorePy:
         raise NotImplementedError
 
     def _retire(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+    def _set_aside(self, link: ServerLink) -> None:
         raise NotImplementedError
 
     def _serve_waiter(self, link: ServerLink) -> None:
@@ -191,6 +197,8 @@ class Pool(PoolCore):
         self._pressure_warned = False  # a warning was logged for the current episode
         self.stats = PoolStats()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Released links kept from the next client until the cancels sent for them are delivered.
+        self._held: set[ServerLink] = set()
         self._leasing: set[asyncio.Task[None]] = set()  # getconn calls for waiters
         self._closed = False
         # The event loop, from open(): asyncio.get_running_loop() costs a getpid()
@@ -276,6 +284,7 @@ class Pool(PoolCore):
         """
         link.owner = None
         self.active.discard(link)
+        self._held.discard(link)
         if not link.closed:
             link.closed = True
             link.abort()
@@ -361,7 +370,7 @@ class Pool(PoolCore):
                 if not link.cancel_at:
                     link.cancel_at = now
                     log.warning("query_timeout", pool=self.name, server_pid=link.pid, seconds=qt)
-                    self._spawn(self._cancel(link))
+                    self.cancel_query(link, link.owner)
                 elif now - link.cancel_at > CANCEL_GRACE:
                     # The server did not answer the cancel either: give up on it.
                     log.error("query_timeout_server_unresponsive", pool=self.name, server_pid=link.pid)
@@ -416,8 +425,16 @@ class Pool(PoolCore):
             "last_error": self.last_error,
         }
 
-    def cancel_query(self, link: ServerLink) -> None:
-        self._spawn(self._cancel(link))
+    def cancel_query(self, link: ServerLink, owner: object) -> asyncio.Task[None]:
+        """Cancel what ``link`` runs for ``owner``; the task ends once the server has
+        closed the cancel connection, that is, once the backend has been signalled.
+
+        Until then the link goes to no other client (``release`` sets it aside), as
+        PgBouncer keeps a server being cancelled out of its pool: a cancel that
+        arrives as the query ends must find the link idle, not another client's query.
+        """
+        link.cancels += 1
+        return self._spawn(self._cancel(link, owner))
 
     async def close(self) -> None:
         self._closed = True
@@ -567,6 +584,7 @@ class Pool(PoolCore):
             self.free.remove(link)
         except ValueError:
             pass
+        self._held.discard(link)
         log.info("server_connection_lost", pool=self.name, server_pid=link.pid)
         self._forget(link)
 
@@ -586,6 +604,16 @@ class Pool(PoolCore):
             self._carried_params[conn] = link.params
         self._spawn(self._return(conn))
         self._grow()
+
+    def _set_aside(self, link: ServerLink) -> None:
+        """A released link that cannot serve the next client yet: one whose internal
+        query failed is discarded; one with a cancel in flight is held (still active)
+        until the cancel is delivered, then released again (``_cancel``)."""
+        if link.dirty:
+            log.info("server_discarded_internal_query_failed", pool=self.name, server_pid=link.pid)
+            self.discard(link)
+        else:
+            self._held.add(link)
 
     def _retire(self, link: ServerLink) -> None:
         """Close an idle link for good: the pool is shrinking."""
@@ -614,19 +642,26 @@ class Pool(PoolCore):
         await self._pg.putconn(conn)  # psycopg_pool sees it closed and replaces it
         self._grow()
 
-    async def _cancel(self, link: ServerLink) -> None:
-        conn = link.conn
-        if conn is None:
-            return
+    async def _cancel(self, link: ServerLink, owner: object) -> None:
         try:
-            await backend.cancel(conn)
+            conn = link.conn
+            # Checked now, as it goes out: a link that ``owner`` no longer holds runs
+            # nothing of its (and is held, not reused, until this is over).
+            if conn is not None and owner is not None and link.owner is owner:
+                await backend.cancel(conn)
         except Exception as exc:  # task boundary: a failed cancel is logged, not fatal
             log.warning("cancel_failed", pool=self.name, server_pid=link.pid, error=str(exc))
+        finally:
+            link.cancels -= 1
+            if not link.cancels and link in self._held:
+                self._held.discard(link)
+                self.release(link)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 class PoolRegistry:

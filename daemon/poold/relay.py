@@ -8,7 +8,8 @@ the scanner reads only message headers, plus the bodies of ReadyForQuery
 Internal queries (the SET that gives a client its own settings at hand-off,
 ROLLBACK and DISCARD ALL at release) are written ahead of client traffic; their
 replies, up to their ReadyForQuery, are consumed here and never reach a client
-(``swallow`` counts them).
+(``swallow`` counts them). One that fails (a cancel may have hit it) leaves the
+link ``dirty``: it is discarded at its release, never reused.
 
 While no client holds the link (it sits in the pool's free list) poold keeps
 reading: a NotificationResponse or ParameterStatus arriving then is dropped
@@ -80,8 +81,8 @@ class ServerCorePy:
     itself and hands only the others to ``_on_frames``.
     """
 
-    __slots__ = ("busy_since", "cancel_at", "closed", "epoch", "expires_at", "idle_since", "owner", "params",
-                 "pending", "scanner", "stats", "status", "swallow", "transport")
+    __slots__ = ("busy_since", "cancel_at", "cancels", "closed", "dirty", "epoch", "expires_at", "idle_since", "owner",
+                 "params", "pending", "scanner", "stats", "status", "swallow", "transport")
 
     owner: ServerOwner | None
     transport: asyncio.Transport | None
@@ -93,6 +94,8 @@ class ServerCorePy:
     swallow: int
     busy_since: float
     cancel_at: float
+    cancels: int  # CancelRequests for this server in flight: it goes to no other client until they are delivered
+    dirty: bool  # an internal query failed: the link is discarded at its release
     expires_at: float
     idle_since: float
     epoch: int
@@ -139,6 +142,8 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.idle_since = 0.0
         self.expires_at = float("inf")
         self.cancel_at = 0.0  # when poold cancelled the running query (query_timeout)
+        self.cancels = 0  # CancelRequests in flight (Pool.cancel_query)
+        self.dirty = False  # an internal query failed (a cancel may have hit it)
         self.closed = False
         self.told = False  # the server sent its owner a FATAL: the owner's session ends with it
         self.epoch = 0  # the pool's reconnect epoch when this link was leased
@@ -166,6 +171,9 @@ class ServerLink(ServerCore, asyncio.Protocol):
             if t == _S and body is not None:
                 self._track(*messages.parse_parameter_status(body), owner)
             elif t == _E and body is not None:
+                # Its work is not done (a cancel meant for the last client may have
+                # hit it): the link must not serve another client.
+                self.dirty = True
                 fields = messages.parse_error_fields(body)
                 log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
             elif t == _Z and body is not None:

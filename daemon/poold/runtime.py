@@ -11,6 +11,7 @@ import os
 import secrets
 import struct
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .auth import ScramCache, Secret
@@ -39,7 +40,8 @@ class Runtime:
         self.clients: set[ClientSession] = set()
         #: clients still logging in, oldest first, with when they connected (monotonic)
         self.logins: dict[ClientSession, float] = {}
-        self.by_key: dict[int, ClientSession] = {}
+        #: logged-in clients by their cancel key (pid, secret)
+        self.by_key: dict[tuple[int, int], ClientSession] = {}
         self.draining = False  # no new clients; each closes at its next boundary
         self.listening = False
         self.started = time.monotonic()
@@ -54,18 +56,22 @@ class Runtime:
         if name in ("config", "users"):
             self.login_plans.clear()
 
-    def register(self, client: ClientSession) -> bytes:
-        """Give a logged-in client its own cancel key (``client.key``); its BackendKeyData message.
+    def register(self, client: ClientSession, server_pid: int = 0) -> bytes:
+        """Give a logged-in client its cancel key (``client.key``); its BackendKeyData message.
 
-        The C login does the same with the same state (_relaycore.c, client_register)."""
+        The key's pid is ``server_pid`` when given (a session-mode client is told its
+        server's process id), else one of poold's own; its secret is always poold's:
+        libpq does not tell the server's. The C login does the same for poold's own
+        pids with the same state (_relaycore.c, client_register)."""
         while True:
-            pid = next(self._pids) & 0x7FFFFFFF
-            if pid and pid not in self.by_key:
+            pid = server_pid or next(self._pids) & 0x7FFFFFFF
+            if not self._secrets:
+                self._draw_secrets()
+            key = (pid, self._secrets.pop() & 0x7FFFFFFF)
+            if pid and key not in self.by_key:
                 break
-        self.by_key[pid] = client
-        if not self._secrets:
-            self._draw_secrets()
-        client.key = key = (pid, self._secrets.pop() & 0x7FFFFFFF)
+        self.by_key[key] = client
+        client.key = key
         return backend_key_data(*key)
 
     def _draw_secrets(self) -> None:
@@ -74,8 +80,8 @@ class Runtime:
 
     def unregister(self, client: ClientSession) -> None:
         self.clients.discard(client)
-        if self.by_key.get(client.key[0]) is client:
-            del self.by_key[client.key[0]]
+        if self.by_key.get(client.key) is client:
+            del self.by_key[client.key]
 
     def expire_logins(self, now: float) -> None:
         """Close the clients whose login has taken longer than login_timeout.
@@ -92,11 +98,19 @@ class Runtime:
         for client in expired:
             client.login_timed_out()
 
-    def cancel(self, pid: int, secret: int) -> None:
-        """Forward a CancelRequest to the server connection the client holds now."""
-        client = self.by_key.get(pid)
-        if client is None or client.key != (pid, secret):
-            return  # like PostgreSQL: an unknown key is ignored silently
+    def cancel(self, pid: int, secret: int) -> Awaitable[None] | None:
+        """Forward a CancelRequest to the server connection its client holds now.
+
+        The awaitable is done once the server has closed its cancel connection, after
+        signalling the backend: the client's cancel connection closes after that, as
+        PostgreSQL's does, so a driver that waits for that close (libpq 17+, asyncpg)
+        sends its next query after the cancel has landed. None: nothing to cancel (an
+        unknown key, or a client that holds no server connection), ignored silently
+        like PostgreSQL does."""
+        client = self.by_key.get((pid, secret))
+        if client is None:
+            return None
         server, pool = client.server, client.pool
-        if server is not None and pool is not None:
-            pool.cancel_query(server)
+        if server is None or pool is None:
+            return None
+        return pool.cancel_query(server, client)

@@ -140,16 +140,20 @@ def test_over_max_client_conn_gets_53300(poold_factory: Callable[..., Poold]) ->
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_acquire_timeout_answers_with_an_error_not_a_hang(poold_factory: Callable[..., Poold]) -> None:
-    p = poold_factory(mode="session", max_size=1, min_size=1, acquire_timeout=1)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_acquire_timeout_answers_with_an_error_not_a_hang(poold_factory: Callable[..., Poold], mode: str) -> None:
+    """A transaction-mode client waits for a server connection at its query; a
+    session-mode one at its login (its BackendKeyData names its server)."""
+    p = poold_factory(mode=mode, max_size=1, min_size=1, acquire_timeout=1)
     with psycopg.connect(p.dsn(), autocommit=True) as holder:
-        holder.execute("SELECT 1")  # session mode: holds the only server connection
+        holder.execute("BEGIN")  # holds the only server connection
         start = time.monotonic()
-        with psycopg.connect(p.dsn(), autocommit=True) as waiter:
-            with pytest.raises(psycopg.OperationalError) as info:
+        with pytest.raises(psycopg.OperationalError) as info:
+            with psycopg.connect(p.dsn(), autocommit=True) as waiter:
                 waiter.execute("SELECT 1")
         elapsed = time.monotonic() - start
-    assert info.value.sqlstate == "53300"
+    if mode == "transaction":
+        assert info.value.sqlstate == "53300"
     assert "acquire_timeout" in str(info.value)
     assert elapsed < 10
 

@@ -445,7 +445,7 @@ def test_logins_after_the_first_run_on_the_kept_plan() -> None:
         assert session.pool is pool and session not in rt.logins and session._plan is None
         assert session.wanted == {"DateStyle": "ISO"} and not session.session_mode
         pid, secret = struct.unpack("!ii", dict(got)[b"K"])
-        assert session.key == (pid, secret) and rt.by_key[pid] is session and secret > 0
+        assert session.key == (pid, secret) and rt.by_key[pid, secret] is session and secret > 0
         welcomes.append([m for m in got[1:] if m[0] != b"K"])  # after SASLFinal (its signature differs)
         sessions.append(session)
     assert Session.done_in_python == 1  # the first login; the others were C's

@@ -5,7 +5,8 @@ transports that record what is written, through the cases the C core handles
 itself and the ones it hands back to Python: leasing, queueing for a link and
 the hand-off at release, a reply split mid-message, a ParameterStatus and an
 ErrorResponse in a reply, an extended-protocol batch over two chunks, an open
-transaction, Terminate. It runs in subprocesses, one per implementation
+transaction, Terminate, a link held back while a cancel for it is in flight, and
+one whose internal query failed. It runs in subprocesses, one per implementation
 (POOLD_RELAY_CORE), plus the C core with the Python frame scanner
 (POOLD_FRAME_SCANNER=python, which the core calls as methods rather than
 through the scanner's C API); their traces must be equal and right.
@@ -13,6 +14,7 @@ through the scanner's C API); their traces must be equal and right.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import struct
@@ -79,14 +81,14 @@ def scenario() -> dict[str, Any]:
     log: list[Any] = []
     rt = types.SimpleNamespace(
         config=types.SimpleNamespace(clients=types.SimpleNamespace(max_message_size=1 << 20)),
-        draining=False, stats=types.SimpleNamespace(errors=Counter()), unregister=lambda c: None,
+        draining=False, stats=types.SimpleNamespace(errors=Counter()), unregister=lambda c: None, clients=set(), by_key={},
     )
     pool = Pool.__new__(Pool)
     pool.free, pool.active, pool.waiters = [], set(), deque()
     pool.stats, pool.settings = PoolStats(), types.SimpleNamespace(max_size=2, acquire_timeout=5.0)
     pool.leased, pool.epoch, pool.paused, pool._closed = 2, 0, False, False
     pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
-    pool._loop_time, pool._wait_until = pool._loop.time, 0.0
+    pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
     pool.defaults, pool.name, pool.clients = {"application_name": ""}, "app.app", 3
     links = {}
     for name in ("s2", "s1"):  # LIFO: s1 is leased first
@@ -115,6 +117,7 @@ def scenario() -> dict[str, Any]:
             "links": {n: [link.pending, link.swallow, link.status.decode(), dict(link.params), link.closed]
                       for n, link in links.items()},
             "pool": [sorted(n for n, link in links.items() if link in pool.free), len(pool.active), len(pool.waiters)],
+            "held": sorted(n for n, link in links.items() if link in pool._held),
             "stats": [pool.stats.transactions, pool.stats.queries, pool.stats.bytes_in, pool.stats.bytes_out,
                       sum(pool.stats.wait.counts), sum(pool.stats.xact.counts)],
         })
@@ -159,6 +162,20 @@ def scenario() -> dict[str, Any]:
     step("c3's setting goes first; its reply is swallowed")
     c3.data_received(msg(b"X"))
     step("terminate")
+    c1.data_received(query("select 5"))
+    held = c1.server
+    held.cancels = 1  # a cancel for c1's query is in flight (Pool.cancel_query)
+    held.data_received(reset + reply())  # its RESET first (c3 left it set), then c1's reply
+    step("a link with a cancel in flight is held back")
+    asyncio.run(pool._cancel(held, c1))  # over (nothing sent: c1 holds the link no more)
+    step("the cancel over, it is released")
+    c2.session_mode = True
+    c2.data_received(query("select 6"))
+    c2.server.data_received(reply())
+    c2.connection_lost(None)  # session mode: DISCARD ALL, then released if it succeeded
+    c2_link = next(link for link in links.values() if link.swallow)
+    c2_link.data_received(msg(b"E", b"SERROR\0C57014\0Mcanceling statement due to user request\0\0") + msg(b"Z", b"I"))
+    step("an internal query that failed discards its link")
     return {"core": relaycore.NAME, "trace": trace}
 
 
@@ -222,6 +239,14 @@ def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
     assert bytes.fromhex(own["writes"][2][1]) == reply()
     assert steps["terminate"]["writes"] == [["c3", "close"]]
     assert steps["terminate"]["stats"][:2] == [8, 10]  # transactions; queries (each Query and Sync)
+    kept = steps["a link with a cancel in flight is held back"]
+    (name,) = kept["held"]
+    assert kept["clients"]["c1"][0] is None and name not in kept["pool"][0] and kept["pool"][1] == 1
+    assert steps["the cancel over, it is released"]["held"] == [] and name in steps["the cancel over, it is released"]["pool"][0]
+    failed = steps["an internal query that failed discards its link"]
+    assert bytes.fromhex(failed["writes"][2][1]) == query("DISCARD ALL") and failed["writes"][3][1] == "close"
+    assert [link[4] for link in failed["links"].values()].count(True) == 1  # closed, not reused
+    assert len(failed["pool"][0]) == 1 and failed["pool"][1] == 0
 
 
 if __name__ == "__main__":
