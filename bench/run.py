@@ -531,9 +531,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: 1 s runs, 1,000 idle clients")
     ap.add_argument("--large", action="store_true",
                     help="only the large-request section (bench/large.py), a few minutes")
-    ap.add_argument("--large-mb", default="8,32,60",
+    ap.add_argument("--large-mb", default=None,
                     help="query sizes of the large-request section, MB, comma-separated (the largest also "
-                         "makes the extended-protocol case and the interference loop)")
+                         "makes the extended-protocol case, the ten-at-once case and the interference loop; "
+                         "default 8,32,60; 8,32 and no ten-at-once case with --quick)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating rounds (default 5; 3 with --quick); at least 3")
     ap.add_argument("--seconds", type=int, default=None, help="pgbench -T per run (whole seconds)")
@@ -548,7 +549,9 @@ def main() -> int:
     # The large-request section: three rounds (a 60 MB query may take seconds per
     # target), interference runs long enough for several 60 MB queries.
     large_rounds = max(3, min(rounds, args.rounds or 3))
-    large_seconds = args.seconds or (4 if args.quick else 8)
+    large_seconds = args.seconds or (3 if args.quick else 8)
+    large_mb = tuple(int(n) for n in (args.large_mb or ("8,32" if args.quick else "8,32,60")).split(","))
+    together = 0 if args.quick else 10
     raise_nofile()
     ensure_pgbouncer()
     pgcluster.ensure_binaries()
@@ -597,8 +600,7 @@ def main() -> int:
             for t in ("poold", "pgbouncer"):
                 pid = rig.pid(t)
                 res.peak_rss_mb[t] = proc_mem(pid, "VmHWM") / 2**20 if pid else 0.0
-        section = large.run_section(rig, large_rounds, large_seconds, logdir,
-                                    tuple(int(n) for n in args.large_mb.split(",")))
+        section = large.run_section(rig, large_rounds, large_seconds, logdir, large_mb, together)
         if not args.large:
             # memory: idle clients, trust auth so the client side is not the bottleneck
             rig.auth = "trust"
@@ -630,8 +632,9 @@ def main() -> int:
               f"medians; paired = median of the per-round ratios, rounds = their range; {against} "
               f"({res.meta['elapsed_s']} s in all)\n")
         print(table(rows))
-    print(f"\nLarge requests: medians of {large_rounds} alternating rounds, seconds per query; memory per case "
-          f"(fresh poolers); interference {large_seconds} s runs; ratio = poold / PgBouncer; {against} "
+    print(f"\nLarge requests: medians of {large_rounds} alternating rounds; wall and pooler CPU in ms per query; "
+          f"memory per case (fresh poolers), MB; interference {large_seconds} s runs; ratio = poold / PgBouncer; "
+          f"{against} "
           f"({res.meta['elapsed_s']} s in all)\n")
     print(table(large_rows))
     print(f"\nresults: {out}/{name}.json" + (" and .png" if rows else ""))
