@@ -13,10 +13,11 @@ sends:
   sending the 60 MB Query at the same moment (one sample per batch).
 
 Per case and target it records the wall time per query and the pooler's CPU
-per query, in milliseconds (its threads' run time from /proc/PID/task/*/schedstat,
-nanoseconds; the JSON keeps utime+stime from /proc/PID/stat beside it); both poolers are
-started afresh for each case, so their VmHWM is the case's peak, reported beside
-its growth over the idle pooler's RSS and the RSS left once the clients have gone.
+per query, in milliseconds (its threads' run time from
+/proc/PID/task/*/schedstat, in nanoseconds; the JSON keeps utime+stime from
+/proc/PID/stat beside it). Both poolers are started afresh for each case, so
+their VmHWM is the case's peak, reported beside its growth over the idle
+pooler's RSS and the RSS left once the clients have gone.
 
 Last, interference: select-only pgbench with 16 clients, alone and while one
 more client loops on 60 MB queries, through each target.

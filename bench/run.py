@@ -25,9 +25,11 @@ looping on 60 MB queries; --large runs it alone, in a few minutes). Last, it
 opens 10,000 idle client connections to each pooler and reports RSS per client
 connection.
 
-Prints one table of medians with poold/PgBouncer ratios, and writes
-bench/results/bench-<time>.json and .png. Loopback only; bounded in time
-(about 11 minutes by default, --quick about 2).
+Prints one table of medians with poold/PgBouncer ratios (and one for the
+large-request section), and writes bench/results/bench-<time>.json and .png.
+Loopback only; bounded in time: about 11 minutes by default, --quick about 2,
+plus the large-request section (a few minutes where large requests stream;
+about 10 where they cost the pooler quadratic time).
 """
 
 from __future__ import annotations
