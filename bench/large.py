@@ -333,7 +333,7 @@ def run_section(rig: Rig, rounds: int, seconds: int, logdir: Path,
                 inter[key].setdefault(target, []).append(s)
                 extra = f" ({s['large_queries']} large queries done)" if loaded else ""
                 print(f"round {r + 1}/{rounds} select-only c16 {key:<6} {target:<10} tps={s['tps']:>8.0f} "
-                      f"p99={s['p99_ms']:.2f}ms{extra}", flush=True)
+                      f"p99={fmt(s['p99_ms'])}ms{extra}", flush=True)
     return {"meta": {"sizes_mb": list(sizes_mb), "rounds": rounds, "interference_seconds": seconds,
                      "pool_size": POOL_SIZE, "auth": "trust", "together": together},
             "samples": samples, "memory": memory, "interference": inter, "interference_mb": big}

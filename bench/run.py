@@ -329,8 +329,8 @@ def run_psql(port: int, sql: str, out: Any = subprocess.DEVNULL) -> None:
 @dataclass
 class Sample:
     tps: float
-    avg_ms: float
-    p99_ms: float
+    avg_ms: float | None  # None: no transaction logged
+    p99_ms: float | None
     cpu_us_per_tx: float | None
     failed: int
 
@@ -362,8 +362,8 @@ def run_pgbench(rig: Rig, target: str, w: Workload, seconds: float, logdir: Path
                 if len(parts) >= 3:
                     latencies.append(int(parts[2]))
     latencies.sort()
-    avg = statistics.fmean(latencies) / 1000 if latencies else float("nan")
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else float("nan")
+    avg = statistics.fmean(latencies) / 1000 if latencies else None
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else None
     cpu = (cpu1 - cpu0) / processed * 1e6 if pid and processed else None
     return Sample(tps, avg, p99, cpu, int(failed_m.group(1)) if failed_m else 0)
 
@@ -592,7 +592,7 @@ def main() -> int:
                         s = run_pgbench(rig, target, w, seconds, logdir)
                         res.runs.setdefault(w.name, {}).setdefault(target, []).append(s.__dict__)
                         print(f"round {r + 1}/{rounds} {w.name:<24} {target:<10} tps={s.tps:>9.0f} "
-                              f"avg={s.avg_ms:.2f}ms p99={s.p99_ms:.2f}ms cpu/tx={fmt(s.cpu_us_per_tx)}us "
+                              f"avg={fmt(s.avg_ms)}ms p99={fmt(s.p99_ms)}ms cpu/tx={fmt(s.cpu_us_per_tx)}us "
                               f"failed={s.failed}", flush=True)
                 for bname, sql in (("100k-row SELECT", "SELECT * FROM bench_rows"),
                                    ("100k-row COPY TO STDOUT", "COPY bench_rows TO STDOUT")):
