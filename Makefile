@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick bench-cpu bench-login venv clean install uninstall
+.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-login venv clean install uninstall
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,9 @@ bench: venv
 bench-quick: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --quick
+
+bench-large: venv
+	$(BIN)/python bench/run.py --large
 
 bench-cpu: venv
 	$(BIN)/python bench/cpu_split.py

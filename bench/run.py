@@ -1,8 +1,11 @@
 """`make bench`: poold against PgBouncer and direct PostgreSQL, same machine, same run.
 
-Starts a throwaway PostgreSQL, PgBouncer (Debian's package; installed with
-apt-get when missing and we are root) and poold, both poolers in transaction
-mode with 10 server connections and SCRAM client auth. Then, in alternating
+Starts a throwaway PostgreSQL, PgBouncer and poold. PgBouncer is the newest
+release, built once from the reference source into .bench/ when the reference
+(shared/reference/ beside the checkout, or $POOLD_REFERENCE_DIR) is present,
+else Debian's package (installed with apt-get when missing and we are root);
+the output and the JSON name the version compared against. Both poolers run
+in transaction mode with 10 server connections and SCRAM client auth. Then, in alternating
 rounds (poold, PgBouncer, direct, the order rotated each round so that no
 target always runs in the same place, e.g. always right after direct's heavier
 load; 5 rounds, --rounds to change), runs pgbench -n:
@@ -16,18 +19,24 @@ load; 5 rounds, --rounds to change), runs pgbench -n:
 and times a 100k-row SELECT and a 100k-row COPY TO STDOUT through each. For
 every run it records TPS, average and p99 latency (pgbench's per-transaction
 log, sampled), and the pooler's CPU time per transaction (/proc/PID/stat);
-peak RSS (VmHWM) per pooler. Last, it opens 10,000 idle client connections to
-each pooler and reports RSS per client connection.
+peak RSS (VmHWM) per pooler. Then the large-request section (bench/large.py:
+8, 32 and 60 MB queries and a ~22 MB result, and select-only TPS beside a client
+looping on 60 MB queries; --large runs it alone, in a few minutes). Last, it
+opens 10,000 idle client connections to each pooler and reports RSS per client
+connection.
 
-Prints one table of medians with poold/PgBouncer ratios, and writes
-bench/results/bench-<time>.json and .png. Loopback only; bounded in time
-(about 11 minutes by default, --quick about 2).
+Prints one table of medians with poold/PgBouncer ratios (and one for the
+large-request section), and writes bench/results/bench-<time>.json and .png.
+Loopback only; bounded in time: about 11 minutes by default, --quick about 2,
+plus the large-request section (a few minutes where large requests stream;
+about 10 where they cost the pooler quadratic time).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import glob
 import json
 import os
@@ -46,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: what the harness builds and keeps between runs (the reference PgBouncer)
+BENCH_CACHE = ROOT / ".bench"
 sys.path.insert(0, str(ROOT / "scripts"))
 import pgcluster  # noqa: E402
 
@@ -90,7 +101,41 @@ def workloads() -> list[Workload]:
 # -- processes ---------------------------------------------------------------
 
 
-def ensure_pgbouncer() -> str:
+def reference_dir() -> Path | None:
+    """The shared reference material (the newest PgBouncer's source and its build
+    script), when present: $POOLD_REFERENCE_DIR, else ``shared/reference`` beside
+    this checkout or beside one of its parents (a worktree's)."""
+    env = os.environ.get("POOLD_REFERENCE_DIR")
+    candidates = [Path(env)] if env else [d / "shared" / "reference" for d in ROOT.parents]
+    for d in candidates:
+        if (d / "build-pgbouncer.sh").is_file() and list(d.glob("pgbouncer-*.tar.gz")):
+            return d
+    return None
+
+
+def reference_pgbouncer() -> str | None:
+    """The reference PgBouncer, built once into .bench/pgbouncer-<version> with the
+    reference's build script; None (with a warning) when the reference is absent or
+    the build fails, so that the run falls back to Debian's package."""
+    ref = reference_dir()
+    if ref is None:
+        return None
+    tarball = sorted(ref.glob("pgbouncer-*.tar.gz"))[-1]
+    version = tarball.name.removeprefix("pgbouncer-").removesuffix(".tar.gz")
+    prefix = BENCH_CACHE / f"pgbouncer-{version}"
+    binary = prefix / "bin" / "pgbouncer"
+    if not os.access(binary, os.X_OK):
+        print(f"building PgBouncer {version} from {tarball} into {prefix} (once, about a minute) ...", flush=True)
+        BENCH_CACHE.mkdir(exist_ok=True)
+        r = subprocess.run(["bash", str(ref / "build-pgbouncer.sh"), str(prefix)], capture_output=True, text=True)
+        if r.returncode != 0 or not os.access(binary, os.X_OK):
+            print(f"warning: building PgBouncer {version} failed, falling back to Debian's: "
+                  f"{(r.stderr or r.stdout).strip()[-500:]}", file=sys.stderr, flush=True)
+            return None
+    return str(binary)
+
+
+def debian_pgbouncer() -> str:
     found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
     if found:
         return found
@@ -101,6 +146,19 @@ def ensure_pgbouncer() -> str:
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     raise SystemExit("pgbouncer is not installed: apt-get install pgbouncer (as root)")
+
+
+@functools.cache
+def ensure_pgbouncer() -> str:
+    """The PgBouncer to compare against: the reference build (the newest release)
+    when the reference is present, else Debian's package."""
+    return reference_pgbouncer() or debian_pgbouncer()
+
+
+def pgbouncer_version() -> str:
+    """``pgbouncer --version``'s first line, e.g. "PgBouncer 1.25.2"."""
+    out = subprocess.run([ensure_pgbouncer(), "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "PgBouncer (unknown version)"
 
 
 def raise_nofile() -> None:
@@ -138,6 +196,9 @@ class Rig:
     def __init__(self, work: Path, auth: str) -> None:
         self.work = work
         self.auth = auth
+        #: extra lines for poold's [pool] section (the large-request section turns
+        #: poold's query and statement timeouts off: PgBouncer's are off by default)
+        self.poold_pool_extra = ""
         self.pg: pgcluster.Cluster | None = None
         self.poold: subprocess.Popen[bytes] | None = None
         self.pgbouncer: subprocess.Popen[bytes] | None = None
@@ -179,6 +240,7 @@ log_level = "warning"
 mode = "transaction"
 max_size = {POOL_SIZE}
 min_size = {POOL_SIZE}
+{self.poold_pool_extra}
 [databases.{USER}]
 dsn = "{dsn}"
 """)
@@ -267,8 +329,8 @@ def run_psql(port: int, sql: str, out: Any = subprocess.DEVNULL) -> None:
 @dataclass
 class Sample:
     tps: float
-    avg_ms: float
-    p99_ms: float
+    avg_ms: float | None  # None: no transaction logged
+    p99_ms: float | None
     cpu_us_per_tx: float | None
     failed: int
 
@@ -285,8 +347,12 @@ def run_pgbench(rig: Rig, target: str, w: Workload, seconds: float, logdir: Path
     cpu1 = proc_cpu(pid) if pid else 0.0
     if r.returncode != 0:
         raise SystemExit(f"pgbench failed on {target} ({w.name}): {r.stderr.strip()[-500:]}")
-    tps = float(re.search(r"tps = ([\d.]+)", r.stdout).group(1))  # type: ignore[union-attr]
-    processed = int(re.search(r"transactions actually processed: (\d+)", r.stdout).group(1))  # type: ignore[union-attr]
+    # pgbench prints no "tps =" line (nor latencies) for a run that processed no
+    # transaction, e.g. a 1 s run whose 200 clients were still logging in.
+    processed_m = re.search(r"transactions actually processed: (\d+)", r.stdout)
+    tps_m = re.search(r"tps = ([\d.]+)", r.stdout)
+    processed = int(processed_m.group(1)) if processed_m else 0
+    tps = float(tps_m.group(1)) if tps_m else 0.0
     failed_m = re.search(r"number of failed transactions: (\d+)", r.stdout)
     latencies = []
     for log_name in glob.glob(f"{logdir}/tx*"):
@@ -296,8 +362,8 @@ def run_pgbench(rig: Rig, target: str, w: Workload, seconds: float, logdir: Path
                 if len(parts) >= 3:
                     latencies.append(int(parts[2]))
     latencies.sort()
-    avg = statistics.fmean(latencies) / 1000 if latencies else float("nan")
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else float("nan")
+    avg = statistics.fmean(latencies) / 1000 if latencies else None
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else None
     cpu = (cpu1 - cpu0) / processed * 1e6 if pid and processed else None
     return Sample(tps, avg, p99, cpu, int(failed_m.group(1)) if failed_m else 0)
 
@@ -465,6 +531,12 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: 1 s runs, 1,000 idle clients")
+    ap.add_argument("--large", action="store_true",
+                    help="only the large-request section (bench/large.py), a few minutes")
+    ap.add_argument("--large-mb", default=None,
+                    help="query sizes of the large-request section, MB, comma-separated (the largest also "
+                         "makes the extended-protocol case, the ten-at-once case and the interference loop; "
+                         "default 8,32,60; 8,32 and no ten-at-once case with --quick)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating rounds (default 5; 3 with --quick); at least 3")
     ap.add_argument("--seconds", type=int, default=None, help="pgbench -T per run (whole seconds)")
@@ -476,9 +548,16 @@ def main() -> int:
     # Five rounds by default: on a noisy 2-core machine a median of three moves
     # by about 0.05 in ratio between runs; five narrows that at 2.5 minutes more.
     rounds = max(3, args.rounds or (3 if args.quick else 5))
+    # The large-request section: three rounds (a 60 MB query may take seconds per
+    # target), interference runs long enough for several 60 MB queries.
+    large_rounds = max(3, min(rounds, args.rounds or 3))
+    large_seconds = args.seconds or (3 if args.quick else 8)
+    large_mb = tuple(int(n) for n in (args.large_mb or ("8,32" if args.quick else "8,32,60")).split(","))
+    together = 0 if args.quick else 10
     raise_nofile()
     ensure_pgbouncer()
     pgcluster.ensure_binaries()
+    import large  # bench/large.py (imports this module as `run`)
 
     work = Path(tempfile.mkdtemp(prefix="poold-bench-"))
     os.chmod(work, 0o755)
@@ -489,59 +568,78 @@ def main() -> int:
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     rig = Rig(work, "scram-sha-256")
     started = time.monotonic()
+    section: dict[str, Any] = {}
     try:
         rig.start_postgres()
         assert rig.pg is not None
         res.meta["postgres"] = rig.pg.psql("SHOW server_version")
-        res.meta["pgbouncer"] = subprocess.run([ensure_pgbouncer(), "--version"], capture_output=True,
-                                               text=True).stdout.splitlines()[0]
-        print(f"pgbench -i -s 10 ... ({res.meta['postgres']}, {res.meta['pgbouncer']})", flush=True)
-        subprocess.run([pgcluster.client_tool("pgbench"), "-i", "-q", "-s", "10"], env=pg_env(rig.ports["direct"]),
+        res.meta["pgbouncer"] = pgbouncer_version()
+        res.meta["pgbouncer_binary"] = ensure_pgbouncer()
+        scale = "1" if args.large else "10"
+        print(f"pgbench -i -s {scale} ... (PostgreSQL {res.meta['postgres']}, compared against "
+              f"{res.meta['pgbouncer']}: {res.meta['pgbouncer_binary']})", flush=True)
+        subprocess.run([pgcluster.client_tool("pgbench"), "-i", "-q", "-s", scale], env=pg_env(rig.ports["direct"]),
                        check=True, capture_output=True)
-        run_psql(rig.ports["direct"],
-                 "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) AS a, now() AS b FROM generate_series(1, 100000) g")
-        run_psql(rig.ports["direct"], f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PLAIN_USER}")  # direct -C
-        rig.start_poolers()
-        for r in range(rounds):
-            for w in workloads():
-                for target in round_order(r):
-                    s = run_pgbench(rig, target, w, seconds, logdir)
-                    res.runs.setdefault(w.name, {}).setdefault(target, []).append(s.__dict__)
-                    print(f"round {r + 1}/{rounds} {w.name:<24} {target:<10} tps={s.tps:>9.0f} "
-                          f"avg={s.avg_ms:.2f}ms p99={s.p99_ms:.2f}ms cpu/tx={fmt(s.cpu_us_per_tx)}us "
-                          f"failed={s.failed}", flush=True)
-            for bname, sql in (("100k-row SELECT", "SELECT * FROM bench_rows"),
-                               ("100k-row COPY TO STDOUT", "COPY bench_rows TO STDOUT")):
-                for target in round_order(r):
-                    wall, cpu = time_bulk(rig, target, sql)
-                    res.bulk.setdefault(bname, {}).setdefault(target, []).append({"wall_s": wall, "cpu_s": cpu})
-        for t in ("poold", "pgbouncer"):
-            pid = rig.pid(t)
-            res.peak_rss_mb[t] = proc_mem(pid, "VmHWM") / 2**20 if pid else 0.0
-        # memory: idle clients, trust auth so the client side is not the bottleneck
-        rig.auth = "trust"
-        rig.start_poolers()
-        for t in ("poold", "pgbouncer"):
-            res.memory[t] = memory_per_client(rig, t, idle)
-            print(f"{idle} idle clients on {t}: {res.memory[t]['kb_per_client']:.1f} KiB each", flush=True)
+        if not args.large:
+            run_psql(rig.ports["direct"],
+                     "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) AS a, now() AS b "
+                     "FROM generate_series(1, 100000) g")
+            run_psql(rig.ports["direct"], f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PLAIN_USER}")  # direct -C
+            rig.start_poolers()
+            for r in range(rounds):
+                for w in workloads():
+                    for target in round_order(r):
+                        s = run_pgbench(rig, target, w, seconds, logdir)
+                        res.runs.setdefault(w.name, {}).setdefault(target, []).append(s.__dict__)
+                        print(f"round {r + 1}/{rounds} {w.name:<24} {target:<10} tps={s.tps:>9.0f} "
+                              f"avg={fmt(s.avg_ms)}ms p99={fmt(s.p99_ms)}ms cpu/tx={fmt(s.cpu_us_per_tx)}us "
+                              f"failed={s.failed}", flush=True)
+                for bname, sql in (("100k-row SELECT", "SELECT * FROM bench_rows"),
+                                   ("100k-row COPY TO STDOUT", "COPY bench_rows TO STDOUT")):
+                    for target in round_order(r):
+                        wall, cpu = time_bulk(rig, target, sql)
+                        res.bulk.setdefault(bname, {}).setdefault(target, []).append({"wall_s": wall, "cpu_s": cpu})
+            for t in ("poold", "pgbouncer"):
+                pid = rig.pid(t)
+                res.peak_rss_mb[t] = proc_mem(pid, "VmHWM") / 2**20 if pid else 0.0
+        section = large.run_section(rig, large_rounds, large_seconds, logdir, large_mb, together)
+        if not args.large:
+            # memory: idle clients, trust auth so the client side is not the bottleneck
+            rig.auth = "trust"
+            rig.start_poolers()
+            for t in ("poold", "pgbouncer"):
+                res.memory[t] = memory_per_client(rig, t, idle)
+                print(f"{idle} idle clients on {t}: {res.memory[t]['kb_per_client']:.1f} KiB each", flush=True)
     finally:
         rig.stop()
         shutil.rmtree(work, ignore_errors=True)
     res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    rows = summary(res)
+    rows = summary(res) if not args.large else []
+    large_rows = large.summary(section)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"bench-{stamp}.json").write_text(json.dumps({"meta": res.meta, "summary": rows, "runs": res.runs,
-                                                         "bulk": res.bulk, "memory": res.memory}, indent=1))
-    try:
-        chart(rows, out / f"bench-{stamp}.png")
-    except ImportError:
-        print("matplotlib missing: no chart (pip install matplotlib)", file=sys.stderr)
-    print(f"\nMedians of {rounds} alternating rounds, {seconds:g} s each; ratio = poold / PgBouncer of the "
-          f"medians; paired = median of the per-round ratios, rounds = their range ({res.meta['elapsed_s']} s in all)\n")
-    print(table(rows))
-    print(f"\nresults: {out}/bench-{stamp}.json and .png")
+    name = f"bench-large-{stamp}" if args.large else f"bench-{stamp}"
+    (out / f"{name}.json").write_text(json.dumps({"meta": res.meta, "summary": rows, "runs": res.runs,
+                                                  "bulk": res.bulk, "memory": res.memory,
+                                                  "large": section, "large_summary": large_rows}, indent=1))
+    if rows:
+        try:
+            chart(rows, out / f"{name}.png")
+        except ImportError:
+            print("matplotlib missing: no chart (pip install matplotlib)", file=sys.stderr)
+    against = f"compared against {res.meta['pgbouncer']} ({res.meta['pgbouncer_binary']})"
+    if rows:
+        print(f"\nMedians of {rounds} alternating rounds, {seconds:g} s each; ratio = poold / PgBouncer of the "
+              f"medians; paired = median of the per-round ratios, rounds = their range; {against} "
+              f"({res.meta['elapsed_s']} s in all)\n")
+        print(table(rows))
+    print(f"\nLarge requests: medians of {large_rounds} alternating rounds; wall and pooler CPU in ms per query; "
+          f"memory per case (fresh poolers), MB; interference {large_seconds} s runs; ratio = poold / PgBouncer; "
+          f"{against} "
+          f"({res.meta['elapsed_s']} s in all)\n")
+    print(table(large_rows))
+    print(f"\nresults: {out}/{name}.json" + (" and .png" if rows else ""))
     return 0
 
 
