@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import scramp
 
+from .config import Config, ConfigError
 from .protocol import messages
 from .protocol.errors import ProtocolError
 from .protocol.scram import ScramError, ScramExchange
@@ -65,6 +66,13 @@ class Secret:
         return self.value if self.kind == "plain" else None
 
 
+def usable(secret: Secret | None) -> Secret | None:
+    """The secret a login may be checked against: an empty one is none at all, so a
+    user whose secret is empty is refused as an unknown user is (PgBouncer does the
+    same; the auth file refuses them at load, this holds for any other source)."""
+    return secret if secret is not None and secret.value else None
+
+
 def parse_userlist(text: str) -> dict[str, Secret]:
     users: dict[str, Secret] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -75,6 +83,10 @@ def parse_userlist(text: str) -> dict[str, Secret]:
         if not m:
             raise ValueError(f'line {lineno}: expected "user" "password"')
         user, secret = (g.replace('""', '"') for g in m.groups())
+        if not secret or secret == md5_secret(user, ""):
+            # PostgreSQL never accepts an empty password (it clears one given to
+            # CREATE ROLE, and refuses one sent at login): neither does poold.
+            raise ValueError(f'line {lineno}: empty password for user "{user}": PostgreSQL never accepts one')
         if secret.startswith("SCRAM-SHA-256$"):
             if not _SCRAM.match(secret):
                 raise ValueError(f"line {lineno}: malformed SCRAM verifier for {user!r}")
@@ -91,6 +103,14 @@ def load_userlist(path: str) -> dict[str, Secret]:
         return {}
     with open(path, encoding="utf-8") as f:
         return parse_userlist(f.read())
+
+
+def load_users(config: Config) -> dict[str, Secret]:
+    """The auth file a configuration names; ConfigError naming the key, file and line."""
+    try:
+        return load_userlist(config.auth.file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"auth.file: {config.auth.file}: {exc}"]) from exc
 
 
 def md5_secret(user: str, password: str) -> str:
@@ -189,6 +209,7 @@ def authenticate(
     or nothing; the caller joins it to its welcome, saving a write. ``nonce``:
     the server's SCRAM nonce, when it was chosen already (the C login's).
     """
+    secret = usable(secret)
     exchange = exchange_for(method, secret)
     if exchange == "trust":
         return b""
@@ -218,6 +239,7 @@ def native_scram_keys(method: str, user: str, secret: Secret | None, cache: Scra
     """What the C login needs to run this user's SCRAM exchange: StoredKey, ServerKey
     and the end of server-first (``,s=<salt>,i=<iterations>``); None when ``authenticate``
     would not run SCRAM, or the keys are not at hand without waiting."""
+    secret = usable(secret)
     if exchange_for(method, secret) != "scram":
         return None
     if secret is None:  # an unknown user: mock keys, new each time

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .auth import Secret, load_userlist
+from .auth import Secret, load_users
 from .config import Config, ConfigError, load_config
 from .tls import server_context
 
@@ -117,13 +117,9 @@ class Reloader:
         """The configuration on disk now (file, env file, environment), validated."""
         try:
             config = load_config(self.rt.config.path, self.environ)
+            return config, load_users(config)
         except ConfigError as exc:
             raise ReloadRejected(exc.errors) from exc
-        try:
-            users = load_userlist(config.auth.file)
-        except (OSError, ValueError) as exc:
-            raise ReloadRejected([f"auth.file: {config.auth.file}: {exc}"]) from exc
-        return config, users
 
     async def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
         async with self._lock:
@@ -148,9 +144,9 @@ class Reloader:
                 raise ReloadRejected(["no previous generation to roll back to"])
             source, config = self.generations[-2]
             try:
-                users = load_userlist(config.auth.file)
-            except (OSError, ValueError) as exc:
-                raise ReloadRejected([f"auth.file: {config.auth.file}: {exc}"]) from exc
+                users = load_users(config)
+            except ConfigError as exc:
+                raise ReloadRejected(exc.errors) from exc
             plan = plan_reload(self.rt.config, config)
             await self._apply(config, users, plan)
             self.rt.stats.reloads["rollback"] += 1

@@ -178,3 +178,17 @@ def test_unknown_users_meet_a_stable_salt_per_name() -> None:
     cache = auth.ScramCache()
     assert cache.mock_info("ghost")[0] == cache.mock_info("ghost")[0]
     assert cache.mock_info("ghost")[0] != cache.mock_info("other")[0]
+
+
+def test_empty_passwords_are_refused_at_load_naming_the_line() -> None:
+    with pytest.raises(ValueError, match='line 2: empty password for user "eve"'):
+        auth.parse_userlist('"alice" "pw"\n"eve" ""\n')
+    empty_md5 = "md5" + hashlib.md5(b"eve").hexdigest()  # md5("" + "eve")
+    with pytest.raises(ValueError, match='line 1: empty password for user "eve"'):
+        auth.parse_userlist(f'"eve" "{empty_md5}"\n')
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5"])
+def test_an_empty_secret_from_anywhere_never_logs_in(method: str) -> None:
+    with pytest.raises(auth.AuthFailed):
+        asyncio.run(exchange(method, "eve", "", {"eve": auth.Secret("plain", "")}))
