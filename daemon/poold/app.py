@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from . import relaycore, sockio
-from .auth import Secret
+from .auth import AuthFiles
 from .client import ClientSession
 from .config import Config
 from .control import ControlServer
@@ -46,9 +46,9 @@ DRAIN_POLL = 0.1
 
 
 class App:
-    def __init__(self, config: Config, environ: Mapping[str, str], users: dict[str, Secret]) -> None:
+    def __init__(self, config: Config, environ: Mapping[str, str], files: AuthFiles) -> None:
         self.environ = environ
-        self.runtime = Runtime(config, users)
+        self.runtime = Runtime(config, files.users, files.hba)
         self.reloader = Reloader(self.runtime, environ)
         self.notifier = Notifier(environ)
         self._stop = asyncio.Event()

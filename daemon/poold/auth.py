@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import scramp
 
+from . import hba
 from .config import Config, ConfigError
 from .protocol import messages
 from .protocol.errors import ProtocolError
@@ -38,6 +39,7 @@ _LINE = re.compile(r'^\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"')
 _SCRAM = re.compile(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$")
 
 _AUTH_SCRAM = messages.auth_sasl(["SCRAM-SHA-256"])
+_AUTH_CLEARTEXT = messages.auth_cleartext()
 
 #: (salt, stored_key, server_key, iterations), scramp's auth_info shape
 AuthInfo = tuple[bytes, bytes, bytes, int]
@@ -105,12 +107,50 @@ def load_userlist(path: str) -> dict[str, Secret]:
         return parse_userlist(f.read())
 
 
-def load_users(config: Config) -> dict[str, Secret]:
-    """The auth file a configuration names; ConfigError naming the key, file and line."""
+@dataclass(frozen=True)
+class AuthFiles:
+    """What a configuration's auth files say: the users' secrets, and the hba rules
+    (None unless ``auth.type = "hba"``)."""
+
+    users: dict[str, Secret]
+    hba: hba.Hba | None = None
+
+
+def load_auth_files(config: Config) -> AuthFiles:
+    """The auth file and hba file a configuration names; ConfigError naming the key,
+    the file and the line of every one that cannot be read."""
+    errors, users, rules = [], {}, None
     try:
-        return load_userlist(config.auth.file)
+        users = load_userlist(config.auth.file)
     except (OSError, ValueError) as exc:
-        raise ConfigError([f"auth.file: {config.auth.file}: {exc}"]) from exc
+        errors.append(f"auth.file: {config.auth.file}: {_reason(exc)}")
+    if config.auth.type == "hba":
+        try:
+            rules = hba.load(config.auth.hba_file)
+        except (OSError, ValueError) as exc:
+            errors.append(f"auth.hba_file: {config.auth.hba_file}: {_reason(exc)}")
+        else:
+            for rule in rules.rules:
+                if rule.method == "cert" and not config.tls.ca_file:
+                    errors.append(f"auth.hba_file: {config.auth.hba_file}: line {rule.lineno}: "
+                                  "cert needs tls.ca_file to verify client certificates")
+    if errors:
+        raise ConfigError(errors)
+    return AuthFiles(users, rules)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def certificate_user(cert: dict[str, Any]) -> str | None:
+    """The user a verified client certificate names: its subject's common name, which
+    the ``cert`` method requires to equal the user name (PostgreSQL's default, no map)."""
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
 
 
 def md5_secret(user: str, password: str) -> str:
@@ -216,19 +256,22 @@ def authenticate(
     if exchange == "md5":
         yield from _md5(user, secret, read, send)
         return b""
+    if exchange == "password":
+        yield from _password(user, secret, read, send)
+        return b""
     return (yield from _scram(user, secret, read, send, cache, nonce))
 
 
 def exchange_for(method: str, secret: Secret | None) -> str:
-    """Which exchange a login runs: "trust", "md5" or "scram".
+    """Which exchange a login runs: "trust", "password", "md5" or "scram".
 
     md5 when asked for, and also when the stored secret is an md5 hash, which
     cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise. An unknown
     user (no secret) meets the configured method's exchange all the same, so
     that it cannot be told from a wrong password.
     """
-    if method == "trust":
-        return "trust"
+    if method in ("trust", "password"):
+        return method
     kind = secret.kind if secret is not None else None
     if kind == "md5" or (method == "md5" and kind in ("plain", None)):
         return "md5"
@@ -261,6 +304,45 @@ def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Ste
         raise ProtocolError("expected password response", "28000")
     if secret is None or not check_md5(messages.parse_password(body), secret, user, salt):
         raise AuthFailed(f'password authentication failed for user "{user}"')
+
+
+def _password(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Steps[None]:
+    """The ``password`` method: the client sends its password in clear (over TLS, one
+    hopes); checked against whatever the secret is, the SCRAM one off the loop."""
+    send(_AUTH_CLEARTEXT)
+    t, body = yield from read()
+    if t != messages.PASSWORD:
+        raise ProtocolError("expected password response", "28000")
+    password = messages.parse_password(body).decode("utf-8", "replace")
+    failed = AuthFailed(f'password authentication failed for user "{user}"')
+    if not password or secret is None:  # PostgreSQL: "empty password returned by client"
+        raise failed
+    if secret.kind == "plain":
+        ok = hmac.compare_digest(password.encode(), secret.value.encode())
+    elif secret.kind == "md5":
+        ok = hmac.compare_digest(md5_secret(user, password).encode(), secret.value.encode())
+    else:
+        salt, stored_key, _server_key, iterations = scram_info_from_verifier(secret.value)
+        # PBKDF2 at the verifier's iterations is milliseconds of CPU: never on the loop.
+        derive = asyncio.get_running_loop().run_in_executor(None, _stored_key, password, salt, iterations)
+        ok = hmac.compare_digest((yield derive), stored_key)
+    if not ok:
+        raise failed
+
+
+def _stored_key(password: str, salt: bytes, iterations: int) -> bytes:
+    """SCRAM's StoredKey of a password (RFC 5802), SASLprep'd as PostgreSQL does."""
+    salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password).encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return hashlib.sha256(client_key).digest()
+
+
+def _saslprep(password: str) -> str:
+    """PostgreSQL uses the password as it is when SASLprep refuses it."""
+    try:
+        return scramp.core.saslprep(password)  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        return password
 
 
 def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache,

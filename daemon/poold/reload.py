@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .auth import Secret, load_users
+from .auth import AuthFiles, load_auth_files
 from .config import Config, ConfigError, load_config
 from .tls import server_context
 
@@ -113,18 +113,18 @@ class Reloader:
         self.generations: list[tuple[int, Config]] = [(1, rt.config)]
         self._lock = asyncio.Lock()
 
-    def read(self) -> tuple[Config, dict[str, Secret]]:
+    def read(self) -> tuple[Config, AuthFiles]:
         """The configuration on disk now (file, env file, environment), validated."""
         try:
             config = load_config(self.rt.config.path, self.environ)
-            return config, load_users(config)
+            return config, load_auth_files(config)
         except ConfigError as exc:
             raise ReloadRejected(exc.errors) from exc
 
     async def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
         async with self._lock:
             try:
-                config, users = self.read()
+                config, files = self.read()
             except ReloadRejected as exc:
                 if not dry_run:
                     self.rt.stats.reloads["rejected"] += 1
@@ -133,7 +133,7 @@ class Reloader:
             plan = plan_reload(self.rt.config, config)
             if dry_run:
                 return {"dry_run": True, "generation": self.generation, "plan": plan.as_dict()}
-            await self._apply(config, users, plan)
+            await self._apply(config, files, plan)
             self.rt.stats.reloads["applied"] += 1
             log.info("reload_applied", generation=self.generation, plan=plan.as_dict())
             return {"generation": self.generation, "plan": plan.as_dict()}
@@ -144,24 +144,26 @@ class Reloader:
                 raise ReloadRejected(["no previous generation to roll back to"])
             source, config = self.generations[-2]
             try:
-                users = load_users(config)
+                files = load_auth_files(config)
             except ConfigError as exc:
                 raise ReloadRejected(exc.errors) from exc
             plan = plan_reload(self.rt.config, config)
-            await self._apply(config, users, plan)
+            await self._apply(config, files, plan)
             self.rt.stats.reloads["rollback"] += 1
             log.info("rollback_applied", generation=self.generation, restored=source, plan=plan.as_dict())
             return {"generation": self.generation, "restored": source, "plan": plan.as_dict()}
 
     def diff(self) -> dict[str, Any]:
         """What differs between the running configuration and the one on disk."""
-        config, _users = self.read()
+        config, _files = self.read()
         return {k: {"running": a, "on_disk": b} for k, (a, b) in diff_items(self.rt.config, config).items()}
 
-    async def _apply(self, config: Config, users: dict[str, Secret], plan: Plan) -> None:
+    async def _apply(self, config: Config, files: AuthFiles, plan: Plan) -> None:
         rt = self.rt
+        users = files.users
         rt.config = config
         rt.users = users
+        rt.hba = files.hba
         rt.ssl_context = server_context(config.tls)
         for pool in list(rt.pools.pools.values()):
             db = config.database(pool.db.name)

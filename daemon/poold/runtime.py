@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .auth import ScramCache, Secret
 from .config import Config
+from .hba import Hba
 from .pools import PoolRegistry
 from .protocol.messages import backend_key_data
 from .stats import DaemonStats
@@ -27,13 +28,15 @@ _SECRETS = struct.Struct("1024I")
 
 
 class Runtime:
-    def __init__(self, config: Config, users: dict[str, Secret]) -> None:
+    def __init__(self, config: Config, users: dict[str, Secret], hba: Hba | None = None) -> None:
         #: what the C login decided per startup packet (client.LoginPlan), for this
-        #: configuration and auth file: emptied when either is replaced
-        self.login_plans: dict[bytes, Any] = {}
+        #: configuration and auth files: emptied when one is replaced. Keyed by the
+        #: packet, or under an hba file by (packet, hba.Origin)
+        self.login_plans: dict[bytes | tuple[bytes, Any], Any] = {}
         self.config = config
         self.ssl_context = server_context(config.tls)
         self.users = users
+        self.hba = hba  # the hba file's rules when auth.type = "hba"
         self.scram = ScramCache()
         self.pools = PoolRegistry()
         self.clients: set[ClientSession] = set()
@@ -48,10 +51,10 @@ class Runtime:
         self._secrets: list[int] = []  # the cancel keys' secrets: the kernel's random bytes, drawn 4 KiB at a time
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # A plain attribute for reading (every login reads config); a new configuration
-        # or auth file empties login_plans.
+        # A plain attribute for reading (every login reads config); a new configuration,
+        # auth file or hba file empties login_plans.
         object.__setattr__(self, name, value)
-        if name in ("config", "users"):
+        if name in ("config", "users", "hba"):
             self.login_plans.clear()
 
     def register(self, client: ClientSession) -> bytes:

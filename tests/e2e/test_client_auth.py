@@ -95,3 +95,149 @@ def test_md5_hash_of_the_empty_password_is_refused_at_load(poold_factory: Callab
     userlist.write_text(userlist.read_text() + f'"nopw" "md5{hashlib.md5(b"nopw").hexdigest()}"\n')
     r = check_config(p)
     assert r.returncode != 0 and "line 3" in r.stderr and "empty password" in r.stderr, r.stderr
+
+
+# -- the hba file ----------------------------------------------------------------
+
+HBA = """\
+# poold's hba file: first match wins
+local   all  app                      trust
+host    all  trustme  127.0.0.1/32    trust
+host    all  app      127.0.0.1/32    scram-sha-256
+host    all  md5user  10.0.0.0/8      trust          # not loopback: falls through
+host    all  md5user  127.0.0.0 255.0.0.0 md5
+host    all  masked   10.0.0.0/8      trust          # the only rule for masked
+host    all  pwuser   127.0.0.1/32    password
+host    all  rejected all             reject
+"""
+
+
+def hba_raw(hba_path: object, extra: str = "") -> str:
+    return f'hba_file = "{hba_path}"\n{extra}'
+
+
+def start_hba(poold_factory: Callable[..., Poold], tmp_path: object, environ: dict[str, str],
+              hba: str = HBA, tls: str = "") -> Poold:
+    from pathlib import Path
+
+    hba_path = Path(str(tmp_path)) / "hba.conf"
+    hba_path.write_text(hba)
+    # [auth] is written by the fixture; a second [auth] table is invalid TOML, so the
+    # keys go through the environment overrides, as an operator may set them.
+    env = environ | {"POOLD_AUTH__HBA_FILE": str(hba_path)}
+    p = poold_factory(auth_type="hba", environ=env, raw=tls)
+    userlist = p.tmp / "userlist.txt"
+    userlist.write_text(userlist.read_text() + '"pwuser" "pw-secret"\n')
+    assert p.poolctl("reload").returncode == 0
+    return p
+
+
+@pytest.mark.parametrize("environ", CORES)
+def test_hba_trust_for_one_user_scram_for_another(poold_factory: Callable[..., Poold], tmp_path: object,
+                                                  environ: dict[str, str]) -> None:
+    import psycopg
+
+    p = start_hba(poold_factory, tmp_path, environ)
+    # trustme is in no auth file: trust admits it with any password
+    with psycopg.connect(p.dsn(user="trustme", password="anything"), prepare_threshold=None) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("app",)  # the DSN's server user
+    # app is SCRAM over TCP: the right password in, a wrong one out (twice: the second
+    # login meets a kept plan)
+    for _ in range(2):
+        with psycopg.connect(p.dsn(), prepare_threshold=None) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        err = raw_login(p.port, "app", "wrong")
+        assert err is not None and (err["S"], err["C"]) == ("FATAL", "28P01"), err
+        assert 'password authentication failed for user "app"' in err["M"]
+
+
+@pytest.mark.parametrize("environ", CORES)
+def test_hba_reject_no_entry_and_masks(poold_factory: Callable[..., Poold], tmp_path: object,
+                                       environ: dict[str, str]) -> None:
+    p = start_hba(poold_factory, tmp_path, environ)
+    err = raw_login(p.port, "rejected", APP_PASSWORD)
+    assert err is not None and err["C"] == "28000", err
+    assert 'pg_hba.conf rejects connection for host "127.0.0.1", user "rejected", database "app"' in err["M"]
+    err = raw_login(p.port, "nobody", APP_PASSWORD)
+    assert err is not None and err["C"] == "28000", err
+    assert 'no pg_hba.conf entry for host "127.0.0.1", user "nobody", database "app", no encryption' in err["M"]
+    # 10.0.0.0/8 does not hold 127.0.0.1: masked has no entry, md5user falls to its md5 rule
+    err = raw_login(p.port, "masked", "x")
+    assert err is not None and err["C"] == "28000" and "no pg_hba.conf entry" in err["M"], err
+    err = raw_login(p.port, "md5user", "wrong")
+    assert err is not None and err["C"] == "28P01", err
+    assert raw_login(p.port, "md5user", APP_PASSWORD) is None
+
+
+@pytest.mark.parametrize("environ", CORES)
+def test_hba_decides_by_origin_for_the_same_startup_packet(poold_factory: Callable[..., Poold], tmp_path: object,
+                                                           environ: dict[str, str]) -> None:
+    """The same startup packet is trust on the Unix socket and SCRAM over TCP: a decision
+    kept for one origin must not serve the other."""
+    import psycopg
+
+    p = start_hba(poold_factory, tmp_path, environ)
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(p.dsn(password="wrong"))
+        with psycopg.connect(f"host={p.sockdir} port={p.port} dbname=app user=app password=wrong",
+                             prepare_threshold=None) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("environ", CORES)
+def test_hba_password_method_and_empty_password_at_login(poold_factory: Callable[..., Poold], tmp_path: object,
+                                                         environ: dict[str, str]) -> None:
+    import psycopg
+
+    p = start_hba(poold_factory, tmp_path, environ)
+    with psycopg.connect(p.dsn(user="pwuser", password="pw-secret"), prepare_threshold=None) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert raw_login(p.port, "pwuser", "pw-secret") is None
+    for password in ("wrong", ""):  # PostgreSQL refuses an empty password sent in clear
+        err = raw_login(p.port, "pwuser", password)
+        assert err is not None and err["C"] == "28P01", (password, err)
+
+
+def test_hba_cert_method(poold_factory: Callable[..., Poold], tmp_path: object) -> None:
+    from pathlib import Path
+
+    import psycopg
+    import trustme
+
+    base = Path(str(tmp_path))
+    authority = trustme.CA()
+    server = authority.issue_cert("127.0.0.1")
+    paths = {name: base / f"{name}.pem" for name in ("ca", "server", "key", "good", "goodkey", "bad", "badkey")}
+    authority.cert_pem.write_to_path(str(paths["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(paths["server"]))
+    server.private_key_pem.write_to_path(str(paths["key"]))
+    for name, cn in (("good", "certuser"), ("bad", "someone")):
+        leaf = authority.issue_cert("client", common_name=cn)
+        leaf.cert_chain_pems[0].write_to_path(str(paths[name]))
+        leaf.private_key_pem.write_to_path(str(paths[f"{name}key"]))
+        paths[f"{name}key"].chmod(0o600)
+    tls = (f'\n[tls]\ncert_file = "{paths["server"]}"\nkey_file = "{paths["key"]}"\n'
+           f'ca_file = "{paths["ca"]}"\n')
+    p = start_hba(poold_factory, tmp_path, {}, hba=HBA + "hostssl all certuser 127.0.0.1/32 cert\n", tls=tls)
+    good = p.dsn(user="certuser", password="x", sslmode="require", sslcert=str(paths["good"]),
+                 sslkey=str(paths["goodkey"]))
+    with psycopg.connect(good, prepare_threshold=None) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    bad = p.dsn(user="certuser", password="x", sslmode="require", sslcert=str(paths["bad"]),
+                sslkey=str(paths["badkey"]))
+    with pytest.raises(psycopg.OperationalError, match='certificate authentication failed for user "certuser"'):
+        psycopg.connect(bad)
+    with pytest.raises(psycopg.OperationalError, match="requires a valid client certificate"):
+        psycopg.connect(p.dsn(user="certuser", password="x", sslmode="require", sslcert=str(base / "none.pem")))
+    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+        psycopg.connect(p.dsn(user="certuser", password="x", sslmode="disable"))
+
+
+def test_hba_file_errors_name_the_line(poold_factory: Callable[..., Poold], tmp_path: object) -> None:
+    p = start_hba(poold_factory, tmp_path, {})
+    hba_path = p.tmp.parent / "hba.conf"
+    hba_path.write_text(HBA + "host all all 127.0.0.1/32 ldap\n")
+    reload = p.poolctl("reload")
+    assert reload.returncode != 0
+    assert "auth.hba_file" in reload.stdout + reload.stderr and "line 10" in reload.stdout + reload.stderr
