@@ -73,7 +73,7 @@ class App:
         else:
             self._servers = await start_listeners(config.listen, factory)
         rt.listening = True
-        await rt.pools.open_configured(config.databases, rt.users)
+        await rt.pools.open_configured(config.databases, rt.server_credentials)
         http = await start_http(config.http, rt, self.reloader)
         control = ControlServer(self, config.control)
         await control.start()
@@ -98,6 +98,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         await rt.pools.close()
+        if rt.auth_query is not None:
+            await rt.auth_query.close()
         self.notifier.close()
         log.info("stopped")
         return 0

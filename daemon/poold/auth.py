@@ -85,19 +85,27 @@ def parse_userlist(text: str) -> dict[str, Secret]:
         if not m:
             raise ValueError(f'line {lineno}: expected "user" "password"')
         user, secret = (g.replace('""', '"') for g in m.groups())
-        if not secret or secret == md5_secret(user, ""):
-            # PostgreSQL never accepts an empty password (it clears one given to
-            # CREATE ROLE, and refuses one sent at login): neither does poold.
-            raise ValueError(f'line {lineno}: empty password for user "{user}": PostgreSQL never accepts one')
-        if secret.startswith("SCRAM-SHA-256$"):
-            if not _SCRAM.match(secret):
-                raise ValueError(f"line {lineno}: malformed SCRAM verifier for {user!r}")
-            users[user] = Secret("scram", secret)
-        elif len(secret) == 35 and secret.startswith("md5"):
-            users[user] = Secret("md5", secret)
-        else:
-            users[user] = Secret("plain", secret)
+        try:
+            users[user] = secret_from_text(user, secret)
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: {exc}") from None
     return users
+
+
+def secret_from_text(user: str, secret: str) -> Secret:
+    """A stored secret, as the auth file or pg_authid holds it: a SCRAM verifier, an md5
+    hash, or a plain password. ValueError for an empty password or a malformed verifier."""
+    if not secret or secret == md5_secret(user, ""):
+        # PostgreSQL never accepts an empty password (it clears one given to
+        # CREATE ROLE, and refuses one sent at login): neither does poold.
+        raise ValueError(f'empty password for user "{user}": PostgreSQL never accepts one')
+    if secret.startswith("SCRAM-SHA-256$"):
+        if not _SCRAM.match(secret):
+            raise ValueError(f"malformed SCRAM verifier for {user!r}")
+        return Secret("scram", secret)
+    if len(secret) == 35 and secret.startswith("md5"):
+        return Secret("md5", secret)
+    return Secret("plain", secret)
 
 
 def load_userlist(path: str) -> dict[str, Secret]:
@@ -183,6 +191,9 @@ class ScramCache:
         self._mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
         self._cache: dict[tuple[str, str], asyncio.Future[AuthInfo]] = {}
         self._verifiers: dict[str, AuthInfo] = {}  # parsed SCRAM verifiers
+        #: ClientKey by StoredKey, learned from logins whose proof was verified (see
+        #: server_credentials): the same for every login against the same verifier
+        self.client_keys: dict[bytes, bytes] = {}
         self._mock_key = os.urandom(32)
 
     def auth_info(self, user: str, secret: Secret) -> Steps[AuthInfo]:
@@ -212,6 +223,10 @@ class ScramCache:
             if len(self._verifiers) > 10_000:  # bounded, as the derived keys are
                 self._verifiers.pop(next(iter(self._verifiers)))
         return info
+
+    def auth_info_now(self, secret: Secret) -> AuthInfo:
+        """A SCRAM verifier's keys (parsed once)."""
+        return self._verifier(secret.value)
 
     def known_info(self, user: str, secret: Secret) -> AuthInfo | None:
         """The keys if they are at hand now (a verifier, or a password derived already)."""
@@ -368,4 +383,33 @@ def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cach
         raise AuthFailed(f'password authentication failed for user "{user}"') from exc
     if secret is None:  # no proof matches the mock keys; refused here all the same
         raise AuthFailed(f'password authentication failed for user "{user}"')
+    if secret.kind == "scram" and stored_key not in cache.client_keys:
+        if len(cache.client_keys) >= 10_000:  # bounded, as the derived keys are
+            del cache.client_keys[next(iter(cache.client_keys))]
+        cache.client_keys[stored_key] = exchange.client_key
     return messages.auth_sasl_final(final)
+
+
+def server_credentials(secret: Secret | None, cache: ScramCache) -> dict[str, str]:
+    """What a server login as this user can authenticate with, as libpq conninfo
+    parameters: a plain password; or, for a SCRAM verifier, the ClientKey a client
+    login revealed with the verifier's ServerKey (SCRAM pass-through, libpq 18's
+    ``scram_client_key`` and ``scram_server_key``: the server must hold the same
+    verifier, which it does when the verifier came from its pg_authid); else nothing."""
+    secret = usable(secret)
+    if secret is None or secret.kind == "md5":  # an md5 hash cannot log in through libpq
+        return {}
+    if secret.kind == "plain":
+        return {"password": secret.value}
+    _salt, stored_key, server_key, _iterations = cache.auth_info_now(secret)
+    client_key = cache.client_keys.get(stored_key)
+    if client_key is None:
+        return {}
+    return {"scram_client_key": base64.b64encode(client_key).decode(),
+            "scram_server_key": base64.b64encode(server_key).decode()}
+
+
+def needs_client_key(secret: Secret | None, cache: ScramCache) -> bool:
+    """A SCRAM verifier whose ClientKey no login has revealed yet (see server_credentials)."""
+    secret = usable(secret)
+    return secret is not None and secret.kind == "scram" and cache.auth_info_now(secret)[1] not in cache.client_keys

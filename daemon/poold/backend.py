@@ -48,16 +48,17 @@ REPORTED_PARAMETERS = (
 )
 
 
-def conninfo(info: Mapping[str, str], *, statement_timeout: float, password: str | None) -> str:
-    """The libpq conninfo for a pool, with poold's per-connection settings."""
+def conninfo(info: Mapping[str, str], *, statement_timeout: float, credentials: Mapping[str, str]) -> str:
+    """The libpq conninfo for a pool, with poold's per-connection settings. ``credentials``
+    (a password, or SCRAM keys) apply where the DSN names no password of its own."""
     params = dict(info)
     options = params.get("options", "")
     if statement_timeout > 0:
         options = f"{options} -c statement_timeout={int(statement_timeout * 1000)}".strip()
     if options:
         params["options"] = options
-    if password is not None and "password" not in params:
-        params["password"] = password
+    if "password" not in params:
+        params.update(credentials)
     return make_conninfo("", **params)
 
 

@@ -560,10 +560,11 @@ class ClientSession(ClientCore, asyncio.Protocol):
         db, wanted = self._admit(startup)
         rt = self.rt
         method = self._auth_method()
+        secret = rt.users.get(self.user)
+        if secret is None and rt.auth_query is not None and method != "trust":
+            secret = yield rt.auth_query.lookup(db, self.user)  # None: refused as a wrong password is
         send = self.transport.write if not muted else _Muted(self.transport.write, muted)  # type: ignore[union-attr]
-        sasl_final = yield from auth.authenticate(
-            method, self.user, rt.users.get(self.user), self._read_typed, send, rt.scram, nonce
-        )
+        sasl_final = yield from auth.authenticate(method, self.user, secret, self._read_typed, send, rt.scram, nonce)
         yield from self._enter_pool(startup, db, wanted, sasl_final)
 
     def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
@@ -609,7 +610,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         rt = self.rt
         pool = rt.pools.find(db, self.user)
         if pool is None:
-            pool = yield rt.pools.get(db, self.user, rt.users)
+            pool = yield rt.pools.get(db, self.user, rt.server_credentials)
         self.pool = pool
         pool.clients += 1
         defaults = pool.defaults
@@ -793,7 +794,13 @@ def _login_plan(rt: Runtime, payload: bytes, origin: hba.Origin | None) -> Login
         if rule is None or rule.method not in ("scram-sha-256", "md5"):
             return None
         method = rule.method
-    keys = auth.native_scram_keys(method, user, rt.users.get(user), rt.scram)
+    secret = rt.users.get(user)
+    if secret is None and rt.auth_query is not None:
+        return None  # looked up by auth_query, whose answers expire: the Python login's
+    if ("user" not in db.conninfo and "password" not in db.conninfo and rt.pools.find(db, user) is None
+            and auth.needs_client_key(secret, rt.scram)):
+        return None  # the pool to open logs in with the client's SCRAM key: the Python login learns it
+    keys = auth.native_scram_keys(method, user, secret, rt.scram)
     if keys is None:
         return None
     return LoginPlan(startup, db, wanted, keys)

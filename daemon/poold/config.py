@@ -66,6 +66,9 @@ class AuthSettings:
     type: str = "scram-sha-256"  # or "hba": per origin, database and user, from hba_file
     file: str = "userlist.txt"  # relative paths are relative to the TOML file
     hba_file: str = ""  # pg_hba.conf format; required by type = "hba"
+    user: str = ""  # auth_user: looks up users the auth file lacks with ``query``; "" = off
+    query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"  # $1: the user name
+    query_ttl: float = 30.0  # seconds an answer (found or not) is kept
 
 
 @dataclass(frozen=True)
@@ -208,10 +211,10 @@ def build_config(raw: dict[str, Any], path: Path, errors: list[str] | None = Non
     _validate_sections(sections, errors)
     databases = _build_databases(raw.get("databases", {}), raw.get("pool", {}), errors)
     auth: AuthSettings = sections["auth"]
-    for key in ("file", "hba_file"):
-        name = getattr(auth, key)
-        if name and not os.path.isabs(name):
-            auth = replace(auth, **{key: str(path.parent / name)})
+    if auth.file and not os.path.isabs(auth.file):
+        auth = replace(auth, file=str(path.parent / auth.file))
+    if auth.hba_file and not os.path.isabs(auth.hba_file):
+        auth = replace(auth, hba_file=str(path.parent / auth.hba_file))
     sections["auth"] = auth
     if errors:
         raise ConfigError(errors)
@@ -327,6 +330,10 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
         errors.append(f"auth.type: must be one of {', '.join(AUTH_TYPES)}, got {auth.type!r}")
     if auth.type == "hba" and not auth.hba_file:
         errors.append('auth.hba_file: required by auth.type = "hba"')
+    if auth.query_ttl < 0:
+        errors.append("auth.query_ttl: must be >= 0 (0: look up at every login)")
+    if auth.user and "$1" not in auth.query:
+        errors.append("auth.query: must take the user name as $1")
     clients: ClientSettings = s["clients"]
     if clients.max_client_conn < 1:
         errors.append("clients.max_client_conn: must be >= 1")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .auth import AuthFiles, load_auth_files
+from .authquery import AuthQuery
 from .config import Config, ConfigError, load_config
 from .tls import server_context
 
@@ -164,15 +165,17 @@ class Reloader:
         rt.config = config
         rt.users = users
         rt.hba = files.hba
+        old_query, rt.auth_query = rt.auth_query, AuthQuery(config.auth, users) if config.auth.user else None
+        if old_query is not None:
+            await old_query.close()
         rt.ssl_context = server_context(config.tls)
         for pool in list(rt.pools.pools.values()):
             db = config.database(pool.db.name)
             if db is None:
                 rt.pools.retire(pool)  # new logins get 3D000; its clients finish
                 continue
-            secret = users.get(pool.user)
-            await pool.reconfigure(db, secret.plain if secret else None)
-        await rt.pools.open_configured(config.databases, users)
+            await pool.reconfigure(db, rt.server_credentials(db, pool.user))
+        await rt.pools.open_configured(config.databases, rt.server_credentials)
         self.generation += 1
         self.generations.append((self.generation, config))
         del self.generations[:-KEEP_GENERATIONS]

@@ -13,8 +13,9 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-from .auth import ScramCache, Secret
-from .config import Config
+from .auth import ScramCache, Secret, server_credentials
+from .authquery import AuthQuery
+from .config import Config, DatabaseSettings
 from .hba import Hba
 from .pools import PoolRegistry
 from .protocol.messages import backend_key_data
@@ -37,6 +38,8 @@ class Runtime:
         self.ssl_context = server_context(config.tls)
         self.users = users
         self.hba = hba  # the hba file's rules when auth.type = "hba"
+        #: looks up the users the auth file lacks, when [auth] user is set
+        self.auth_query = AuthQuery(config.auth, users) if config.auth.user else None
         self.scram = ScramCache()
         self.pools = PoolRegistry()
         self.clients: set[ClientSession] = set()
@@ -54,8 +57,20 @@ class Runtime:
         # A plain attribute for reading (every login reads config); a new configuration,
         # auth file or hba file empties login_plans.
         object.__setattr__(self, name, value)
-        if name in ("config", "users", "hba"):
+        if name in ("config", "users", "hba", "auth_query"):
             self.login_plans.clear()
+
+    def secret(self, db: DatabaseSettings, user: str) -> Secret | None:
+        """A user's secret known now: the auth file's, else auth_query's last answer."""
+        secret = self.users.get(user)
+        if secret is None and self.auth_query is not None:
+            secret = self.auth_query.last(db, user)
+        return secret
+
+    def server_credentials(self, db: DatabaseSettings, user: str) -> dict[str, str]:
+        """How a server connection logs in as ``user`` where the DSN has no password
+        (pools.Credentials): see auth.server_credentials."""
+        return server_credentials(self.secret(db, user), self.scram)
 
     def register(self, client: ClientSession) -> bytes:
         """Give a logged-in client its own cancel key (``client.key``); its BackendKeyData message.

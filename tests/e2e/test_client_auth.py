@@ -10,12 +10,12 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import scramp
 
-from tests.conftest import APP_PASSWORD, Poold, RawClient
+from tests.conftest import APP_PASSWORD, Poold, RawClient, pgcluster
 
 CORES = [pytest.param({}, id="c-core"),
          pytest.param({"POOLD_RELAY_CORE": "python", "POOLD_SOCKET_IO": "asyncio"}, id="python-core")]
@@ -241,3 +241,100 @@ def test_hba_file_errors_name_the_line(poold_factory: Callable[..., Poold], tmp_
     reload = p.poolctl("reload")
     assert reload.returncode != 0
     assert "auth.hba_file" in reload.stdout + reload.stderr and "line 10" in reload.stdout + reload.stderr
+
+
+# -- auth_query and SCRAM pass-through, against a SCRAM-only PostgreSQL ----------------
+
+
+@pytest.fixture(scope="module")
+def scram_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgcluster.Cluster]:
+    """A cluster that asks every TCP login but the superuser's for SCRAM: a server
+    login without the right credentials fails there."""
+    import os
+
+    base = tmp_path_factory.mktemp("scram_pg")
+    os.chmod(base, 0o755)
+    for parent in base.parents:  # the cluster's OS user must reach its directory
+        if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
+            os.chmod(parent, os.stat(parent).st_mode | 0o711)
+    cluster = pgcluster.Cluster(base=str(base / "cluster"))
+    cluster.init("password_encryption = 'scram-sha-256'")
+    (cluster.datadir / "pg_hba.conf").write_text(
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    cluster.start()
+    cluster.create_role_and_db("app", APP_PASSWORD)
+    # PgBouncer's recommended auth_query set-up: a login role that may only call a
+    # SECURITY DEFINER function over pg_authid
+    cluster.psql("CREATE ROLE poold_auth LOGIN PASSWORD 'auth-pw'")
+    cluster.psql("CREATE FUNCTION public.poold_lookup(i_username text, OUT usename name, OUT passwd text) "
+                 "RETURNS record LANGUAGE sql SECURITY DEFINER AS "
+                 "$$ SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = i_username $$; "
+                 "REVOKE ALL ON FUNCTION public.poold_lookup(text) FROM public; "
+                 "GRANT EXECUTE ON FUNCTION public.poold_lookup(text) TO poold_auth", dbname="app")
+    yield cluster
+    cluster.destroy()
+
+
+def passthrough_db(cluster: pgcluster.Cluster) -> str:
+    """A database whose DSN names no user and no password: the client's user logs in."""
+    return f'\n[databases.pt]\ndsn = "host={cluster.host} port={cluster.port} dbname=app"\n'
+
+
+AUTH_QUERY = {"POOLD_AUTH__USER": "poold_auth",
+              "POOLD_AUTH__QUERY": "SELECT usename, passwd FROM public.poold_lookup($1)",
+              "POOLD_AUTH__QUERY_TTL": "0"}
+
+
+@pytest.mark.parametrize("environ", CORES)
+def test_auth_query_with_a_scram_role_created_in_postgresql(poold_factory: Callable[..., Poold],
+                                                            scram_pg: pgcluster.Cluster,
+                                                            environ: dict[str, str]) -> None:
+    import psycopg
+
+    role = f"aq_{len(environ)}"
+    scram_pg.psql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'aq-pw'")
+    p = poold_factory(cluster=scram_pg, environ=environ | AUTH_QUERY, raw=passthrough_db(scram_pg))
+    userlist = p.tmp / "userlist.txt"
+    userlist.write_text(userlist.read_text() + '"poold_auth" "auth-pw"\n')
+    assert p.poolctl("reload").returncode == 0
+    # in no auth file: its SCRAM verifier comes from pg_authid
+    with psycopg.connect(p.dsn(user=role, password="aq-pw"), prepare_threshold=None) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("app",)  # the DSN's user
+    # a wrong password and an unknown user get the same answer
+    for user in (role, "ghost"):
+        err = raw_login(p.port, user, "wrong")
+        assert err is not None and (err["C"], err["M"]) == (
+            "28P01", f'poold: password authentication failed for user "{user}"'), err
+    # SCRAM pass-through: poold holds only the verifier, and the SCRAM-only server
+    # admits the client's user with the key its login revealed
+    for _ in range(2):
+        with psycopg.connect(p.dsn(user=role, password="aq-pw", dbname="pt"), prepare_threshold=None) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+    # query_ttl = 0: a changed password counts at the next login
+    scram_pg.psql(f"ALTER ROLE {role} PASSWORD 'aq-pw-2'")
+    err = raw_login(p.port, role, "aq-pw")
+    assert err is not None and err["C"] == "28P01", err
+    assert raw_login(p.port, role, "aq-pw-2") is None
+    # a dedicated connection per database (app and pt, whatever the logins), as the auth user
+    assert scram_pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'poold_auth' "
+                         "AND application_name = 'poold auth_query'") == "2"
+
+
+@pytest.mark.parametrize("environ", CORES)
+def test_scram_pass_through_for_a_verifier_in_the_auth_file(poold_factory: Callable[..., Poold],
+                                                            scram_pg: pgcluster.Cluster,
+                                                            environ: dict[str, str]) -> None:
+    import psycopg
+
+    role = f"pt_{len(environ)}"
+    scram_pg.psql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'pt-pw'")
+    verifier = scram_pg.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")
+    p = poold_factory(cluster=scram_pg, environ=environ, raw=passthrough_db(scram_pg))
+    userlist = p.tmp / "userlist.txt"
+    userlist.write_text(userlist.read_text() + f'"{role}" "{verifier}"\n')
+    assert p.poolctl("reload").returncode == 0
+    for _ in range(3):  # the first login teaches poold the key; later ones may be the C login's
+        with psycopg.connect(p.dsn(user=role, password="pt-pw", dbname="pt"), prepare_threshold=None) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+    err = raw_login(p.port, role, "wrong", database="pt")
+    assert err is not None and err["C"] == "28P01", err

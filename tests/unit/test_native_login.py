@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poold import auth
 from poold import client as client_module
 from poold.auth import Secret, md5_secret
 from poold.client import ClientSession
@@ -74,8 +75,8 @@ class Session(ClientSession):
         return super()._enter_pool(*args)
 
 
-def runtime(method: str = "scram-sha-256") -> Runtime:
-    raw = {"auth": {"type": method}, "databases": {"app": {"dsn": "dbname=app"}}}
+def runtime(method: str = "scram-sha-256", dsn: str = "dbname=app") -> Runtime:
+    raw = {"auth": {"type": method}, "databases": {"app": {"dsn": dsn}}}
     rt = Runtime(build_config(raw, Path("/nonexistent/poold.toml")), dict(USERS))
     pool = open_pool(DEFAULTS)
     for user in (*USERS, "nobody"):  # one open pool, found as the registry finds its pools
@@ -258,14 +259,20 @@ def test_an_unknown_user_runs_the_c_login_as_far_as_a_wrong_password() -> None:
     assert both(ERROR_CASES["unknown user"])[2] == both(ERROR_CASES["wrong password"])[2] == [2]
 
 
-def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
-    rt = runtime()
+@pytest.mark.parametrize("dsn", ["dbname=app password=server-pw", "dbname=app"])
+def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login(dsn: str) -> None:
+    """With a server password the C login does the first login for a pool too; without,
+    the server login passes the client's SCRAM key through (auth.server_credentials),
+    which the first login learns in Python: the C login hands it over before its
+    first message, and the pool it opens has the key."""
+    rt = runtime(dsn=dsn)
     pool = rt.pools.pools[("app", "app")]
     rt.pools.pools.clear()
     opened: list[str] = []
 
-    async def get(db: object, user: str, users: object) -> Any:
+    async def get(db: object, user: str, credentials: Any) -> Any:
         opened.append(user)
+        assert credentials(db, user) if "password" not in dsn else True
         return pool
 
     rt.pools.get = get  # type: ignore[method-assign]
@@ -285,8 +292,11 @@ def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
 
     Session.handed_over, Session.entered = [], 0
     written, relaying = asyncio.run(main())
-    assert opened == ["app"] and relaying and Session.handed_over == [] and Session.entered == 1
+    assert opened == ["app"] and relaying and Session.entered == 1
+    assert Session.handed_over == ([] if "password" in dsn else [0])
     assert [k for k, _ in split(written)] == [b"R", b"R", b"S", b"S", b"K", b"Z"]
+    if "password" not in dsn:
+        assert set(auth.server_credentials(USERS["app"], rt.scram)) == {"scram_client_key", "scram_server_key"}
 
 
 @given(st.sampled_from(["client_first", "client_final", "initial_body"]), st.integers(0, 120), st.integers(1, 255),
