@@ -14,7 +14,9 @@ password is the auth file's (or the DSN's, when the DSN names that user).
   the same user share one query.
 - A user not found, or found without a password, comes back as None: the login
   then fails as a wrong password does (no user enumeration).
-- psycopg's async connection: nothing here blocks the event loop.
+- psycopg's async connection: nothing here blocks the event loop, and a lookup
+  that takes longer than QUERY_TIMEOUT fails its logins (08006) and drops the
+  connection.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ log = structlog.get_logger("poold.authquery")
 
 #: answers kept at most; beyond, the oldest are dropped
 _KEPT = 10_000
+#: seconds a lookup (connecting included) may take; a database that does not answer
+#: fails the logins waiting for it rather than holding them to login_timeout
+QUERY_TIMEOUT = 10.0
 
 
 class AuthQuery:
@@ -83,12 +88,13 @@ class AuthQuery:
         lock = self._locks.setdefault(db.name, asyncio.Lock())
         async with lock:  # one query at a time on a database's connection
             try:
-                row = await self._run(db, user)
+                async with asyncio.timeout(QUERY_TIMEOUT):
+                    row = await self._run(db, user)
             except Exception as exc:  # the query or its connection failed: this login cannot be decided
                 conn = self._conns.pop(db.name, None)
                 if conn is not None:
                     await conn.close()
-                log.warning("auth_query_failed", db=db.name, user=user, error=str(exc))
+                log.warning("auth_query_failed", db=db.name, user=user, error=str(exc) or type(exc).__name__)
                 raise PooldError("08006", "auth_query failed: the user's password could not be looked up") from None
         secret = None
         if row is not None and row[1]:
