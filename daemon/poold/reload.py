@@ -48,8 +48,12 @@ def config_items(config: Config) -> dict[str, Any]:
     return items
 
 
+#: conninfo keys whose values are secrets: a password, or SCRAM keys (libpq 18)
+SECRET_KEYS = frozenset({"password", "scram_client_key", "scram_server_key"})
+
+
 def mask_conninfo(info: Mapping[str, str]) -> str:
-    return " ".join(f"{k}={MASK if k == 'password' else v}" for k, v in info.items())
+    return " ".join(f"{k}={MASK if k in SECRET_KEYS else v}" for k, v in info.items())
 
 
 @dataclass(frozen=True)
