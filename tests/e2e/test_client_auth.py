@@ -7,6 +7,7 @@ never sends an empty password).
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -241,6 +242,10 @@ def test_hba_file_errors_name_the_line(poold_factory: Callable[..., Poold], tmp_
     reload = p.poolctl("reload")
     assert reload.returncode != 0
     assert "auth.hba_file" in reload.stdout + reload.stderr and "line 10" in reload.stdout + reload.stderr
+    r = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(p.config_path)], capture_output=True,
+                       text=True, timeout=30, env=dict(os.environ, POOLD_AUTH__HBA_FILE=str(hba_path)))
+    assert r.returncode == 2 and "line 10: authentication method 'ldap' is not supported" in r.stderr, r.stderr
+    assert raw_login(p.port, "trustme", "x") is None  # the old rules keep serving
 
 
 # -- auth_query and SCRAM pass-through, against a SCRAM-only PostgreSQL ----------------
@@ -315,6 +320,10 @@ def test_auth_query_with_a_scram_role_created_in_postgresql(poold_factory: Calla
     err = raw_login(p.port, role, "aq-pw")
     assert err is not None and err["C"] == "28P01", err
     assert raw_login(p.port, role, "aq-pw-2") is None
+    # no secret in the log: passwords, the verifier, the SCRAM keys passed through
+    verifier = scram_pg.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")
+    log = p.log_text()
+    assert all(secret not in log for secret in ("auth-pw", "aq-pw", verifier.split("$")[2], "scram_client_key"))
     # a dedicated connection per database (app and pt, whatever the logins), as the auth user
     assert scram_pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'poold_auth' "
                          "AND application_name = 'poold auth_query'") == "2"
