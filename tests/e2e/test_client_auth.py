@@ -347,3 +347,20 @@ def test_scram_pass_through_for_a_verifier_in_the_auth_file(poold_factory: Calla
             assert conn.execute("SELECT current_user").fetchone() == (role,)
     err = raw_login(p.port, role, "wrong", database="pt")
     assert err is not None and err["C"] == "28P01", err
+
+
+def test_auth_query_default_query_reads_pg_shadow(poold_factory: Callable[..., Poold],
+                                                  scram_pg: pgcluster.Cluster) -> None:
+    """PgBouncer's default query, run as a superuser auth_user (pg_shadow is theirs only)."""
+    import psycopg
+
+    scram_pg.psql("DROP ROLE IF EXISTS aq_shadow; CREATE ROLE aq_shadow LOGIN PASSWORD 'shadow-pw'; "
+                  "DROP ROLE IF EXISTS poold_su; CREATE ROLE poold_su LOGIN SUPERUSER PASSWORD 'su-pw'")
+    p = poold_factory(cluster=scram_pg, environ={"POOLD_AUTH__USER": "poold_su"})
+    userlist = p.tmp / "userlist.txt"
+    userlist.write_text(userlist.read_text() + '"poold_su" "su-pw"\n')
+    assert p.poolctl("reload").returncode == 0
+    with psycopg.connect(p.dsn(user="aq_shadow", password="shadow-pw"), prepare_threshold=None) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    err = raw_login(p.port, "aq_shadow", "shadow-pw-wrong")
+    assert err is not None and err["C"] == "28P01", err
