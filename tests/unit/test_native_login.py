@@ -523,3 +523,38 @@ def test_startup_packets_end_as_the_python_login_ends_them(case: str) -> None:
         session.data_received(packet)
         outcomes.append((transport.written, transport.closed))
     assert outcomes[0] == outcomes[1]
+
+
+def hba_runtime(rules: str) -> Runtime:
+    from dataclasses import replace
+
+    from poold import hba
+
+    rt = runtime()
+    rt.config = replace(rt.config, auth=replace(rt.config.auth, type="hba", hba_file="hba.conf"))
+    rt.hba = hba.parse(rules)
+    return rt
+
+
+def test_under_an_hba_file_the_c_login_takes_scram_rules_only_keyed_by_origin() -> None:
+    rt = hba_runtime("host all app 127.0.0.1/32 scram-sha-256\nhost all all all password\n")
+    for user, handed in (("app", []), ("app", []), ("md5user", [0])):
+        Session.handed_over = []
+        session, transport = Session(rt), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        session.data_received(startup(user))
+        kind, body = split(transport.written)[0]
+        transport.written = b""
+        if body[:4] == struct.pack("!I", 10):  # SCRAM: the C login's
+            client = Client(user, "secret")
+            session.data_received(client.first())
+            continue_ = split(transport.written)[-1][1][4:]
+            transport.written = b""
+            session.data_received(client.final(continue_))
+        else:  # the password rule: AuthenticationCleartextPassword, from the Python login
+            assert body[:4] == struct.pack("!I", 3)
+            session.data_received(msg(b"p", b"secret\0"))
+        assert session.relaying and split(transport.written)[-1][0] == b"Z", split(transport.written)
+        assert Session.handed_over == handed
+    # the kept plan is the packet's and the origin's: never found by the packet alone
+    assert list(rt.login_plans) and all(isinstance(k, tuple) for k in rt.login_plans)
