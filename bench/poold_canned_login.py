@@ -50,7 +50,7 @@ def canned_login_steps(self: client.ClientSession, answer_query: bool) -> Any:
     assert db is not None, startup.database
     pool = rt.pools.find(db, startup.user)
     if pool is None:
-        pool = yield rt.pools.get(db, startup.user, rt.users)
+        pool = yield rt.pools.get(db, startup.user, rt.server_credentials)
     defaults = pool.defaults
     if defaults is None:
         defaults = yield pool.prepare()

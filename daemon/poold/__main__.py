@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import __version__
+from .auth import load_auth_files
 from .config import ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/poold/poold.toml"
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.check_config or args.config
     try:
         config = load_config(path, os.environ)
+        files = load_auth_files(config)  # the auth files are part of the configuration: checked with it
     except ConfigError as exc:
         for err in exc.errors:
             print(f"poold: {err}", file=sys.stderr)
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency; plain asyncio still works
-        return asyncio.run(App(config, os.environ).run())
-    return uvloop.run(App(config, os.environ).run())
+        return asyncio.run(App(config, os.environ, files).run())
+    return uvloop.run(App(config, os.environ, files).run())
 
 
 if __name__ == "__main__":

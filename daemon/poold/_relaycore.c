@@ -1175,7 +1175,9 @@ login_refuse_encryption(ClientCore *self)
 
 /* _native_login_plan's first branch, for a packet whose plan is kept
  * (Runtime.login_plans) when the checks made at every login pass: the plan's keys.
- * NULL without an exception: the Python method's to answer. */
+ * NULL without an exception: the Python method's to answer. Under an hba file the
+ * decision depends on the client's address and TLS too, and the plans are kept
+ * under (packet, origin): never found here, so every such login asks Python. */
 static PyObject *
 login_kept_plan(ClientCore *self, PyObject *payload)
 {

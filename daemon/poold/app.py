@@ -32,7 +32,7 @@ import structlog
 from aiohttp import web
 
 from . import relaycore, sockio
-from .auth import load_userlist
+from .auth import AuthFiles
 from .client import ClientSession
 from .config import Config
 from .control import ControlServer
@@ -51,9 +51,9 @@ DRAIN_POLL = 0.1
 
 
 class App:
-    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+    def __init__(self, config: Config, environ: Mapping[str, str], files: AuthFiles) -> None:
         self.environ = environ
-        self.runtime = Runtime(config, load_userlist(config.auth.file))
+        self.runtime = Runtime(config, files.users, files.hba)
         self.reloader = Reloader(self.runtime, environ)
         self.notifier = Notifier(environ)
         self.refused: str | None = None  # why the last reload was refused, until one is applied
@@ -112,6 +112,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         await rt.pools.close()
+        if rt.auth_query is not None:
+            await rt.auth_query.close()
         self.notifier.close()
         log.info("stopped")
         return 0
@@ -130,7 +132,7 @@ class App:
         else:
             self._servers = await start_listeners(config.listen, factory)
         rt.listening = True
-        await rt.pools.open_configured(config.databases, rt.users)
+        await rt.pools.open_configured(config.databases, rt.server_credentials)
 
     async def _abandon_start(self, control: ControlServer) -> None:
         """Close what a failed or interrupted start-up opened."""

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import scramp
 
+from . import hba
+from .config import Config, ConfigError
 from .protocol import messages
 from .protocol.errors import ProtocolError
 from .protocol.scram import ScramError, ScramExchange
@@ -37,6 +39,7 @@ _LINE = re.compile(r'^\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"')
 _SCRAM = re.compile(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$")
 
 _AUTH_SCRAM = messages.auth_sasl(["SCRAM-SHA-256"])
+_AUTH_CLEARTEXT = messages.auth_cleartext()
 
 #: (salt, stored_key, server_key, iterations), scramp's auth_info shape
 AuthInfo = tuple[bytes, bytes, bytes, int]
@@ -65,6 +68,13 @@ class Secret:
         return self.value if self.kind == "plain" else None
 
 
+def usable(secret: Secret | None) -> Secret | None:
+    """The secret a login may be checked against: an empty one is none at all, so a
+    user whose secret is empty is refused as an unknown user is (PgBouncer does the
+    same; the auth file refuses them at load, this holds for any other source)."""
+    return secret if secret is not None and secret.value else None
+
+
 def parse_userlist(text: str) -> dict[str, Secret]:
     users: dict[str, Secret] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -75,15 +85,27 @@ def parse_userlist(text: str) -> dict[str, Secret]:
         if not m:
             raise ValueError(f'line {lineno}: expected "user" "password"')
         user, secret = (g.replace('""', '"') for g in m.groups())
-        if secret.startswith("SCRAM-SHA-256$"):
-            if not _SCRAM.match(secret):
-                raise ValueError(f"line {lineno}: malformed SCRAM verifier for {user!r}")
-            users[user] = Secret("scram", secret)
-        elif len(secret) == 35 and secret.startswith("md5"):
-            users[user] = Secret("md5", secret)
-        else:
-            users[user] = Secret("plain", secret)
+        try:
+            users[user] = secret_from_text(user, secret)
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: {exc}") from None
     return users
+
+
+def secret_from_text(user: str, secret: str) -> Secret:
+    """A stored secret, as the auth file or pg_authid holds it: a SCRAM verifier, an md5
+    hash, or a plain password. ValueError for an empty password or a malformed verifier."""
+    if not secret or secret == md5_secret(user, ""):
+        # PostgreSQL never accepts an empty password (it clears one given to
+        # CREATE ROLE, and refuses one sent at login): neither does poold.
+        raise ValueError(f'empty password for user "{user}": PostgreSQL never accepts one')
+    if secret.startswith("SCRAM-SHA-256$"):
+        if not _SCRAM.match(secret):
+            raise ValueError(f"malformed SCRAM verifier for {user!r}")
+        return Secret("scram", secret)
+    if len(secret) == 35 and secret.startswith("md5"):
+        return Secret("md5", secret)
+    return Secret("plain", secret)
 
 
 def load_userlist(path: str) -> dict[str, Secret]:
@@ -91,6 +113,52 @@ def load_userlist(path: str) -> dict[str, Secret]:
         return {}
     with open(path, encoding="utf-8") as f:
         return parse_userlist(f.read())
+
+
+@dataclass(frozen=True)
+class AuthFiles:
+    """What a configuration's auth files say: the users' secrets, and the hba rules
+    (None unless ``auth.type = "hba"``)."""
+
+    users: dict[str, Secret]
+    hba: hba.Hba | None = None
+
+
+def load_auth_files(config: Config) -> AuthFiles:
+    """The auth file and hba file a configuration names; ConfigError naming the key,
+    the file and the line of every one that cannot be read."""
+    errors, users, rules = [], {}, None
+    try:
+        users = load_userlist(config.auth.file)
+    except (OSError, ValueError) as exc:
+        errors.append(f"auth.file: {config.auth.file}: {_reason(exc)}")
+    if config.auth.type == "hba":
+        try:
+            rules = hba.load(config.auth.hba_file)
+        except (OSError, ValueError) as exc:
+            errors.append(f"auth.hba_file: {config.auth.hba_file}: {_reason(exc)}")
+        else:
+            for rule in rules.rules:
+                if rule.method == "cert" and not config.tls.ca_file:
+                    errors.append(f"auth.hba_file: {config.auth.hba_file}: line {rule.lineno}: "
+                                  "cert needs tls.ca_file to verify client certificates")
+    if errors:
+        raise ConfigError(errors)
+    return AuthFiles(users, rules)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def certificate_user(cert: dict[str, Any]) -> str | None:
+    """The user a verified client certificate names: its subject's common name, which
+    the ``cert`` method requires to equal the user name (PostgreSQL's default, no map)."""
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
 
 
 def md5_secret(user: str, password: str) -> str:
@@ -123,6 +191,9 @@ class ScramCache:
         self._mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
         self._cache: dict[tuple[str, str], asyncio.Future[AuthInfo]] = {}
         self._verifiers: dict[str, AuthInfo] = {}  # parsed SCRAM verifiers
+        #: ClientKey by StoredKey, learned from logins whose proof was verified (see
+        #: server_credentials): the same for every login against the same verifier
+        self.client_keys: dict[bytes, bytes] = {}
         self._mock_key = os.urandom(32)
 
     def auth_info(self, user: str, secret: Secret) -> Steps[AuthInfo]:
@@ -152,6 +223,10 @@ class ScramCache:
             if len(self._verifiers) > 10_000:  # bounded, as the derived keys are
                 self._verifiers.pop(next(iter(self._verifiers)))
         return info
+
+    def auth_info_now(self, secret: Secret) -> AuthInfo:
+        """A SCRAM verifier's keys (parsed once)."""
+        return self._verifier(secret.value)
 
     def known_info(self, user: str, secret: Secret) -> AuthInfo | None:
         """The keys if they are at hand now (a verifier, or a password derived already)."""
@@ -189,25 +264,29 @@ def authenticate(
     or nothing; the caller joins it to its welcome, saving a write. ``nonce``:
     the server's SCRAM nonce, when it was chosen already (the C login's).
     """
+    secret = usable(secret)
     exchange = exchange_for(method, secret)
     if exchange == "trust":
         return b""
     if exchange == "md5":
         yield from _md5(user, secret, read, send)
         return b""
+    if exchange == "password":
+        yield from _password(user, secret, read, send)
+        return b""
     return (yield from _scram(user, secret, read, send, cache, nonce))
 
 
 def exchange_for(method: str, secret: Secret | None) -> str:
-    """Which exchange a login runs: "trust", "md5" or "scram".
+    """Which exchange a login runs: "trust", "password", "md5" or "scram".
 
     md5 when asked for, and also when the stored secret is an md5 hash, which
     cannot answer SCRAM (PgBouncer does the same); SCRAM otherwise. An unknown
     user (no secret) meets the configured method's exchange all the same, so
     that it cannot be told from a wrong password.
     """
-    if method == "trust":
-        return "trust"
+    if method in ("trust", "password"):
+        return method
     kind = secret.kind if secret is not None else None
     if kind == "md5" or (method == "md5" and kind in ("plain", None)):
         return "md5"
@@ -218,6 +297,7 @@ def native_scram_keys(method: str, user: str, secret: Secret | None, cache: Scra
     """What the C login needs to run this user's SCRAM exchange: StoredKey, ServerKey
     and the end of server-first (``,s=<salt>,i=<iterations>``); None when ``authenticate``
     would not run SCRAM, or the keys are not at hand without waiting."""
+    secret = usable(secret)
     if exchange_for(method, secret) != "scram":
         return None
     if secret is None:  # an unknown user: mock keys, new each time
@@ -239,6 +319,45 @@ def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Ste
         raise ProtocolError("expected password response", "28000")
     if secret is None or not check_md5(messages.parse_password(body), secret, user, salt):
         raise AuthFailed(f'password authentication failed for user "{user}"')
+
+
+def _password(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Steps[None]:
+    """The ``password`` method: the client sends its password in clear (over TLS, one
+    hopes); checked against whatever the secret is, the SCRAM one off the loop."""
+    send(_AUTH_CLEARTEXT)
+    t, body = yield from read()
+    if t != messages.PASSWORD:
+        raise ProtocolError("expected password response", "28000")
+    password = messages.parse_password(body).decode("utf-8", "replace")
+    failed = AuthFailed(f'password authentication failed for user "{user}"')
+    if not password or secret is None:  # PostgreSQL: "empty password returned by client"
+        raise failed
+    if secret.kind == "plain":
+        ok = hmac.compare_digest(password.encode(), secret.value.encode())
+    elif secret.kind == "md5":
+        ok = hmac.compare_digest(md5_secret(user, password).encode(), secret.value.encode())
+    else:
+        salt, stored_key, _server_key, iterations = scram_info_from_verifier(secret.value)
+        # PBKDF2 at the verifier's iterations is milliseconds of CPU: never on the loop.
+        derive = asyncio.get_running_loop().run_in_executor(None, _stored_key, password, salt, iterations)
+        ok = hmac.compare_digest((yield derive), stored_key)
+    if not ok:
+        raise failed
+
+
+def _stored_key(password: str, salt: bytes, iterations: int) -> bytes:
+    """SCRAM's StoredKey of a password (RFC 5802), SASLprep'd as PostgreSQL does."""
+    salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password).encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return hashlib.sha256(client_key).digest()
+
+
+def _saslprep(password: str) -> str:
+    """PostgreSQL uses the password as it is when SASLprep refuses it."""
+    try:
+        return scramp.core.saslprep(password)  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        return password
 
 
 def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache,
@@ -264,4 +383,33 @@ def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cach
         raise AuthFailed(f'password authentication failed for user "{user}"') from exc
     if secret is None:  # no proof matches the mock keys; refused here all the same
         raise AuthFailed(f'password authentication failed for user "{user}"')
+    if secret.kind == "scram" and stored_key not in cache.client_keys:
+        if len(cache.client_keys) >= 10_000:  # bounded, as the derived keys are
+            del cache.client_keys[next(iter(cache.client_keys))]
+        cache.client_keys[stored_key] = exchange.client_key
     return messages.auth_sasl_final(final)
+
+
+def server_credentials(secret: Secret | None, cache: ScramCache) -> dict[str, str]:
+    """What a server login as this user can authenticate with, as libpq conninfo
+    parameters: a plain password; or, for a SCRAM verifier, the ClientKey a client
+    login revealed with the verifier's ServerKey (SCRAM pass-through, libpq 18's
+    ``scram_client_key`` and ``scram_server_key``: the server must hold the same
+    verifier, which it does when the verifier came from its pg_authid); else nothing."""
+    secret = usable(secret)
+    if secret is None or secret.kind == "md5":  # an md5 hash cannot log in through libpq
+        return {}
+    if secret.kind == "plain":
+        return {"password": secret.value}
+    _salt, stored_key, server_key, _iterations = cache.auth_info_now(secret)
+    client_key = cache.client_keys.get(stored_key)
+    if client_key is None:
+        return {}
+    return {"scram_client_key": base64.b64encode(client_key).decode(),
+            "scram_server_key": base64.b64encode(server_key).decode()}
+
+
+def needs_client_key(secret: Secret | None, cache: ScramCache) -> bool:
+    """A SCRAM verifier whose ClientKey no login has revealed yet (see server_credentials)."""
+    secret = usable(secret)
+    return secret is not None and secret.kind == "scram" and cache.auth_info_now(secret)[1] not in cache.client_keys

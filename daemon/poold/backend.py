@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import sockio
@@ -48,16 +48,23 @@ REPORTED_PARAMETERS = (
 )
 
 
-def conninfo(info: Mapping[str, str], *, statement_timeout: float, password: str | None) -> str:
-    """The libpq conninfo for a pool, with poold's per-connection settings."""
+#: libpq 18 takes a SCRAM ClientKey in place of a password (``scram_client_key``,
+#: ``scram_server_key``): SCRAM pass-through. An older libpq refuses the parameters.
+SCRAM_PASS_THROUGH = pq.version() >= 180000
+
+
+def conninfo(info: Mapping[str, str], *, statement_timeout: float, credentials: Mapping[str, str]) -> str:
+    """The libpq conninfo for a pool, with poold's per-connection settings. ``credentials``
+    (a password, or SCRAM keys where libpq takes them) apply where the DSN names no
+    password of its own."""
     params = dict(info)
     options = params.get("options", "")
     if statement_timeout > 0:
         options = f"{options} -c statement_timeout={int(statement_timeout * 1000)}".strip()
     if options:
         params["options"] = options
-    if password is not None and "password" not in params:
-        params["password"] = password
+    if "password" not in params:
+        params.update((k, v) for k, v in credentials.items() if SCRAM_PASS_THROUGH or not k.startswith("scram_"))
     return make_conninfo("", **params)
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, relaycore, sockio
+from . import auth, hba, relaycore, sockio
 from .errors import PooldError
 from .pools import PoolRegistry
 from .protocol import messages
@@ -556,10 +556,12 @@ class ClientSession(ClientCore, asyncio.Protocol):
             return
         db, wanted = self._admit(startup)
         rt = self.rt
+        method = self._auth_method()
+        secret = rt.users.get(self.user)
+        if secret is None and rt.auth_query is not None and method != "trust":
+            secret = yield rt.auth_query.lookup(db, self.user)  # None: refused as a wrong password is
         send = self.transport.write if not muted else _Muted(self.transport.write, muted)  # type: ignore[union-attr]
-        sasl_final = yield from auth.authenticate(
-            rt.config.auth.type, self.user, rt.users.get(self.user), self._read_typed, send, rt.scram, nonce
-        )
+        sasl_final = yield from auth.authenticate(method, self.user, secret, self._read_typed, send, rt.scram, nonce)
         yield from self._enter_pool(startup, db, wanted, sasl_final)
 
     def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
@@ -572,13 +574,40 @@ class ClientSession(ClientCore, asyncio.Protocol):
             raise PooldError("53300", "sorry, too many clients already (max_client_conn)")
         return _database_and_settings(rt.config, startup)
 
+    def _origin(self) -> hba.Origin:
+        """Where this client comes from, as the hba file's rules see it."""
+        transport = self.transport
+        return hba.Origin.of(transport.get_extra_info("peername") if transport is not None else None, self.tls)
+
+    def _auth_method(self) -> str:
+        """The method this login gets: ``auth.type``, or the first matching hba rule's;
+        PooldError 28000 where no rule admits it, in PostgreSQL's words. ``cert`` is
+        checked here (the client's certificate, verified in the TLS handshake, must name
+        the user) and then needs no exchange."""
+        rt = self.rt
+        method = rt.config.auth.type
+        if method != "hba":
+            return method
+        origin = self._origin()
+        rule = rt.hba.match(origin, self.database, self.user) if rt.hba is not None else None
+        if rule is None or rule.method == "reject":
+            raise PooldError("28000", hba.no_entry_message(origin, self.database, self.user, rule is not None))
+        if rule.method == "cert":
+            cert = self.transport.get_extra_info("peercert") if self.transport is not None else None
+            if not cert:
+                raise PooldError("28000", "connection requires a valid client certificate")
+            if auth.certificate_user(cert) != self.user:
+                raise PooldError("28000", f'certificate authentication failed for user "{self.user}"')
+            return "trust"
+        return rule.method
+
     def _enter_pool(self, startup: messages.StartupMessage, db: DatabaseSettings, wanted: dict[str, str],
                     sasl_final: bytes) -> auth.Steps[None]:
         """Authenticated: join the pool, send the welcome, start relaying."""
         rt = self.rt
         pool = rt.pools.find(db, self.user)
         if pool is None:
-            pool = yield rt.pools.get(db, self.user, rt.users)
+            pool = yield rt.pools.get(db, self.user, rt.server_credentials)
         self.pool = pool
         pool.clients += 1
         defaults = pool.defaults
@@ -648,10 +677,15 @@ class ClientSession(ClientCore, asyncio.Protocol):
         config = rt.config
         if len(rt.clients) > config.clients.max_client_conn or rt.draining or (config.tls.require and not self.tls):
             return None  # _admit and _negotiate refuse these
-        plan = rt.login_plans.get(payload)
+        # Under an hba file the decision depends on where the client comes from too: its
+        # plan is kept by packet and origin, a key the C login never looks up (it looks
+        # up the packet alone, login_kept_plan), so each such login comes here.
+        origin = self._origin() if config.auth.type == "hba" else None
+        key = payload if origin is None else (payload, origin)
+        plan = rt.login_plans.get(key)
         if plan is None:
             try:
-                plan = _login_plan(rt, payload)
+                plan = _login_plan(rt, payload, origin)
             except Exception:  # as in _advance: one broken login must not hurt others
                 log.exception("login_failed", peer=self.peer)
                 return None
@@ -659,7 +693,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
                 return None
             if len(rt.login_plans) >= _LOGIN_PLANS_KEPT:
                 del rt.login_plans[next(iter(rt.login_plans))]  # the oldest
-            rt.login_plans[payload] = plan
+            rt.login_plans[key] = plan
         self._plan = plan
         self.user, self.database = plan.user, plan.database
         return plan.keys
@@ -795,8 +829,9 @@ def _greeting(pool: Pool, defaults: dict[str, str], wanted: dict[str, str]) -> G
 _LOGIN_PLANS_KEPT = 1000
 
 
-def _login_plan(rt: Runtime, payload: bytes) -> LoginPlan | None:
-    """The LoginPlan of a startup packet, or None where ``_login_steps`` must answer."""
+def _login_plan(rt: Runtime, payload: bytes, origin: hba.Origin | None) -> LoginPlan | None:
+    """The LoginPlan of a startup packet, or None where ``_login_steps`` must answer.
+    ``origin``: where the client comes from, under an hba file (else None)."""
     try:
         startup = messages.parse_startup(payload)
         if not isinstance(startup, messages.StartupMessage) or startup.minor or startup.protocol_options:
@@ -807,7 +842,19 @@ def _login_plan(rt: Runtime, payload: bytes) -> LoginPlan | None:
     except (ProtocolError, PooldError):
         return None
     user = startup.user
-    keys = auth.native_scram_keys(rt.config.auth.type, user, rt.users.get(user), rt.scram)
+    method = rt.config.auth.type
+    if origin is not None:  # only SCRAM and md5 rules may run the C login's SCRAM exchange
+        rule = rt.hba.match(origin, startup.database, user) if rt.hba is not None else None
+        if rule is None or rule.method not in ("scram-sha-256", "md5"):
+            return None
+        method = rule.method
+    secret = rt.users.get(user)
+    if secret is None and rt.auth_query is not None:
+        return None  # looked up by auth_query, whose answers expire: the Python login's
+    if ("user" not in db.conninfo and "password" not in db.conninfo and rt.pools.find(db, user) is None
+            and auth.needs_client_key(secret, rt.scram)):
+        return None  # the pool to open logs in with the client's SCRAM key: the Python login learns it
+    keys = auth.native_scram_keys(method, user, secret, rt.scram)
     if keys is None:
         return None
     return LoginPlan(startup, db, wanted, keys)

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 POOL_MODES = ("session", "transaction")
-AUTH_TYPES = ("trust", "md5", "scram-sha-256")
+AUTH_TYPES = ("trust", "md5", "scram-sha-256", "hba")
 ENV_PREFIX = "POOLD_"
 
 #: short names kept from the old deployment: name -> (key, scale to seconds)
@@ -66,8 +66,12 @@ class ListenSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    type: str = "scram-sha-256"
+    type: str = "scram-sha-256"  # or "hba": per origin, database and user, from hba_file
     file: str = "userlist.txt"  # relative paths are relative to the TOML file
+    hba_file: str = ""  # pg_hba.conf format; required by type = "hba"
+    user: str = ""  # auth_user: looks up users the auth file lacks with ``query``; "" = off
+    query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"  # $1: the user name
+    query_ttl: float = 30.0  # seconds an answer (found or not) is kept
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class TlsSettings:
     cert_file: str = ""  # PEM certificate (chain) shown to clients; "" = no TLS
     key_file: str = ""  # its private key
     require: bool = False  # refuse clients that do not ask for TLS
+    ca_file: str = ""  # CAs that sign client certificates (the hba file's cert method); "" = none asked for
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,10 @@ def build_config(raw: dict[str, Any], path: Path, errors: list[str] | None = Non
     databases = _build_databases(raw.get("databases", {}), raw.get("pool", {}), errors)
     auth: AuthSettings = sections["auth"]
     if auth.file and not os.path.isabs(auth.file):
-        sections["auth"] = AuthSettings(auth.type, str(path.parent / auth.file))
+        auth = replace(auth, file=str(path.parent / auth.file))
+    if auth.hba_file and not os.path.isabs(auth.hba_file):
+        auth = replace(auth, hba_file=str(path.parent / auth.hba_file))
+    sections["auth"] = auth
     if errors:
         raise ConfigError(errors)
     return Config(databases=databases, path=str(path), **sections)
@@ -325,6 +333,12 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
     auth: AuthSettings = s["auth"]
     if auth.type not in AUTH_TYPES:
         errors.append(f"auth.type: must be one of {', '.join(AUTH_TYPES)}, got {auth.type!r}")
+    if auth.type == "hba" and not auth.hba_file:
+        errors.append('auth.hba_file: required by auth.type = "hba"')
+    if auth.query_ttl < 0:
+        errors.append("auth.query_ttl: must be >= 0 (0: look up at every login)")
+    if auth.user and "$1" not in auth.query:
+        errors.append("auth.query: must take the user name as $1")
     clients: ClientSettings = s["clients"]
     if clients.max_client_conn < 1:
         errors.append("clients.max_client_conn: must be >= 1")
@@ -335,7 +349,9 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
     tls: TlsSettings = s["tls"]
     if bool(tls.cert_file) != bool(tls.key_file):
         errors.append("tls.cert_file: cert_file and key_file go together")
-    for key in ("cert_file", "key_file"):
+    if tls.ca_file and not tls.cert_file:
+        errors.append("tls.ca_file: needs cert_file and key_file")
+    for key in ("cert_file", "key_file", "ca_file"):
         path = getattr(tls, key)
         if path and not os.path.isfile(path):
             errors.append(f"tls.{key}: {path}: no such file")

@@ -34,7 +34,6 @@ from psycopg import AsyncConnection, OperationalError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import backend, relaycore
-from .auth import Secret
 from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError
@@ -57,10 +56,15 @@ class Waiter(Protocol):
     def on_acquire_failed(self, error: PooldError) -> None: ...
 
 
-def pool_conninfo(db: DatabaseSettings, user: str, server_password: str | None) -> str:
+def pool_conninfo(db: DatabaseSettings, user: str, credentials: Mapping[str, str]) -> str:
     info = dict(db.conninfo)
     info.setdefault("user", user)
-    return backend.conninfo(info, statement_timeout=db.pool.statement_timeout, password=server_password)
+    return backend.conninfo(info, statement_timeout=db.pool.statement_timeout, credentials=credentials)
+
+
+#: a server user's credentials on a database, as libpq conninfo parameters
+#: (Runtime.server_credentials)
+Credentials = Callable[["DatabaseSettings", str], Mapping[str, str]]
 
 
 class PoolCorePy:
@@ -148,12 +152,12 @@ else:
 class Pool(PoolCore):
     """Server connections for one (database, user)."""
 
-    def __init__(self, db: DatabaseSettings, user: str, server_password: str | None) -> None:
+    def __init__(self, db: DatabaseSettings, user: str, credentials: Mapping[str, str]) -> None:
         self.db = db
         self.user = user
         self.name = f"{db.name}.{user}"
         self.settings = db.pool
-        self.conninfo = pool_conninfo(db, user, server_password)
+        self.conninfo = pool_conninfo(db, user, credentials)
         self.breaker = Breaker(db.pool.breaker_failures, db.pool.breaker_reset)
         self._pg: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             self.conninfo,
@@ -292,11 +296,11 @@ class Pool(PoolCore):
 
     # -- operations: reload, pause, reconnect -----------------------------------
 
-    async def reconfigure(self, db: DatabaseSettings, server_password: str | None) -> list[str]:
+    async def reconfigure(self, db: DatabaseSettings, credentials: Mapping[str, str]) -> list[str]:
         """Apply a reloaded configuration in place; return what changed."""
         old, new = self.settings, db.pool
         changes: list[str] = []
-        conninfo = pool_conninfo(db, self.user, server_password)
+        conninfo = pool_conninfo(db, self.user, credentials)
         self.db, self.settings = db, new
         if (old.min_size, old.max_size) != (new.min_size, new.max_size):
             await self._pg.resize(new.min_size, new.max_size)
@@ -683,25 +687,24 @@ class PoolRegistry:
         """The pool serving ``user`` on ``db`` if there is one already."""
         return self.pools.get(self.key(db, user))
 
-    async def get(self, db: DatabaseSettings, user: str, users: Mapping[str, Secret]) -> Pool:
+    async def get(self, db: DatabaseSettings, user: str, credentials: Credentials) -> Pool:
         """The pool serving ``user`` on ``db``, created and opened on first use."""
         key = self.key(db, user)
         server_user = key[1]
         pool = self.pools.get(key)
         if pool is None:
-            # Without a password in the DSN, the auth file's plain password of
-            # the server user logs in (PgBouncer does the same).
-            secret = users.get(server_user)
-            pool = Pool(db, server_user, secret.plain if secret else None)
+            # Without a password in the DSN, the server user's own: the auth file's
+            # plain password (PgBouncer does the same), or SCRAM pass-through.
+            pool = Pool(db, server_user, credentials(db, server_user))
             self.pools[key] = pool
             await pool.open()
         return pool
 
-    async def open_configured(self, databases: Mapping[str, DatabaseSettings], users: Mapping[str, Secret]) -> None:
+    async def open_configured(self, databases: Mapping[str, DatabaseSettings], credentials: Credentials) -> None:
         """Open at once the pools whose DSN names a user, so min_size is warm."""
         for db in databases.values():
             if db.name != "*" and db.conninfo.get("user"):
-                await self.get(db, db.conninfo["user"], users)
+                await self.get(db, db.conninfo["user"], credentials)
 
     def retire(self, pool: Pool) -> None:
         """Its database left the configuration: no new clients; close when unused."""

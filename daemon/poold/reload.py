@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .auth import Secret, load_userlist
+from .auth import AuthFiles, load_auth_files
+from .authquery import AuthQuery
 from .config import Config, ConfigError, load_config, without_env_file_copies
 from .tls import server_context
 
@@ -47,8 +48,12 @@ def config_items(config: Config) -> dict[str, Any]:
     return items
 
 
+#: conninfo keys whose values are secrets: a password, or SCRAM keys (libpq 18)
+SECRET_KEYS = frozenset({"password", "scram_client_key", "scram_server_key"})
+
+
 def mask_conninfo(info: Mapping[str, str]) -> str:
-    return " ".join(f"{k}={MASK if k == 'password' else v}" for k, v in info.items())
+    return " ".join(f"{k}={MASK if k in SECRET_KEYS else v}" for k, v in info.items())
 
 
 @dataclass(frozen=True)
@@ -113,22 +118,18 @@ class Reloader:
         self.generations: list[tuple[int, Config]] = [(1, rt.config)]
         self._lock = asyncio.Lock()
 
-    def read(self) -> tuple[Config, dict[str, Secret]]:
+    def read(self) -> tuple[Config, AuthFiles]:
         """The configuration on disk now (file, env file, environment), validated."""
         try:
             config = load_config(self.rt.config.path, self.environ)
+            return config, load_auth_files(config)
         except ConfigError as exc:
             raise ReloadRejected(exc.errors) from exc
-        try:
-            users = load_userlist(config.auth.file)
-        except (OSError, ValueError) as exc:
-            raise ReloadRejected([f"auth.file: {config.auth.file}: {exc}"]) from exc
-        return config, users
 
     async def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
         async with self._lock:
             try:
-                config, users = self.read()
+                config, files = self.read()
             except ReloadRejected as exc:
                 if not dry_run:
                     self.rt.stats.reloads["rejected"] += 1
@@ -137,7 +138,7 @@ class Reloader:
             plan = plan_reload(self.rt.config, config)
             if dry_run:
                 return {"dry_run": True, "generation": self.generation, "plan": plan.as_dict()}
-            await self._apply(config, users, plan)
+            await self._apply(config, files, plan)
             self.rt.stats.reloads["applied"] += 1
             log.info("reload_applied", generation=self.generation, plan=plan.as_dict())
             return {"generation": self.generation, "plan": plan.as_dict()}
@@ -148,33 +149,37 @@ class Reloader:
                 raise ReloadRejected(["no previous generation to roll back to"])
             source, config = self.generations[-2]
             try:
-                users = load_userlist(config.auth.file)
-            except (OSError, ValueError) as exc:
-                raise ReloadRejected([f"auth.file: {config.auth.file}: {exc}"]) from exc
+                files = load_auth_files(config)
+            except ConfigError as exc:
+                raise ReloadRejected(exc.errors) from exc
             plan = plan_reload(self.rt.config, config)
-            await self._apply(config, users, plan)
+            await self._apply(config, files, plan)
             self.rt.stats.reloads["rollback"] += 1
             log.info("rollback_applied", generation=self.generation, restored=source, plan=plan.as_dict())
             return {"generation": self.generation, "restored": source, "plan": plan.as_dict()}
 
     def diff(self) -> dict[str, Any]:
         """What differs between the running configuration and the one on disk."""
-        config, _users = self.read()
+        config, _files = self.read()
         return {k: {"running": a, "on_disk": b} for k, (a, b) in diff_items(self.rt.config, config).items()}
 
-    async def _apply(self, config: Config, users: dict[str, Secret], plan: Plan) -> None:
+    async def _apply(self, config: Config, files: AuthFiles, plan: Plan) -> None:
         rt = self.rt
+        users = files.users
         rt.config = config
         rt.users = users
+        rt.hba = files.hba
+        old_query, rt.auth_query = rt.auth_query, AuthQuery(config.auth, users) if config.auth.user else None
+        if old_query is not None:
+            await old_query.close()
         rt.ssl_context = server_context(config.tls)
         for pool in list(rt.pools.pools.values()):
             db = config.database(pool.db.name)
             if db is None:
                 rt.pools.retire(pool)  # new logins get 3D000; its clients finish
                 continue
-            secret = users.get(pool.user)
-            await pool.reconfigure(db, secret.plain if secret else None)
-        await rt.pools.open_configured(config.databases, users)
+            await pool.reconfigure(db, rt.server_credentials(db, pool.user))
+        await rt.pools.open_configured(config.databases, rt.server_credentials)
         self.generation += 1
         self.generations.append((self.generation, config))
         del self.generations[:-KEEP_GENERATIONS]

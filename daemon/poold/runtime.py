@@ -14,8 +14,10 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from .auth import ScramCache, Secret
-from .config import Config
+from .auth import ScramCache, Secret, server_credentials
+from .authquery import AuthQuery
+from .config import Config, DatabaseSettings
+from .hba import Hba
 from .pools import PoolRegistry
 from .protocol.messages import backend_key_data
 from .stats import DaemonStats
@@ -28,13 +30,17 @@ _SECRETS = struct.Struct("1024I")
 
 
 class Runtime:
-    def __init__(self, config: Config, users: dict[str, Secret]) -> None:
+    def __init__(self, config: Config, users: dict[str, Secret], hba: Hba | None = None) -> None:
         #: what the C login decided per startup packet (client.LoginPlan), for this
-        #: configuration and auth file: emptied when either is replaced
-        self.login_plans: dict[bytes, Any] = {}
+        #: configuration and auth files: emptied when one is replaced. Keyed by the
+        #: packet, or under an hba file by (packet, hba.Origin)
+        self.login_plans: dict[bytes | tuple[bytes, Any], Any] = {}
         self.config = config
         self.ssl_context = server_context(config.tls)
         self.users = users
+        self.hba = hba  # the hba file's rules when auth.type = "hba"
+        #: looks up the users the auth file lacks, when [auth] user is set
+        self.auth_query = AuthQuery(config.auth, users) if config.auth.user else None
         self.scram = ScramCache()
         self.pools = PoolRegistry()
         self.clients: set[ClientSession] = set()
@@ -50,11 +56,23 @@ class Runtime:
         self._secrets: list[int] = []  # the cancel keys' secrets: the kernel's random bytes, drawn 4 KiB at a time
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # A plain attribute for reading (every login reads config); a new configuration
-        # or auth file empties login_plans.
+        # A plain attribute for reading (every login reads config); a new configuration,
+        # auth file or hba file empties login_plans.
         object.__setattr__(self, name, value)
-        if name in ("config", "users"):
+        if name in ("config", "users", "hba", "auth_query"):
             self.login_plans.clear()
+
+    def secret(self, db: DatabaseSettings, user: str) -> Secret | None:
+        """A user's secret known now: the auth file's, else auth_query's last answer."""
+        secret = self.users.get(user)
+        if secret is None and self.auth_query is not None:
+            secret = self.auth_query.last(db, user)
+        return secret
+
+    def server_credentials(self, db: DatabaseSettings, user: str) -> dict[str, str]:
+        """How a server connection logs in as ``user`` where the DSN has no password
+        (pools.Credentials): see auth.server_credentials."""
+        return server_credentials(self.secret(db, user), self.scram)
 
     def register(self, client: ClientSession, server_pid: int = 0) -> bytes:
         """Give a logged-in client its cancel key (``client.key``); its BackendKeyData message.

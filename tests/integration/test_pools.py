@@ -103,7 +103,7 @@ def make_pool(tmp_path: Path, pg: pgcluster.Cluster, **pool: object) -> Pool:
         f'[pool]\n{settings}\n[databases.app]\ndsn = "host={pg.host} port={pg.port} dbname=app user=app"\n'
     )
     config = load_config(tmp_path / "p.toml", {})
-    return Pool(config.databases["app"], "app", APP_PASSWORD)
+    return Pool(config.databases["app"], "app", {"password": APP_PASSWORD})
 
 
 def test_lease_relay_and_release(tmp_path: Path, pg: pgcluster.Cluster) -> None:

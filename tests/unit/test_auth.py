@@ -178,3 +178,42 @@ def test_unknown_users_meet_a_stable_salt_per_name() -> None:
     cache = auth.ScramCache()
     assert cache.mock_info("ghost")[0] == cache.mock_info("ghost")[0]
     assert cache.mock_info("ghost")[0] != cache.mock_info("other")[0]
+
+
+def test_empty_passwords_are_refused_at_load_naming_the_line() -> None:
+    with pytest.raises(ValueError, match='line 2: empty password for user "eve"'):
+        auth.parse_userlist('"alice" "pw"\n"eve" ""\n')
+    empty_md5 = "md5" + hashlib.md5(b"eve").hexdigest()  # md5("" + "eve")
+    with pytest.raises(ValueError, match='line 1: empty password for user "eve"'):
+        auth.parse_userlist(f'"eve" "{empty_md5}"\n')
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5"])
+def test_an_empty_secret_from_anywhere_never_logs_in(method: str) -> None:
+    with pytest.raises(auth.AuthFailed):
+        asyncio.run(exchange(method, "eve", "", {"eve": auth.Secret("plain", "")}))
+
+
+def test_a_scram_login_reveals_the_client_key_for_pass_through() -> None:
+    import base64
+    import hmac
+
+    secret = users()["carol"]
+    cache = auth.ScramCache()
+    assert auth.server_credentials(secret, cache) == {} and auth.needs_client_key(secret, cache)
+    peer = Peer("carol", "carol pw")
+    final = asyncio.run(drive(auth.authenticate("scram-sha-256", "carol", secret, peer.read, peer.send, cache)))
+    peer.send(final)
+    salt, _stored, server_key, iterations = auth.scram_info_from_verifier(secret.value)
+    salted = hashlib.pbkdf2_hmac("sha256", b"carol pw", salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    assert auth.server_credentials(secret, cache) == {"scram_client_key": base64.b64encode(client_key).decode(),
+                                                     "scram_server_key": base64.b64encode(server_key).decode()}
+    assert not auth.needs_client_key(secret, cache)
+    # a wrong password teaches nothing; plain passwords and md5 hashes as before
+    other, wrong = auth.ScramCache(), Peer("carol", "no")
+    with pytest.raises(auth.AuthFailed):
+        asyncio.run(drive(auth.authenticate("scram-sha-256", "carol", secret, wrong.read, wrong.send, other)))
+    assert other.client_keys == {}
+    assert auth.server_credentials(users()["alice"], cache) == {"password": "plain pw"}
+    assert auth.server_credentials(users()["bob"], cache) == {}

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poold import auth
 from poold import client as client_module
 from poold.auth import Secret, md5_secret
 from poold.client import ClientSession
@@ -74,8 +75,8 @@ class Session(ClientSession):
         return super()._enter_pool(*args)
 
 
-def runtime(method: str = "scram-sha-256") -> Runtime:
-    raw = {"auth": {"type": method}, "databases": {"app": {"dsn": "dbname=app"}}}
+def runtime(method: str = "scram-sha-256", dsn: str = "dbname=app") -> Runtime:
+    raw = {"auth": {"type": method}, "databases": {"app": {"dsn": dsn}}}
     rt = Runtime(build_config(raw, Path("/nonexistent/poold.toml")), dict(USERS))
     pool = open_pool(DEFAULTS)
     for user in (*USERS, "nobody"):  # one open pool, found as the registry finds its pools
@@ -258,14 +259,20 @@ def test_an_unknown_user_runs_the_c_login_as_far_as_a_wrong_password() -> None:
     assert both(ERROR_CASES["unknown user"])[2] == both(ERROR_CASES["wrong password"])[2] == [2]
 
 
-def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
-    rt = runtime()
+@pytest.mark.parametrize("dsn", ["dbname=app password=server-pw", "dbname=app"])
+def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login(dsn: str) -> None:
+    """With a server password the C login does the first login for a pool too; without,
+    the server login passes the client's SCRAM key through (auth.server_credentials),
+    which the first login learns in Python: the C login hands it over before its
+    first message, and the pool it opens has the key."""
+    rt = runtime(dsn=dsn)
     pool = rt.pools.pools[("app", "app")]
     rt.pools.pools.clear()
     opened: list[str] = []
 
-    async def get(db: object, user: str, users: object) -> Any:
+    async def get(db: object, user: str, credentials: Any) -> Any:
         opened.append(user)
+        assert credentials(db, user) if "password" not in dsn else True
         return pool
 
     rt.pools.get = get  # type: ignore[method-assign]
@@ -285,8 +292,11 @@ def test_the_first_login_for_a_pool_waits_for_it_after_the_c_login() -> None:
 
     Session.handed_over, Session.entered = [], 0
     written, relaying = asyncio.run(main())
-    assert opened == ["app"] and relaying and Session.handed_over == [] and Session.entered == 1
+    assert opened == ["app"] and relaying and Session.entered == 1
+    assert Session.handed_over == ([] if "password" in dsn else [0])
     assert [k for k, _ in split(written)] == [b"R", b"R", b"S", b"S", b"K", b"Z"]
+    if "password" not in dsn:
+        assert set(auth.server_credentials(USERS["app"], rt.scram)) == {"scram_client_key", "scram_server_key"}
 
 
 @given(st.sampled_from(["client_first", "client_final", "initial_body"]), st.integers(0, 120), st.integers(1, 255),
@@ -513,3 +523,38 @@ def test_startup_packets_end_as_the_python_login_ends_them(case: str) -> None:
         session.data_received(packet)
         outcomes.append((transport.written, transport.closed))
     assert outcomes[0] == outcomes[1]
+
+
+def hba_runtime(rules: str) -> Runtime:
+    from dataclasses import replace
+
+    from poold import hba
+
+    rt = runtime()
+    rt.config = replace(rt.config, auth=replace(rt.config.auth, type="hba", hba_file="hba.conf"))
+    rt.hba = hba.parse(rules)
+    return rt
+
+
+def test_under_an_hba_file_the_c_login_takes_scram_rules_only_keyed_by_origin() -> None:
+    rt = hba_runtime("host all app 127.0.0.1/32 scram-sha-256\nhost all all all password\n")
+    for user, handed in (("app", []), ("app", []), ("md5user", [0])):
+        Session.handed_over = []
+        session, transport = Session(rt), Transport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        session.data_received(startup(user))
+        kind, body = split(transport.written)[0]
+        transport.written = b""
+        if body[:4] == struct.pack("!I", 10):  # SCRAM: the C login's
+            client = Client(user, "secret")
+            session.data_received(client.first())
+            continue_ = split(transport.written)[-1][1][4:]
+            transport.written = b""
+            session.data_received(client.final(continue_))
+        else:  # the password rule: AuthenticationCleartextPassword, from the Python login
+            assert body[:4] == struct.pack("!I", 3)
+            session.data_received(msg(b"p", b"secret\0"))
+        assert session.relaying and split(transport.written)[-1][0] == b"Z", split(transport.written)
+        assert Session.handed_over == handed
+    # the kept plan is the packet's and the origin's: never found by the packet alone
+    assert list(rt.login_plans) and all(isinstance(k, tuple) for k in rt.login_plans)

@@ -43,7 +43,7 @@ class ScramError(ProtocolError):
 
 class ScramExchange:
     __slots__ = ("_stored_key", "_server_key", "_salt", "_iterations", "_nonce", "_cbind_flag",
-                 "_client_first_bare", "_server_first")
+                 "_client_first_bare", "_server_first", "client_key")
 
     def __init__(self, stored_key: bytes, server_key: bytes, salt: bytes, iterations: int,
                  nonce: str | None = None) -> None:
@@ -55,6 +55,9 @@ class ScramExchange:
         self._cbind_flag = ""
         self._client_first_bare = ""
         self._server_first = ""
+        #: the client's ClientKey, once its proof is verified: what a server login may
+        #: authenticate with in its place (libpq's scram_client_key)
+        self.client_key = b""
 
     def server_first(self, client_first: bytes) -> bytes:
         """Take client-first-message, return server-first-message."""
@@ -107,6 +110,7 @@ class ScramExchange:
         client_key = (int.from_bytes(proof) ^ int.from_bytes(client_signature)).to_bytes(len(proof))
         if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._stored_key):
             raise ScramError("wrong password")
+        self.client_key = client_key
         server_signature = hmac.digest(self._server_key, auth_message, "sha256")
         return b"v=" + base64.b64encode(server_signature)
 
