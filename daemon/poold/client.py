@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from . import auth, relaycore, sockio
-from .errors import PooldError
+from .errors import PooldError, ServerRefusal
 from .pools import PoolRegistry
 from .protocol import messages
 from .protocol.errors import ProtocolError
@@ -391,7 +391,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
-        self._fatal(error.sqlstate, error.message)
+        self._fail(error)
 
     # -- relay.ServerOwner --------------------------------------------------
 
@@ -469,9 +469,17 @@ class ClientSession(ClientCore, asyncio.Protocol):
         else:
             pool.release(link)
 
-    def _fatal(self, sqlstate: str, message: str) -> None:
+    def _fail(self, error: PooldError) -> None:
+        """End the session with ``error``: the server's own words for a server's refusal."""
+        if isinstance(error, ServerRefusal):
+            response = messages.error_response(error.sqlstate, error.message, detail=error.detail, hint=error.hint)
+            self._fatal(error.sqlstate, error.message, response)
+        else:
+            self._fatal(error.sqlstate, error.message)
+
+    def _fatal(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(messages.error_response(sqlstate, f"poold: {message}"))
+            self.transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))
             self.rt.stats.errors[sqlstate] += 1
         if sqlstate not in ("57P01",):
             log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
@@ -501,7 +509,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
         except PooldError as exc:
-            self._fatal(exc.sqlstate, exc.message)
+            self._fail(exc)
         except Exception:  # one broken login must not hurt others
             log.exception("login_failed", peer=self.peer)
             self._fatal("XX000", "internal error during login")

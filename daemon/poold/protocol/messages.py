@@ -140,12 +140,14 @@ def _cstr(s: str) -> bytes:
 
 
 def error_response(
-    sqlstate: str, message: str, *, severity: str = "FATAL", detail: str | None = None
+    sqlstate: str, message: str, *, severity: str = "FATAL", detail: str | None = None, hint: str | None = None
 ) -> bytes:
     body = b"S" + _cstr(severity) + b"V" + _cstr(severity) + b"C" + _cstr(sqlstate)
     body += b"M" + _cstr(message)
     if detail:
         body += b"D" + _cstr(detail)
+    if hint:
+        body += b"H" + _cstr(hint)
     return _msg(b"E", body + b"\0")
 
 
