@@ -58,6 +58,9 @@ _READY_IDLE = messages.ready_for_query()
 #: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
 _TERMINATED = re.compile(rb"C57P0[123]\0")
 
+#: a 55006 of DROP DATABASE or CREATE DATABASE ... TEMPLATE (the database it names)
+_DATABASE_IN_USE = re.compile(r'database "(.+)" is being accessed by other users')
+
 #: startup parameters that are not settings
 _STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
@@ -423,6 +426,27 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._lease_and_send(replay, self.replay_syncs)
             return
         self._fatal(sqlstate, message)
+
+    def on_server_in_use(self, link: ServerLink, fields: dict[str, str]) -> bool:
+        """55006: a DROP DATABASE (or CREATE DATABASE ... TEMPLATE) found its database
+        in use, perhaps by poold's own idle server connections, which a direct
+        client would not have met. When it is this transaction's first request, a
+        single statement (so it failed before doing anything), close those
+        connections and send it once more (True); PostgreSQL waits up to 5 s for
+        their backends to exit. Otherwise the client gets the error (False)."""
+        request = self.replay
+        if request is None or self.replayed or self.closed or link is not self.server or self.pool is None:
+            return False
+        found = _DATABASE_IN_USE.search(fields.get("M", ""))
+        if found is None or not messages.one_statement(request):
+            return False
+        closed = self.rt.pools.close_idle(found.group(1), self.pool)
+        if not closed:
+            return False  # in use by others: as direct
+        log.info("idle_server_connections_closed", peer=self.peer, database=found.group(1), closed=closed)
+        self.replay, self.replayed = None, True
+        link.send_again(request)
+        return True
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._self_paused:

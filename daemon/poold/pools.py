@@ -362,6 +362,15 @@ class Pool(PoolCore):
             self._give_back(self.free.pop())
         log.info("pool_reconnect", pool=self.name, epoch=self.epoch)
 
+    def close_idle(self) -> int:
+        """Close the idle server connections, poold's and psycopg_pool's, without
+        replacement (a DROP DATABASE is waiting for them to go); how many."""
+        closed = len(self.free) + self._pg.get_stats().get("pool_available", 0)
+        while self.free:
+            self._retire(self.free.pop())
+        self._spawn(backend.shrink(self._pg, 0))
+        return closed
+
     def pause(self) -> None:
         self.paused = True
         log.info("pool_paused", pool=self.name)
@@ -743,6 +752,17 @@ class PoolRegistry:
             if db.name != "*" and db.conninfo.get("user"):
                 pool = await self.get(db, db.conninfo["user"], users)
                 pool.kept = True
+
+    def close_idle(self, dbname: str, near: Pool) -> int:
+        """Close the idle server connections to database ``dbname`` of the server
+        ``near`` connects to; how many (see ClientSession.on_server_in_use)."""
+        server = (near.db.conninfo.get("host"), near.db.conninfo.get("port"))
+        closed = 0
+        for pool in self.pools.values():
+            info = pool.db.conninfo
+            if info.get("dbname") == dbname and (info.get("host"), info.get("port")) == server:
+                closed += pool.close_idle()
+        return closed
 
     def retire(self, pool: Pool) -> None:
         """Its database left the configuration: no new clients; close when unused."""

@@ -38,6 +38,8 @@ log = structlog.get_logger("poold.relay")
 _Z = messages.READY_FOR_QUERY
 _S = messages.PARAMETER_STATUS
 _E = messages.ERROR_RESPONSE
+#: SQLSTATE 55006 object_in_use, as it appears in an ErrorResponse body
+_IN_USE = b"C55006\0"
 
 #: settings a client gets back at every hand-off, as PgBouncer's varcache does
 TRACKED_PARAMETERS = frozenset(
@@ -67,6 +69,7 @@ class ServerOwner(Protocol):
     def on_server_ready(self, status: bytes) -> None: ...
     def on_server_parameter(self, name: str, value: str) -> None: ...
     def on_server_lost(self, sqlstate: str = "08006", message: str = "server connection lost") -> None: ...
+    def on_server_in_use(self, link: ServerLink, fields: dict[str, str]) -> bool: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
@@ -207,6 +210,19 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self._on_internal_done = done
         self.write(b"".join(messages.query(sql) for sql in sqls))
 
+    def send_again(self, request: bytes) -> None:
+        """The reply under way is to ``request``, which failed without effect: consume
+        it, as an internal query's, then send ``request`` again."""
+        owed, self.pending = self.pending, 0
+        self.swallow += owed
+
+        def send(link: ServerLink) -> None:
+            link.pending = owed
+            link.busy_since = time.monotonic()
+            link.write(request)
+
+        self._on_internal_done = send
+
     def sync_parameters(self, wanted: dict[str, str]) -> None:
         """Give this server connection a client's settings before its traffic."""
         sets = [f"SET {name} TO {quote_literal(v)}" for name, v in wanted.items() if self.params.get(name) != v]
@@ -231,6 +247,11 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if owner is None:
             self._idle_frames(frames)
             return
+        for t, _start, _end, body in frames:
+            if t == _E and body is not None and _IN_USE in body:
+                if owner.on_server_in_use(self, messages.parse_error_fields(body)):
+                    self._on_frames(data, frames)  # consumed: the owner sends its request again (send_again)
+                    return
         if data:
             owner.on_server_data(data)
             self.stats.bytes_out += len(data)

@@ -5,6 +5,8 @@
   make /health say down, and one made only for that name is not kept.
 - A pool whose new connects fail while its connections still work keeps
   serving its waiting clients from those connections.
+- DROP DATABASE and CREATE DATABASE ... TEMPLATE see what they see direct,
+  although poold held idle server connections to that database.
 
 Each test compares poold with a direct connection on the same assertions where
 the direct one has something to say, and runs on the C core and the Python one.
@@ -13,8 +15,11 @@ the direct one has something to say, and runs on the C core and the Python one.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import psycopg
@@ -121,3 +126,52 @@ def test_pool_keeps_serving_waiters_while_new_connects_fail(
     assert done[0] == 64
     failed = pools(p)["app.app"]
     assert failed["total"] >= 2
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_drop_and_create_database_with_idle_server_connections(
+    poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, core: str
+) -> None:
+    raw = f'[databases."*"]\ndsn = "host={pg.host} port={pg.port} user=app password={APP_PASSWORD}"\n'
+    p = poold_factory(mode="transaction", max_size=4, min_size=1, raw=raw, environ=CORES[core])
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    pg.psql("ALTER ROLE app CREATEDB")  # for CREATE DATABASE ... TEMPLATE
+    direct = psycopg.connect(pg.dsn("app", "app"), autocommit=True)
+    via = psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True)
+    try:
+        for conn, label in ((direct, "direct"), (via, "poold")):
+            # The same path for both: a client used the database and left (through poold, poold
+            # keeps its server connection idle), then DROP and CREATE ... TEMPLATE are sent.
+            user_dsn = pg.dsn(name, "app") if label == "direct" else p.dsn(dbname=name)
+            conn.execute(f"CREATE DATABASE {name} OWNER app")
+            with psycopg.connect(user_dsn, prepare_threshold=None, autocommit=True) as user:
+                user.execute("SELECT 1")
+            if label == "poold":
+                wait_until(lambda: pools(p).get(f"{name}.app", {}).get("total", 0) >= 1, timeout=5)
+            conn.execute(f"CREATE DATABASE {name}_copy TEMPLATE {name}")  # the template must be unused
+            conn.execute(f"DROP DATABASE {name}_copy")
+            with psycopg.connect(user_dsn, prepare_threshold=None, autocommit=True) as user:
+                user.execute("SELECT 1")
+            conn.execute(f"DROP DATABASE {name}")  # extended protocol (psycopg)
+            assert not pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"), label
+            # A client still inside the database makes DROP fail with 55006, direct and through poold.
+            conn.execute(f"CREATE DATABASE {name} OWNER app")
+            with psycopg.connect(user_dsn, prepare_threshold=None, autocommit=True) as user:
+                user.execute("BEGIN")
+                user.execute("SELECT 1")
+                with pytest.raises(psycopg.errors.ObjectInUse):
+                    conn.execute(f"DROP DATABASE {name}")
+                user.execute("COMMIT")
+            # Simple query protocol (psql's), after the database was used again.
+            run = subprocess.run([pgcluster.client_tool("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d",
+                                  pg.dsn("app", "app") if label == "direct" else p.dsn(),
+                                  "-c", f"DROP DATABASE {name}"], capture_output=True, text=True, timeout=30,
+                                 env=dict(os.environ, PGPASSWORD=APP_PASSWORD))
+            assert run.returncode == 0, (label, run.stderr)
+    finally:
+        direct.close()
+        via.close()
+        p.stop()  # its idle server connections must not keep the cleanup from dropping
+        pg.psql(f"DROP DATABASE IF EXISTS {name}_copy")
+        pg.psql(f"DROP DATABASE IF EXISTS {name}")
+        pg.psql("ALTER ROLE app NOCREATEDB")

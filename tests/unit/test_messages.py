@@ -81,3 +81,17 @@ def test_sasl_initial_response() -> None:
 
 def test_unsupported_is_0a000() -> None:
     assert FeatureNotSupported("x").sqlstate == "0A000"
+
+
+def test_one_statement() -> None:
+    """A request poold may send again after a 55006 runs one statement at most."""
+    q = messages.query
+    parse = messages._msg(b"P", b"\0DROP DATABASE x\0\0\0")
+    bind = messages._msg(b"B", b"\0\0\0\0\0\0\0\0")
+    execute, sync = messages._msg(b"E", b"\0\0\0\0\0"), messages._msg(b"S", b"")
+    assert messages.one_statement(q("DROP DATABASE x"))
+    assert messages.one_statement(parse + bind + messages._msg(b"D", b"P\0") + execute + sync)
+    assert not messages.one_statement(q("SELECT 1") + q("DROP DATABASE x"))
+    assert not messages.one_statement(parse + bind + execute + parse + bind + execute + sync)
+    assert not messages.one_statement(messages._msg(b"F", b"\0\0\0\1"))  # a function call
+    assert not messages.one_statement(q("DROP DATABASE x")[:-2])  # not whole

@@ -237,3 +237,22 @@ def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:
     if length != len(data):
         raise ProtocolError("malformed SASLInitialResponse length", "28000")
     return mechanism, data
+
+
+#: client messages that run nothing themselves (Parse, Bind, Describe, Close, Sync, Flush)
+_RUN_NOTHING = frozenset(b"PBDCSH")
+
+
+def one_statement(request: bytes) -> bool:
+    """Whether a client's complete messages run one statement at most: one Query,
+    or extended-protocol messages with one Execute. (A Query with several
+    statements cannot hold a DROP DATABASE: PostgreSQL refuses it there.)"""
+    runs, at = 0, 0
+    while at + 5 <= len(request):
+        t = request[at]
+        if t in (QUERY, ord("E")):
+            runs += 1
+        elif t not in _RUN_NOTHING:
+            return False
+        at += 1 + _I32.unpack_from(request, at + 1)[0]
+    return runs <= 1 and at == len(request)
