@@ -58,6 +58,11 @@ _READY_IDLE = messages.ready_for_query()
 #: the ErrorResponse of a backend terminated while idle (admin shutdown, crash, ...)
 _TERMINATED = re.compile(rb"C57P0[123]\0")
 
+_P = messages.PARSE
+_Q_OR_P = frozenset((_Q, _P))
+#: the first letters of CREATE and DROP
+_DATABASE_COMMAND_START = frozenset(b"CcDd")
+
 #: a 55006 of DROP DATABASE or CREATE DATABASE ... TEMPLATE (the database it names)
 _DATABASE_IN_USE = re.compile(r'database "(.+)" is being accessed by other users')
 
@@ -363,6 +368,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
     def _lease_and_send(self, data: bytes, syncs: int) -> None:
         """Lease a server connection and send ``data``; or queue it until one is free."""
         assert self.pool is not None
+        if data[0] in _Q_OR_P and _may_be_database_command(data):
+            self._before_database_command(data)
         self.waiting = True
         link = self.pool.acquire(self)  # the fast path records a zero wait itself
         if link is not None:
@@ -426,6 +433,17 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._lease_and_send(replay, self.replay_syncs)
             return
         self._fatal(sqlstate, message)
+
+    def _before_database_command(self, data: bytes) -> None:
+        """DROP DATABASE x, or CREATE DATABASE ... TEMPLATE x: close poold's idle server
+        connections to x first, which a direct client would not have met (PostgreSQL
+        waits up to 5 s for their backends to exit). A command this misses, however
+        spelt, gets the same from on_server_in_use, after PostgreSQL's 5 s."""
+        name = messages.database_command(data)
+        if name is not None and self.pool is not None:
+            closed = self.rt.pools.close_idle(name, self.pool)
+            if closed:
+                log.info("idle_server_connections_closed", peer=self.peer, database=name, closed=closed)
 
     def on_server_in_use(self, link: ServerLink, fields: dict[str, str]) -> bool:
         """55006: a DROP DATABASE (or CREATE DATABASE ... TEMPLATE) found its database
@@ -733,6 +751,16 @@ class ClientSession(ClientCore, asyncio.Protocol):
             else:
                 self.transport.write(b"N")  # type: ignore[union-attr]
         raise ProtocolError("too many encryption negotiation requests")
+
+
+def _may_be_database_command(data: bytes) -> bool:
+    """Whether a request may be DROP DATABASE or CREATE DATABASE ... TEMPLATE: its
+    Query's or Parse's text starts with C or D. Cheap, for the first request of every
+    transaction; _relaycore.c, may_be_database_command."""
+    if len(data) < 6:
+        return False
+    start = 5 if data[0] == _Q else data.find(b"\0", 5) + 1
+    return 0 < start < len(data) and data[start] in _DATABASE_COMMAND_START
 
 
 class LoginPlan:

@@ -502,7 +502,7 @@ class Pool(PoolCore):
         try:
             link = await self._lease()
         except PooldError as exc:
-            if self.waiters:
+            if self.waiters and not self._serving():  # else its connections are released to them
                 waiter, _deadline = self.waiters.popleft()
                 waiter.on_acquire_failed(exc)
             return

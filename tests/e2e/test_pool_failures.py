@@ -152,7 +152,9 @@ def test_drop_and_create_database_with_idle_server_connections(
             conn.execute(f"DROP DATABASE {name}_copy")
             with psycopg.connect(user_dsn, prepare_threshold=None, autocommit=True) as user:
                 user.execute("SELECT 1")
-            conn.execute(f"DROP DATABASE {name}")  # extended protocol (psycopg)
+            # Extended protocol (psycopg); spelt so that poold does not see the command coming
+            # (a comment first): the server's 55006 tells it, and the statement is sent again.
+            conn.execute(f"/* late */ DROP DATABASE {name}")
             assert not pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"), label
             # A client still inside the database makes DROP fail with 55006, direct and through poold.
             conn.execute(f"CREATE DATABASE {name} OWNER app")

@@ -95,3 +95,22 @@ def test_one_statement() -> None:
     assert not messages.one_statement(parse + bind + execute + parse + bind + execute + sync)
     assert not messages.one_statement(messages._msg(b"F", b"\0\0\0\1"))  # a function call
     assert not messages.one_statement(q("DROP DATABASE x")[:-2])  # not whole
+
+
+@pytest.mark.parametrize(
+    ("sql", "name"),
+    [
+        ("DROP DATABASE scratch", "scratch"),
+        ("drop database if exists Scratch with (force)", "scratch"),
+        ('DROP DATABASE "My""Db"', 'My"Db'),
+        ("CREATE DATABASE copy TEMPLATE scratch", "scratch"),
+        ("create database copy with owner app template = 'Src' encoding 'UTF8'", "Src"),
+        ("CREATE DATABASE copy", None),
+        ("DROP TABLE scratch", None),
+        ("SELECT 'DROP DATABASE x'", None),
+    ],
+)
+def test_database_command(sql: str, name: str | None) -> None:
+    assert messages.database_command(messages.query(sql)) == name
+    parse = messages._msg(b"P", b"stmt\0" + sql.encode() + b"\0\0\0")  # the extended protocol's Parse
+    assert messages.database_command(parse) == name

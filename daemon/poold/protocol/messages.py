@@ -7,6 +7,7 @@ type byte and length) and raise ProtocolError on malformed input.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ NOTIFICATION_RESPONSE = ord("A")
 PARAMETER_STATUS = ord("S")
 READY_FOR_QUERY = ord("Z")
 QUERY = ord("Q")
+PARSE = ord("P")
 SYNC = ord("S")
 FUNCTION_CALL = ord("F")
 TERMINATE = ord("X")
@@ -256,3 +258,28 @@ def one_statement(request: bytes) -> bool:
             return False
         at += 1 + _I32.unpack_from(request, at + 1)[0]
     return runs <= 1 and at == len(request)
+
+
+#: DROP DATABASE [IF EXISTS] x, CREATE DATABASE ... TEMPLATE [=] x: the x
+_DATABASE_COMMAND = re.compile(
+    rb"\s*(?:DROP\s+DATABASE\s+(?:IF\s+EXISTS\s+)?|CREATE\s+DATABASE\s+.*?\bTEMPLATE\s*=?\s*)"
+    rb"(\"(?:[^\"]|\"\")+\"|'(?:[^']|'')+'|[^\s;,()'\"]+)",
+    re.I | re.S,
+)
+
+
+def database_command(request: bytes) -> str | None:
+    """The database a request's first message (Query or Parse) drops, or copies as
+    a template; None for any other."""
+    if len(request) < 6 or request[0] not in (QUERY, PARSE):
+        return None
+    body = request[5 : 1 + _I32.unpack_from(request, 1)[0]]
+    if request[0] == PARSE:
+        body = body[body.find(b"\0") + 1 :]
+    found = _DATABASE_COMMAND.match(body.split(b"\0", 1)[0])
+    if found is None:
+        return None
+    name = found.group(1).decode(errors="replace")
+    if name[0] in "\"'":
+        return name[1:-1].replace(name[0] * 2, name[0])
+    return name.lower()
