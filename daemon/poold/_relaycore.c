@@ -957,9 +957,10 @@ client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syn
     return 0;
 }
 
-/* client._may_be_database_command: a Query or Parse whose text starts with C or
- * D, which may be DROP DATABASE or CREATE DATABASE ... TEMPLATE (the first
- * request of every transaction is looked at: two bytes, mostly). */
+/* client._may_be_database_command: a Query or Parse whose text starts with
+ * "drop" or "crea" in any case, which may be DROP DATABASE or CREATE DATABASE
+ * ... TEMPLATE (the first request of every transaction is looked at: two
+ * bytes, mostly). */
 static int
 may_be_database_command(PyObject *data)
 {
@@ -979,7 +980,14 @@ may_be_database_command(PyObject *data)
     else {
         return 0;
     }
-    return start < n && (p[start] == 'C' || p[start] == 'c' || p[start] == 'D' || p[start] == 'd');
+    if (start + 4 > n)
+        return 0;
+    p += start;
+    if ((p[0] | 0x20) == 'd')
+        return (p[1] | 0x20) == 'r' && (p[2] | 0x20) == 'o' && (p[3] | 0x20) == 'p';
+    if ((p[0] | 0x20) == 'c')
+        return (p[1] | 0x20) == 'r' && (p[2] | 0x20) == 'e' && (p[3] | 0x20) == 'a';
+    return 0;
 }
 
 /* _lease_and_send: a free link at once, else wait for one (Pool._acquire_wait queues). */

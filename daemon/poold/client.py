@@ -60,8 +60,9 @@ _TERMINATED = re.compile(rb"C57P0[123]\0")
 
 _P = messages.PARSE
 _Q_OR_P = frozenset((_Q, _P))
-#: the first letters of CREATE and DROP
-_DATABASE_COMMAND_START = frozenset(b"CcDd")
+#: the first letters of CREATE and DROP, and their first four in lower case
+_DATABASE_COMMAND_FIRST = frozenset(b"CcDd")
+_DATABASE_COMMAND_START = frozenset((b"crea", b"drop"))
 
 #: a 55006 of DROP DATABASE or CREATE DATABASE ... TEMPLATE (the database it names)
 _DATABASE_IN_USE = re.compile(r'database "(.+)" is being accessed by other users')
@@ -368,7 +369,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
     def _lease_and_send(self, data: bytes, syncs: int) -> None:
         """Lease a server connection and send ``data``; or queue it until one is free."""
         assert self.pool is not None
-        if data[0] in _Q_OR_P and _may_be_database_command(data):
+        # (The first letter of a Query's text, or an unnamed Parse's, first: most stop there.)
+        if len(data) > 6 and data[5 + (data[0] == _P)] in _DATABASE_COMMAND_FIRST and _may_be_database_command(data):
             self._before_database_command(data)
         self.waiting = True
         link = self.pool.acquire(self)  # the fast path records a zero wait itself
@@ -755,12 +757,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
 def _may_be_database_command(data: bytes) -> bool:
     """Whether a request may be DROP DATABASE or CREATE DATABASE ... TEMPLATE: its
-    Query's or Parse's text starts with C or D. Cheap, for the first request of every
-    transaction; _relaycore.c, may_be_database_command."""
-    if len(data) < 6:
+    Query's or Parse's text starts with "drop" or "crea" in any case. Cheap, for the
+    first request of every transaction; _relaycore.c, may_be_database_command."""
+    if len(data) < 6 or data[0] not in _Q_OR_P:
         return False
     start = 5 if data[0] == _Q else data.find(b"\0", 5) + 1
-    return 0 < start < len(data) and data[start] in _DATABASE_COMMAND_START
+    return (0 < start < len(data) and data[start] in _DATABASE_COMMAND_FIRST
+            and data[start : start + 4].lower() in _DATABASE_COMMAND_START)
 
 
 class LoginPlan:
