@@ -70,12 +70,16 @@ def test_refused_login_gets_the_servers_error_at_once(
         ("ghost", "ghost", "app"),  # 28000: the DSN's role does not exist
     ]
     for database, direct_user, direct_db in cases:
-        direct, _ = login_error(pg.port, direct_user, direct_db)
+        direct, direct_seconds = login_error(pg.port, direct_user, direct_db)
+        took = []
         # More attempts than breaker_failures: a refusal is not an outage, every client gets the refusal.
         for _ in range(5):
             got, seconds = login_error(p.port, "app", database)
             assert (got["V"], got["C"], got["M"]) == (direct["V"], direct["C"], direct["M"]), (got, direct)
             assert seconds < 1, f"{database}: refused after {seconds:.2f} s"
+            took.append(seconds)
+        print(f"{database}: {direct['C']} direct in {direct_seconds * 1000:.0f} ms, through poold in "
+              + ", ".join(f"{t * 1000:.0f}" for t in took) + " ms")
     assert direct["C"] == "28000" and got["M"] == 'role "ghost" does not exist'
     # A client's typo does not take poold out of service, and leaves no pool behind.
     with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as conn:
@@ -148,13 +152,17 @@ def test_drop_and_create_database_with_idle_server_connections(
                 user.execute("SELECT 1")
             if label == "poold":
                 wait_until(lambda: pools(p).get(f"{name}.app", {}).get("total", 0) >= 1, timeout=5)
+            start = time.monotonic()
             conn.execute(f"CREATE DATABASE {name}_copy TEMPLATE {name}")  # the template must be unused
+            print(f"{label}: CREATE DATABASE ... TEMPLATE {(time.monotonic() - start) * 1000:.0f} ms")
             conn.execute(f"DROP DATABASE {name}_copy")
             with psycopg.connect(user_dsn, prepare_threshold=None, autocommit=True) as user:
                 user.execute("SELECT 1")
             # Extended protocol (psycopg); spelt so that poold does not see the command coming
             # (a comment first): the server's 55006 tells it, and the statement is sent again.
+            start = time.monotonic()
             conn.execute(f"/* late */ DROP DATABASE {name}")
+            print(f"{label}: DROP DATABASE (seen at its 55006) {(time.monotonic() - start) * 1000:.0f} ms")
             assert not pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"), label
             # A client still inside the database makes DROP fail with 55006, direct and through poold.
             conn.execute(f"CREATE DATABASE {name} OWNER app")
