@@ -260,12 +260,12 @@ class Pool(PoolCore):
         closed = breaker.closed
         connect = True  # whether a new server connection may be tried for it
         if self.refusal is not None and time.monotonic() - self.refused_at < REFUSAL_KEPT:
-            if not self._serving():
+            if not self.serving():
                 waiter.on_acquire_failed(self.refusal.with_traceback(None))
                 return
             connect = False
         if not closed and not breaker.allow(time.monotonic()):
-            if not self._serving():
+            if not self.serving():
                 waiter.on_acquire_failed(self.unavailable())
                 return
             connect = False  # its connections are released to it
@@ -502,7 +502,7 @@ class Pool(PoolCore):
         try:
             link = await self._lease()
         except PooldError as exc:
-            if self.waiters and not self._serving():  # else its connections are released to them
+            if self.waiters and not self.serving():  # else its connections are released to them
                 waiter, _deadline = self.waiters.popleft()
                 waiter.on_acquire_failed(exc)
             return
@@ -588,20 +588,20 @@ class Pool(PoolCore):
             log.error("breaker_open", pool=self.name, failures=b.consecutive, retry_in=b.reset, error=self.last_error)
             self._stop_leasing(self.unavailable())
 
-    def _serving(self) -> bool:
+    def serving(self) -> bool:
         """Whether the pool has server connections that work, wherever they are
         (leased, idle in psycopg_pool, or on their way between the two)."""
         return self.leased > 0 or any(not conn.closed for conn in self._conns)
 
     def _refused(self, now: float) -> bool:
         """The server refused this pool just now, and it has no connection that works."""
-        return now - self.refused_at < REFUSAL_KEPT and not self._serving()
+        return now - self.refused_at < REFUSAL_KEPT and not self.serving()
 
     def _stop_leasing(self, error: PooldError) -> None:
         """No connection can be had: fail the waiting clients with ``error`` (now,
         not at acquire_timeout) and stop the getconn calls in flight; unless the
         pool still has connections that work: those are released to the clients."""
-        if self._serving():
+        if self.serving():
             return
         self._fail_waiters(error)
         self._stopped = error
@@ -654,12 +654,6 @@ class Pool(PoolCore):
             return
         self.leased -= 1
         self._spawn(self._close_and_return(conn, cancel))
-        if not self.leased and self.waiters and not self._serving():
-            # The last connection that worked is gone, and no new one may be tried now.
-            if self.refusal is not None and self._refused(time.monotonic()):
-                self._fail_waiters(self.refusal)
-            elif not self.breaker.closed:
-                self._fail_waiters(self.unavailable())
 
     def _give_back(self, link: ServerLink) -> None:
         """Hand an idle, clean link back to psycopg_pool."""
@@ -696,6 +690,12 @@ class Pool(PoolCore):
                 log.info("cancel_before_discard_failed", pool=self.name, error=str(exc))
         await backend.close(conn)
         await self._pg.putconn(conn)  # psycopg_pool sees it closed and replaces it
+        if self.waiters and not self.serving():
+            # The last connection that worked is gone, and no new one may be tried now.
+            if self.refusal is not None and self._refused(time.monotonic()):
+                self._fail_waiters(self.refusal)
+            elif not self.breaker.closed:
+                self._fail_waiters(self.unavailable())
         self._grow()
 
     async def _cancel(self, link: ServerLink) -> None:
@@ -781,7 +781,7 @@ class PoolRegistry:
         for pool in list(self.pools.values()) + self.retiring:
             pool.maintain(now)
         for key, pool in list(self.pools.items()):
-            if pool.refusal is not None and not pool.kept and not pool.clients and not pool.leased:
+            if pool.refusal is not None and not pool.kept and not pool.clients and not pool.serving():
                 # Made only for a database or role the server does not have (a client's
                 # typo through a "*" entry): not kept, so it neither lingers nor counts.
                 del self.pools[key]
