@@ -64,7 +64,8 @@ static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_
     *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
     *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
     *s_config, *s_max_message_size, *s_login_plans, *s_max_client_conn, *s_tls, *s_require, *s_user,
-    *s_database, *s_keys, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended;
+    *s_database, *s_keys, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended,
+    *s_before_database_command;
 static PyObject *NO_KEY;    /* (0, 0): a session's cancel key until it has one */
 static PyObject *EMPTY_STR; /* "" */
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
@@ -961,10 +962,48 @@ client_buffer(ClientCore *self, PyObject *data, Py_ssize_t syncs)
     return 0;
 }
 
+/* client._may_be_database_command: a Query or Parse whose text starts with
+ * "drop" or "crea" in any case, which may be DROP DATABASE or CREATE DATABASE
+ * ... TEMPLATE, or with white space or a comment (the first request of every
+ * transaction is looked at: two bytes, mostly). */
+static int
+may_be_database_command(PyObject *data)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(data), start;
+    const char *p = PyBytes_AS_STRING(data);
+    if (n < 6)
+        return 0;
+    if (p[0] == 'Q') {
+        start = 5;
+    }
+    else if (p[0] == 'P') {
+        const char *end = memchr(p + 5, 0, (size_t)(n - 5)); /* after the statement's name */
+        if (end == NULL)
+            return 0;
+        start = end - p + 1;
+    }
+    else {
+        return 0;
+    }
+    if (start + 4 > n)
+        return 0;
+    p += start;
+    if (p[0] == '-' || p[0] == '/' || p[0] == ' ' || p[0] == '\t' || p[0] == '\r' || p[0] == '\n')
+        return 1; /* white space or a comment first: messages.database_command reads past them */
+    if ((p[0] | 0x20) == 'd')
+        return (p[1] | 0x20) == 'r' && (p[2] | 0x20) == 'o' && (p[3] | 0x20) == 'p';
+    if ((p[0] | 0x20) == 'c')
+        return (p[1] | 0x20) == 'r' && (p[2] | 0x20) == 'e' && (p[3] | 0x20) == 'a';
+    return 0;
+}
+
 /* _lease_and_send: a free link at once, else wait for one (Pool._acquire_wait queues). */
 static int
 client_lease_and_send(ClientCore *self, PyObject *data, Py_ssize_t syncs)
 {
+    if (PyBytes_CheckExact(data) && may_be_database_command(data) &&
+        call_done(PyObject_CallMethodOneArg((PyObject *)self, s_before_database_command, data)) < 0)
+        return -1;
     self->waiting = 1; /* before acquire: a failure at once clears it (on_acquire_failed) */
     ServerCore *link = pool_acquire((PoolCore *)self->pool, (PyObject *)self);
     if (link == NULL) {
@@ -2030,6 +2069,7 @@ PyInit__relaycore(void)
     INTERN(s_cancel_wait, "cancel_wait");
     INTERN(s_hand_back, "_hand_back");
     INTERN(s_session_ended, "_session_ended");
+    INTERN(s_before_database_command, "_before_database_command");
     if ((NO_KEY = Py_BuildValue("(ii)", 0, 0)) == NULL || (EMPTY_STR = PyUnicode_FromString("")) == NULL)
         return NULL;
     INTERN(SESSION, "session");

@@ -17,15 +17,21 @@ consequences this module hides from the rest:
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import os
+import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, pq
+from psycopg import AsyncConnection, OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.errors import finish_pgconn
+from psycopg.waiting import Wait
 
 from . import sockio
+from .errors import ServerRefusal
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -68,8 +74,11 @@ def conninfo(info: Mapping[str, str], *, statement_timeout: float, credentials: 
     return make_conninfo("", **params)
 
 
-def connection_class(on_result: Callable[[BaseException | None], None]) -> type[AsyncConnection[Any]]:
-    """An AsyncConnection whose connect() reports each outcome (for the breaker).
+def connection_class(
+    on_result: Callable[[BaseException | None, AsyncConnection[Any] | None], None],
+) -> type[AsyncConnection[Any]]:
+    """An AsyncConnection whose connect() reports each outcome, the error or the
+    connection (for the breaker, and to know what the pool has).
 
     psycopg_pool connects in its own workers, with its own backoff; this is how
     poold sees every attempt, its own and psycopg_pool's.
@@ -81,12 +90,92 @@ def connection_class(on_result: Callable[[BaseException | None], None]) -> type[
             try:
                 conn = await super().connect(*args, **kwargs)
             except BaseException as exc:
-                on_result(exc)
+                on_result(exc, None)
                 raise
-            on_result(None)
+            on_result(None, conn)
             return conn
 
+        @classmethod
+        def _connect_gen(cls, conninfo: str = "") -> Generator[Any, Any, Any]:
+            pgconn = yield from _connect(conninfo)
+            return cls(pgconn)
+
     return ReportingConnection
+
+
+# -- what a failed connect says: libpq words a server's refusal as text alone
+# ("FATAL:  database "x" does not exist") unless asked for verbose errors,
+# which put the SQLSTATE in it ("FATAL:  3D000: database ..."). So poold's
+# connects ask for them; the SQLSTATE tells a refusal from an outage.
+
+#: SQLSTATEs (or classes) of a connect the server refuses however often it is
+#: asked: invalid authorization (28: no such role, pg_hba.conf reject, wrong
+#: password), no such database, no CONNECT privilege, datallowconn false
+REFUSALS = ("28", "3D000", "42501", "55000")
+
+_SERVER_ERROR = re.compile(r"(?:^|failed: )\S+:  ([0-9A-Z]{5}): (.*)$", re.M)
+_DETAIL = re.compile(r"^DETAIL:  (.*)$", re.M)
+_HINT = re.compile(r"^HINT:  (.*)$", re.M)
+_LOCATION = re.compile(r"^LOCATION:  .*\n?", re.M)
+
+
+def refusal(exc: BaseException) -> ServerRefusal | None:
+    """The server's refusal a failed connect carries, if that is why it failed."""
+    if not isinstance(exc, OperationalError):
+        return None
+    text = str(exc)
+    found = _SERVER_ERROR.search(text)
+    if found is None or not found.group(1).startswith(REFUSALS):
+        return None
+    detail, hint = _DETAIL.search(text), _HINT.search(text)
+    return ServerRefusal(found.group(1), found.group(2), detail and detail.group(1), hint and hint.group(1))
+
+
+@functools.cache
+def _set_error_verbosity() -> Callable[[int, int], int] | None:
+    """libpq's PQsetErrorVerbosity, from the libpq psycopg uses; None where it cannot be told."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if os.path.basename(line.split()[-1]).startswith("libpq")}
+    except OSError:
+        return None
+    if len(paths) > 1 and pq.__impl__ == "binary":  # psycopg_binary brings its own libpq
+        paths = {p for p in paths if "psycopg_binary" in p}
+    if len(paths) != 1:
+        return None
+    fn = ctypes.CDLL(paths.pop()).PQsetErrorVerbosity
+    fn.argtypes, fn.restype = (ctypes.c_void_p, ctypes.c_int), ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+def _connect(conninfo: str) -> Generator[tuple[int, Wait], Any, pq.abc.PGconn]:
+    """psycopg's connect generator (psycopg.generators._connect), with verbose errors
+    while connecting, their LOCATION lines left out."""
+    conn = pq.PGconn.connect_start(conninfo.encode())
+    set_verbosity = _set_error_verbosity()
+    if set_verbosity is not None:
+        set_verbosity(conn.pgconn_ptr, 2)  # type: ignore[attr-defined]  # PQERRORS_VERBOSE
+    while True:
+        if conn.status == pq.ConnStatus.BAD:
+            raise OperationalError(f"connection is bad: {_error_message(conn)}", pgconn=conn)
+        status = conn.connect_poll()
+        if status == pq.PollingStatus.READING or status == pq.PollingStatus.WRITING:
+            wait = Wait.R if status == pq.PollingStatus.READING else Wait.W
+            while not (yield conn.socket, wait):
+                pass
+        elif status == pq.PollingStatus.OK:
+            break
+        else:
+            message = _error_message(conn)
+            raise OperationalError(f"connection failed: {message}", pgconn=finish_pgconn(conn))
+    if set_verbosity is not None:
+        set_verbosity(conn.pgconn_ptr, 1)  # type: ignore[attr-defined]  # PQERRORS_DEFAULT, after
+    conn.nonblocking = 1
+    return conn
+
+
+def _error_message(conn: pq.abc.PGconn) -> str:
+    return _LOCATION.sub("", conn.get_error_message())
 
 
 def connection_kwargs() -> dict[str, Any]:

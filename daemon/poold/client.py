@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from . import auth, hba, relaycore, sockio
-from .errors import PooldError
+from .errors import PooldError, ServerRefusal
 from .pools import PoolRegistry
 from .protocol import messages
 from .protocol.errors import ProtocolError
@@ -57,6 +58,17 @@ _SYNC_POINTS = bytes((_Q, _SYNC, _F))
 BUFFERED_CHUNKS_MAX = 4
 _AUTH_OK = messages.auth_ok()
 _READY_IDLE = messages.ready_for_query()
+
+_P = messages.PARSE
+_Q_OR_P = frozenset((_Q, _P))
+#: the first letters of CREATE and DROP, and of what may come before them (white space, a comment)
+_DATABASE_COMMAND_FIRST = frozenset(b"CcDd-/ \t\r\n")
+_DATABASE_COMMAND_LEAD = frozenset(b"-/ \t\r\n")
+#: the first four letters of CREATE and DROP, in lower case
+_DATABASE_COMMAND_START = frozenset((b"crea", b"drop"))
+
+#: a 55006 of DROP DATABASE or CREATE DATABASE ... TEMPLATE (the database it names)
+_DATABASE_IN_USE = re.compile(r'database "(.+)" is being accessed by other users')
 
 #: startup parameters that are not settings
 _STARTUP_KEYS = frozenset({"user", "database", "replication"})
@@ -359,6 +371,9 @@ class ClientSession(ClientCore, asyncio.Protocol):
     def _lease_and_send(self, data: bytes, syncs: int) -> None:
         """Lease a server connection and send ``data``; or queue it until one is free."""
         assert self.pool is not None
+        # (The first letter of a Query's text, or an unnamed Parse's, first: most stop there.)
+        if len(data) > 6 and data[5 + (data[0] == _P)] in _DATABASE_COMMAND_FIRST and _may_be_database_command(data):
+            self._before_database_command(data)
         self.waiting = True
         link = self.pool.acquire(self)  # the fast path records a zero wait itself
         if link is not None:
@@ -391,7 +406,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     def on_acquire_failed(self, error: PooldError) -> None:
         self.waiting = False
-        self._fatal(error.sqlstate, error.message)
+        self._fail(error)
 
     # -- relay.ServerOwner --------------------------------------------------
 
@@ -420,6 +435,31 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._close()
         else:
             self._fatal(sqlstate, message)
+
+    def _before_database_command(self, data: bytes) -> None:
+        """DROP DATABASE x, or CREATE DATABASE ... TEMPLATE x: close poold's idle server
+        connections to x first, which a direct client would not have met (PostgreSQL
+        waits up to 5 s for their backends to exit). A command this misses, however
+        spelt, gets PostgreSQL's 55006 (after its 5 s), and on_server_in_use closes
+        them then, so that the client's next try goes through."""
+        name = messages.database_command(data)
+        if name is not None and self.pool is not None:
+            closed = self.rt.pools.close_idle(name, self.pool)
+            if closed:
+                log.info("idle_server_connections_closed", peer=self.peer, database=name, closed=closed)
+
+    def on_server_in_use(self, fields: dict[str, str]) -> None:
+        """55006: a DROP DATABASE (or CREATE DATABASE ... TEMPLATE) that
+        _before_database_command did not see coming found its database in use,
+        perhaps by poold's own idle server connections. The client gets the error
+        (a request is never sent twice); those connections are closed, so that its
+        next try meets only what a direct client would."""
+        found = _DATABASE_IN_USE.search(fields.get("M", "")) if fields.get("C") == "55006" else None
+        if found is None or self.pool is None:
+            return
+        closed = self.rt.pools.close_idle(found.group(1), self.pool)
+        if closed:
+            log.info("idle_server_connections_closed", peer=self.peer, database=found.group(1), closed=closed)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._self_paused:
@@ -466,9 +506,17 @@ class ClientSession(ClientCore, asyncio.Protocol):
         else:
             pool.release(link)
 
-    def _fatal(self, sqlstate: str, message: str) -> None:
+    def _fail(self, error: PooldError) -> None:
+        """End the session with ``error``: the server's own words for a server's refusal."""
+        if isinstance(error, ServerRefusal):
+            response = messages.error_response(error.sqlstate, error.message, detail=error.detail, hint=error.hint)
+            self._fatal(error.sqlstate, error.message, response)
+        else:
+            self._fatal(error.sqlstate, error.message)
+
+    def _fatal(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(messages.error_response(sqlstate, f"poold: {message}"))
+            self.transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))
             self.rt.stats.errors[sqlstate] += 1
         if sqlstate not in ("57P01",):
             log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
@@ -498,7 +546,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
         except PooldError as exc:
-            self._fatal(exc.sqlstate, exc.message)
+            self._fail(exc)
         except Exception:  # one broken login must not hurt others
             log.exception("login_failed", peer=self.peer)
             self._fatal("XX000", "internal error during login")
@@ -789,6 +837,19 @@ class _SessionLease:
             self.pool.cancel_wait(self)
         elif not self.future.cancelled() and self.future.exception() is None:
             self.pool.release(self.future.result())
+
+
+def _may_be_database_command(data: bytes) -> bool:
+    """Whether a request may be DROP DATABASE or CREATE DATABASE ... TEMPLATE: its
+    Query's or Parse's text starts with "drop" or "crea" in any case, or with white
+    space or a comment (messages.database_command reads past them). Cheap, for the
+    first request of every transaction; _relaycore.c, may_be_database_command."""
+    if len(data) < 6 or data[0] not in _Q_OR_P:
+        return False
+    start = 5 if data[0] == _Q else data.find(b"\0", 5) + 1
+    if not 0 < start < len(data):
+        return False
+    return data[start] in _DATABASE_COMMAND_LEAD or data[start : start + 4].lower() in _DATABASE_COMMAND_START
 
 
 class LoginPlan:

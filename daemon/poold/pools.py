@@ -12,6 +12,14 @@ it until ``idle_timeout`` and closes it then (psycopg_pool would close one per
 idle_timeout period: 8 down to 2 took 76 s). A link past its lifetime, or from
 before a reconnect (an older ``epoch``), goes back at its next release.
 
+A connect that fails because the server is down or full counts towards the
+pool's circuit breaker; one the server refuses for good (an unknown database
+or role, a pg_hba.conf reject: ``backend.REFUSALS``) does not: the clients
+waiting for that pool get the server's own error at once, and for
+``REFUSAL_KEPT`` seconds later ones get it without another connect, as
+PgBouncer's ``server_login_retry``. Neither fails a waiting client while the
+pool still has server connections that work: those are released to it.
+
 A reload reconfigures a pool in place (``reconfigure``): sizes and timeouts
 apply at once, a shrink retires connections as they are released, and a new
 DSN drains the old connections at transaction boundaries.
@@ -36,7 +44,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from . import backend, relaycore
 from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
-from .errors import PooldError
+from .errors import PooldError, ServerRefusal
 from .protocol import messages
 from .relay import ServerLink
 from .stats import PoolStats
@@ -49,6 +57,8 @@ CANCEL_GRACE = 2.0
 PRESSURE_LOG_INTERVAL = 10.0
 #: the longest psycopg_pool keeps retrying one failed connect on its own
 RECONNECT_TIMEOUT = 2.0
+#: seconds a server's refusal is answered from memory, without connecting again
+REFUSAL_KEPT = 5.0
 
 
 class Waiter(Protocol):
@@ -194,6 +204,12 @@ class Pool(PoolCore):
         self.epoch = 0  # bumped by reconnect: older links are not reused
         self.paused = False
         self.retired = False  # its database left the configuration
+        self.kept = False  # opened from the configuration: kept even while the server refuses it
+        self.refusal: ServerRefusal | None = None  # the server's last refusal, until a connect succeeds
+        self.refused_at = 0.0  # monotonic time of that refusal
+        self._stopped: PooldError | None = None  # why the last _stop_leasing stopped the getconn calls
+        # Every connection psycopg made for this pool, while it lives: which of them still work.
+        self._conns: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         self.clients = 0
         self.last_error = ""
         self.pressure_since = 0.0  # monotonic start of the current pressure, 0 when none
@@ -203,7 +219,7 @@ class Pool(PoolCore):
         self._tasks: set[asyncio.Task[Any]] = set()
         # Released links kept from the next client until the cancels sent for them are delivered.
         self._held: set[ServerLink] = set()
-        self._leasing: set[asyncio.Task[None]] = set()  # getconn calls for waiters
+        self._leasing: set[asyncio.Task[Any]] = set()  # getconn calls for waiters and logins
         self._closed = False
         # The event loop, from open(): asyncio.get_running_loop() costs a getpid()
         # system call on Python 3.11, too much for a path taken per waiting request.
@@ -227,11 +243,22 @@ class Pool(PoolCore):
     async def prepare(self) -> Mapping[str, str]:
         """The server's reported parameters, connecting once if none is known."""
         if self.defaults is None:
-            if not self.breaker.allow(time.monotonic()):
+            now = time.monotonic()
+            if self.refusal is not None and self._refused(now):
+                raise self.refusal.with_traceback(None)
+            if not self.breaker.allow(now):
                 raise self.unavailable()
             self.connecting += 1
+            task = asyncio.get_running_loop().create_task(self._lease())
+            self._leasing.add(task)  # so that a refusal or the breaker stops it (_stop_leasing)
+            task.add_done_callback(self._leasing.discard)
             try:
-                link = await self._lease()
+                link = await task
+            except asyncio.CancelledError:
+                this = asyncio.current_task()
+                if self._stopped is None or (this is not None and this.cancelling()):
+                    raise  # the login itself was cancelled
+                raise self._stopped.with_traceback(None) from None
             finally:
                 self.connecting -= 1
             self.release(link)
@@ -241,17 +268,28 @@ class Pool(PoolCore):
     # -- hand-off (the hot path) -------------------------------------------
 
     def _acquire_wait(self, waiter: Waiter) -> None:
-        """No free link: queue ``waiter`` (or fail it at once if the breaker is open)."""
+        """No free link: queue ``waiter``, or fail it at once when the server refuses
+        the pool or its breaker is open, unless the pool has connections that work."""
         breaker = self.breaker
         closed = breaker.closed
+        connect = True  # whether a new server connection may be tried for it
+        if self.refusal is not None and time.monotonic() - self.refused_at < REFUSAL_KEPT:
+            if not self.serving():
+                waiter.on_acquire_failed(self.refusal.with_traceback(None))
+                return
+            connect = False
         if not closed and not breaker.allow(time.monotonic()):
-            waiter.on_acquire_failed(self.unavailable())
-            return
+            if not self.serving():
+                waiter.on_acquire_failed(self.unavailable())
+                return
+            connect = False  # its connections are released to it
         loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout  # the loop's clock, as call_at's
         self.waiters.append((waiter, deadline))
         if self._wait_timer is None or deadline < self._wait_timer.when():  # (earlier: acquire_timeout was reloaded)
             self._arm_wait_timer(loop, deadline)
+        if not connect:
+            return
         if not closed:
             self._start_lease()  # this caller is the breaker's probe: it connects now
         elif len(self.waiters) > self.connecting and self.leased + self.connecting < self.settings.max_size:
@@ -338,6 +376,15 @@ class Pool(PoolCore):
         while self.free:
             self._give_back(self.free.pop())
         log.info("pool_reconnect", pool=self.name, epoch=self.epoch)
+
+    def close_idle(self) -> int:
+        """Close the idle server connections, poold's and psycopg_pool's, without
+        replacement (a DROP DATABASE is waiting for them to go); how many."""
+        closed = len(self.free) + self._pg.get_stats().get("pool_available", 0)
+        while self.free:
+            self._retire(self.free.pop())
+        self._spawn(backend.shrink(self._pg, 0))
+        return closed
 
     def pause(self) -> None:
         self.paused = True
@@ -426,6 +473,7 @@ class Pool(PoolCore):
             "paused": self.paused,
             "pressure": round(active / self.settings.max_size, 3),
             "breaker": self.breaker.state(time.monotonic()),
+            "refused": self.refusal is not None,
             "last_error": self.last_error,
         }
 
@@ -458,6 +506,14 @@ class Pool(PoolCore):
     # -- internals -----------------------------------------------------------
 
     def _grow(self) -> None:
+        """Start getconn calls for the waiters the pool can still open connections for."""
+        if self.refusal is not None and time.monotonic() - self.refused_at < REFUSAL_KEPT:
+            return  # the server refused a connect just now: not again so soon
+        if not self.breaker.closed:
+            if (len(self.waiters) > self.connecting and self.leased + self.connecting < self.settings.max_size
+                    and not self._closed and not self.paused and self.breaker.allow(time.monotonic())):
+                self._start_lease()  # the breaker's probe
+            return
         while (
             len(self.waiters) > self.connecting
             and self.leased + self.connecting < self.settings.max_size
@@ -476,7 +532,7 @@ class Pool(PoolCore):
         try:
             link = await self._lease()
         except PooldError as exc:
-            if self.waiters:
+            if self.waiters and not self.serving():  # else its connections are released to them
                 waiter, _deadline = self.waiters.popleft()
                 waiter.on_acquire_failed(exc)
             return
@@ -531,25 +587,56 @@ class Pool(PoolCore):
         self.leased += 1
         return link
 
-    def _on_connect_result(self, exc: BaseException | None) -> None:
+    def _on_connect_result(self, exc: BaseException | None, conn: AsyncConnection[Any] | None) -> None:
         """Every server connect attempt, poold's or psycopg_pool's, ends here."""
         now = time.monotonic()
         b = self.breaker
         if exc is None:
+            self._conns.add(conn)  # type: ignore[arg-type]
             self.stats.connects_ok += 1
             if b.state(now) != CLOSED:
                 log.info("breaker_closed", pool=self.name)
             b.record_success()
+            self.refusal = None
             return
         if not isinstance(exc, Exception):
             return  # cancelled: says nothing about the database
         self.stats.connects_failed += 1
+        refusal = backend.refusal(exc)
+        if refusal is not None:
+            # The server answered: not an outage, and asking again will not help.
+            self.last_error = f"{refusal.sqlstate}: {refusal.message}"
+            self.refusal, self.refused_at = refusal, now
+            if b.state(now) != CLOSED:
+                log.info("breaker_closed", pool=self.name)
+            b.record_success()
+            log.warning("server_refused", pool=self.name, sqlstate=refusal.sqlstate, error=refusal.message)
+            self._stop_leasing(refusal)
+            return
         self.last_error = str(exc).strip()
         if b.record_failure(now, self.last_error):
             log.error("breaker_open", pool=self.name, failures=b.consecutive, retry_in=b.reset, error=self.last_error)
-            self._fail_waiters(self.unavailable())  # now, not at acquire_timeout
-            for task in list(self._leasing):  # and stop waiting in psycopg_pool for them
-                task.cancel()
+            self._stop_leasing(self.unavailable())
+
+    def serving(self) -> bool:
+        """Whether the pool has server connections that work, wherever they are
+        (leased, idle in psycopg_pool, or on their way between the two)."""
+        return self.leased > 0 or any(not conn.closed for conn in self._conns)
+
+    def _refused(self, now: float) -> bool:
+        """The server refused this pool just now, and it has no connection that works."""
+        return now - self.refused_at < REFUSAL_KEPT and not self.serving()
+
+    def _stop_leasing(self, error: PooldError) -> None:
+        """No connection can be had: fail the waiting clients with ``error`` (now,
+        not at acquire_timeout) and stop the getconn calls in flight; unless the
+        pool still has connections that work: those are released to the clients."""
+        if self.serving():
+            return
+        self._fail_waiters(error)
+        self._stopped = error
+        for task in list(self._leasing):
+            task.cancel()
 
     def _fail_waiters(self, error: PooldError) -> None:
         """Fail every waiting client with ``error``."""
@@ -644,6 +731,12 @@ class Pool(PoolCore):
                 log.info("cancel_before_discard_failed", pool=self.name, error=str(exc))
         await backend.close(conn)
         await self._pg.putconn(conn)  # psycopg_pool sees it closed and replaces it
+        if self.waiters and not self.serving():
+            # The last connection that worked is gone, and no new one may be tried now.
+            if self.refusal is not None and self._refused(time.monotonic()):
+                self._fail_waiters(self.refusal)
+            elif not self.breaker.closed:
+                self._fail_waiters(self.unavailable())
         self._grow()
 
     async def _cancel(self, link: ServerLink, owner: object) -> None:
@@ -704,7 +797,19 @@ class PoolRegistry:
         """Open at once the pools whose DSN names a user, so min_size is warm."""
         for db in databases.values():
             if db.name != "*" and db.conninfo.get("user"):
-                await self.get(db, db.conninfo["user"], credentials)
+                pool = await self.get(db, db.conninfo["user"], credentials)
+                pool.kept = True
+
+    def close_idle(self, dbname: str, near: Pool) -> int:
+        """Close the idle server connections to database ``dbname`` of the server
+        ``near`` connects to; how many (see ClientSession.on_server_in_use)."""
+        server = (near.db.conninfo.get("host"), near.db.conninfo.get("port"))
+        closed = 0
+        for pool in self.pools.values():
+            info = pool.db.conninfo
+            if info.get("dbname") == dbname and (info.get("host"), info.get("port")) == server:
+                closed += pool.close_idle()
+        return closed
 
     def retire(self, pool: Pool) -> None:
         """Its database left the configuration: no new clients; close when unused."""
@@ -722,6 +827,13 @@ class PoolRegistry:
     def maintain(self, now: float) -> None:
         for pool in list(self.pools.values()) + self.retiring:
             pool.maintain(now)
+        for key, pool in list(self.pools.items()):
+            if pool.refusal is not None and not pool.kept and not pool.clients and not pool.serving():
+                # Made only for a database or role the server does not have (a client's
+                # typo through a "*" entry): not kept, so it neither lingers nor counts.
+                del self.pools[key]
+                self.retiring.append(pool)
+                log.info("pool_dropped", pool=pool.name, error=pool.last_error)
         for pool in [p for p in self.retiring if p.clients == 0]:
             self.retiring.remove(pool)
             task = asyncio.get_running_loop().create_task(pool.close())

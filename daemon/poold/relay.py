@@ -39,6 +39,8 @@ log = structlog.get_logger("poold.relay")
 _Z = messages.READY_FOR_QUERY
 _S = messages.PARAMETER_STATUS
 _E = messages.ERROR_RESPONSE
+#: SQLSTATE 55006 object_in_use, as it appears in an ErrorResponse body
+_IN_USE = b"C55006\0"
 
 #: settings a client gets back at every hand-off, as PgBouncer's varcache does
 TRACKED_PARAMETERS = frozenset(
@@ -68,6 +70,7 @@ class ServerOwner(Protocol):
     def on_server_ready(self, status: bytes) -> None: ...
     def on_server_parameter(self, name: str, value: str) -> None: ...
     def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None: ...
+    def on_server_in_use(self, fields: dict[str, str]) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
@@ -240,6 +243,9 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if owner is None:
             self._idle_frames(frames)
             return
+        for t, _start, _end, body in frames:
+            if t == _E and body is not None and _IN_USE in body:
+                owner.on_server_in_use(messages.parse_error_fields(body))
         if data:
             owner.on_server_data(data)
             self.stats.bytes_out += len(data)

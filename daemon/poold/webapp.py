@@ -29,8 +29,13 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
 def pool_health(pool: Pool) -> dict[str, Any]:
+    """A pool's snapshot and state: ``refused`` when the server refuses it for good
+    (an unknown database or role: a client's or a configuration's mistake, not an
+    outage, so it does not make the daemon down), ``down``, ``degraded`` or ``ok``."""
     snap = pool.snapshot()
-    if snap["breaker"] != "closed" or (snap["last_error"] and snap["total"] == 0):
+    if snap["refused"] and snap["total"] == 0:
+        state = "refused"
+    elif snap["breaker"] != "closed" or (snap["last_error"] and snap["total"] == 0):
         state = "down"
     elif snap["waiting"] or snap["pressure"] >= pool.settings.pressure_threshold:
         state = "degraded"

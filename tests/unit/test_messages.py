@@ -81,3 +81,25 @@ def test_sasl_initial_response() -> None:
 
 def test_unsupported_is_0a000() -> None:
     assert FeatureNotSupported("x").sqlstate == "0A000"
+
+
+@pytest.mark.parametrize(
+    ("sql", "name"),
+    [
+        ("DROP DATABASE scratch", "scratch"),
+        ("drop database if exists Scratch with (force)", "scratch"),
+        ('DROP DATABASE "My""Db"', 'My"Db'),
+        ("CREATE DATABASE copy TEMPLATE scratch", "scratch"),
+        ("create database copy with owner app template = 'Src' encoding 'UTF8'", "Src"),
+        ("CREATE DATABASE copy", None),
+        ("DROP TABLE scratch", None),
+        ("SELECT 'DROP DATABASE x'", None),
+        ("/* late */ DROP DATABASE scratch", "scratch"),
+        ("-- why\n  /* a */ /* b */\tcreate database c template scratch", "scratch"),
+        ("/* DROP DATABASE x */ SELECT 1", None),
+    ],
+)
+def test_database_command(sql: str, name: str | None) -> None:
+    assert messages.database_command(messages.query(sql)) == name
+    parse = messages._msg(b"P", b"stmt\0" + sql.encode() + b"\0\0\0")  # the extended protocol's Parse
+    assert messages.database_command(parse) == name

@@ -90,6 +90,7 @@ def scenario() -> dict[str, Any]:
     pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
     pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
     pool.defaults, pool.name, pool.clients = {"application_name": ""}, "app.app", 3
+    pool.refusal = None
     links = {}
     for name in ("s2", "s1"):  # LIFO: s1 is leased first
         link = ServerLink(lambda _link: None)

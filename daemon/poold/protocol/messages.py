@@ -7,6 +7,7 @@ type byte and length) and raise ProtocolError on malformed input.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ NOTIFICATION_RESPONSE = ord("A")
 PARAMETER_STATUS = ord("S")
 READY_FOR_QUERY = ord("Z")
 QUERY = ord("Q")
+PARSE = ord("P")
 SYNC = ord("S")
 FUNCTION_CALL = ord("F")
 TERMINATE = ord("X")
@@ -140,12 +142,14 @@ def _cstr(s: str) -> bytes:
 
 
 def error_response(
-    sqlstate: str, message: str, *, severity: str = "FATAL", detail: str | None = None
+    sqlstate: str, message: str, *, severity: str = "FATAL", detail: str | None = None, hint: str | None = None
 ) -> bytes:
     body = b"S" + _cstr(severity) + b"V" + _cstr(severity) + b"C" + _cstr(sqlstate)
     body += b"M" + _cstr(message)
     if detail:
         body += b"D" + _cstr(detail)
+    if hint:
+        body += b"H" + _cstr(hint)
     return _msg(b"E", body + b"\0")
 
 
@@ -235,3 +239,28 @@ def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:
     if length != len(data):
         raise ProtocolError("malformed SASLInitialResponse length", "28000")
     return mechanism, data
+
+
+#: DROP DATABASE [IF EXISTS] x, CREATE DATABASE ... TEMPLATE [=] x: the x
+_DATABASE_COMMAND = re.compile(
+    rb"(?:\s|--[^\n]*|/\*.*?\*/)*(?:DROP\s+DATABASE\s+(?:IF\s+EXISTS\s+)?|CREATE\s+DATABASE\s+.*?\bTEMPLATE\s*=?\s*)"
+    rb"(\"(?:[^\"]|\"\")+\"|'(?:[^']|'')+'|[^\s;,()'\"]+)",
+    re.I | re.S,
+)
+
+
+def database_command(request: bytes) -> str | None:
+    """The database a request's first message (Query or Parse) drops, or copies as
+    a template; None for any other."""
+    if len(request) < 6 or request[0] not in (QUERY, PARSE):
+        return None
+    body = request[5 : 1 + _I32.unpack_from(request, 1)[0]]
+    if request[0] == PARSE:
+        body = body[body.find(b"\0") + 1 :]
+    found = _DATABASE_COMMAND.match(body.split(b"\0", 1)[0])
+    if found is None:
+        return None
+    name = found.group(1).decode(errors="replace")
+    if name[0] in "\"'":
+        return name[1:-1].replace(name[0] * 2, name[0])
+    return name.lower()
