@@ -33,6 +33,7 @@ import structlog
 
 from . import auth, relaycore, sockio
 from .errors import PooldError
+from .loginguard import Pause
 from .pools import PoolRegistry
 from .protocol import messages
 from .protocol.errors import ProtocolError, StartupLengthInvalid
@@ -544,11 +545,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
         """The login is over: done, failed, timed out, or the client went away.
 
         What a step waited for is not cancelled (a pool being opened, keys being
-        derived): it finishes for the next login.
+        derived): it finishes for the next login. A pause of its own is.
         """
         steps, self._login = self._login, None
         if steps is not None:
             steps.close()
+        if isinstance(self._login_wait, Pause):
+            self._login_wait.cancel()
         self._login_wait = None
         self.native_login = False
         self._plan = None
@@ -600,7 +603,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         limits = rt.config.clients
         wait = rt.guard.hold(self.user, self.host, time.monotonic(), limits.auth_failure_delay, limits.login_timeout)
         if wait > 0:
-            yield asyncio.sleep(wait)
+            yield Pause(wait)
 
     def _delay_failure(self) -> auth.Steps[None]:
         """A failed authentication is answered auth_failure_delay late, as PostgreSQL's auth_delay does."""
@@ -608,7 +611,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         delay = rt.config.clients.auth_failure_delay
         rt.guard.failed(self.user, self.host, time.monotonic(), delay)
         if delay > 0:
-            yield asyncio.sleep(delay)
+            yield Pause(delay)
 
     def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
         """The startup packet's checks: room for a client, the database, the parameters."""

@@ -27,6 +27,9 @@ line per attempt.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import structlog
 
 log = structlog.get_logger("poold.loginguard")
@@ -35,6 +38,25 @@ log = structlog.get_logger("poold.loginguard")
 LOG_INTERVAL = 10.0
 #: (user, address) pairs remembered; past this the oldest is forgotten
 MAX_PAIRS = 10_000
+
+
+class Pause(asyncio.Future[None]):
+    """A wait of the login's steps on a timer: done after ``seconds``. A login that
+    ends first cancels it (``cancel``), timer included, so that a guesser's
+    abandoned connections leave nothing behind them."""
+
+    def __init__(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(loop=loop)
+        self._timer = loop.call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        if not self.done():
+            self.set_result(None)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._timer.cancel()
+        return super().cancel(msg)
 
 
 class _Failures:

@@ -3,13 +3,14 @@ forgetting, and the aggregate log lines."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import structlog
 
 from poold.config import build_config
-from poold.loginguard import LOG_INTERVAL, LoginGuard
+from poold.loginguard import LOG_INTERVAL, LoginGuard, Pause
 from poold.runtime import Runtime
 
 
@@ -75,3 +76,14 @@ def test_the_oldest_login_makes_room_for_a_new_one() -> None:
         rt.make_room_for_login(float(n))
     assert [login.pushed for login in logins] == [True, True, False, False, False]
     assert list(rt.logins) == logins[2:] and rt.guard.pushed_out == 2
+
+
+def test_a_pause_is_done_after_its_time_and_a_cancelled_one_leaves_no_timer() -> None:
+    async def main() -> tuple[bool, bool]:
+        done = Pause(0.01)
+        await done
+        dropped = Pause(3600)
+        dropped.cancel()
+        return done.done() and not done.cancelled(), dropped._timer.cancelled()
+
+    assert asyncio.run(main()) == (True, True)
