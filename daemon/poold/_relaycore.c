@@ -65,7 +65,7 @@ static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_
     *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
     *s_config, *s_max_message_size, *s_login_plans, *s_max_client_conn, *s_tls, *s_require, *s_user,
     *s_database, *s_keys, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended,
-    *s_before_database_command;
+    *s_before_database_command, *s_max_login_conn, *s_make_room_for_login, *s_guard, *s_pairs, *s_native_login_held;
 static PyObject *NO_KEY;    /* (0, 0): a session's cancel key until it has one */
 static PyObject *EMPTY_STR; /* "" */
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
@@ -1229,16 +1229,19 @@ login_kept_plan(ClientCore *self, PyObject *payload)
     if (plan == NULL)
         return NULL;
     PyObject *clients = PyObject_GetAttr(self->rt, s_clients);
-    PyObject *config = clients ? PyObject_GetAttr(self->rt, s_config) : NULL;
+    PyObject *logins = clients ? PyObject_GetAttr(self->rt, s_logins) : NULL;
+    PyObject *config = logins ? PyObject_GetAttr(self->rt, s_config) : NULL;
     PyObject *limits = config ? PyObject_GetAttr(config, s_clients) : NULL;
     PyObject *max_conn = limits ? PyObject_GetAttr(limits, s_max_client_conn) : NULL;
     PyObject *draining = max_conn ? PyObject_GetAttr(self->rt, s_draining) : NULL;
     PyObject *tls = draining ? PyObject_GetAttr(config, s_tls) : NULL;
     PyObject *require = tls ? PyObject_GetAttr(tls, s_require) : NULL;
     PyObject *keys = NULL;
-    if (require != NULL && PyAnySet_Check(clients)) {
+    if (require != NULL && PyAnySet_Check(clients) && PyDict_Check(logins)) {
         long long limit = PyLong_AsLongLong(max_conn);
-        int refuse = (limit == -1 && PyErr_Occurred()) ? -1 : PySet_GET_SIZE(clients) > limit;
+        /* Runtime.logged_in() >= max_client_conn: logins in progress are capped apart */
+        int refuse = (limit == -1 && PyErr_Occurred()) ? -1
+                                                       : PySet_GET_SIZE(clients) - PyDict_GET_SIZE(logins) >= limit;
         if (refuse == 0)
             refuse = PyObject_IsTrue(draining);
         if (refuse == 0 && !self->tls)
@@ -1256,6 +1259,7 @@ login_kept_plan(ClientCore *self, PyObject *payload)
     }
     Py_DECREF(plan);
     Py_XDECREF(clients);
+    Py_XDECREF(logins);
     Py_XDECREF(config);
     Py_XDECREF(limits);
     Py_XDECREF(max_conn);
@@ -1334,6 +1338,25 @@ login_initial(ClientCore *self, const char *body, uint32_t n)
         return -1;
     self->login_sent = 2;
     return 1;
+}
+
+/* Whether the proof must wait for its (user, address)'s turn: _native_login_held, asked
+ * only while the guard holds some pair (LoginGuard.pairs not empty), which is rare.
+ * 1: held (fall back: _login_steps waits); 0: check it here; -1: error. */
+static int
+login_proof_held(ClientCore *self)
+{
+    PyObject *guard = PyObject_GetAttr(self->rt, s_guard);
+    PyObject *pairs = guard ? PyObject_GetAttr(guard, s_pairs) : NULL;
+    int rc = pairs == NULL ? -1 : 0;
+    if (pairs != NULL && (!PyDict_Check(pairs) || PyDict_GET_SIZE(pairs) > 0)) {
+        PyObject *held = PyObject_CallMethodNoArgs((PyObject *)self, s_native_login_held);
+        rc = held == NULL ? -1 : PyObject_IsTrue(held);
+        Py_XDECREF(held);
+    }
+    Py_XDECREF(guard);
+    Py_XDECREF(pairs);
+    return rc;
 }
 
 /* pool.clients += delta (a Pool's Python attribute): 0, or -1 with an exception set. */
@@ -1575,6 +1598,8 @@ client_login(ClientCore *self, PyObject *data)
         /* SASLResponse: client-final, the proof */
         char final[2 + 44];
         size_t final_len;
+        if ((rc = login_proof_held(self)) != 0)
+            return rc < 0 ? NULL : login_fallback(self);
         if (scram_server_final(self->scram, p + 5, length - 4, final, &final_len) != SCRAM_OK)
             return login_fallback(self);
         PyObject *message = PyBytes_FromStringAndSize(NULL, 9 + (Py_ssize_t)final_len);
@@ -1826,6 +1851,18 @@ Client_connection_made(ClientCore *self, PyObject *transport)
     PyObject *now = logins ? PyFloat_FromDouble(monotonic()) : NULL; /* login_timeout: Runtime.expire_logins */
     int rc = now != NULL && PySet_Add(clients, (PyObject *)self) == 0 &&
              PyDict_SetItem(logins, (PyObject *)self, now) == 0;
+    if (rc) { /* more logins than max_login_conn: Runtime.make_room_for_login closes the oldest */
+        PyObject *config = PyObject_GetAttr(self->rt, s_config);
+        PyObject *limits = config ? PyObject_GetAttr(config, s_clients) : NULL;
+        PyObject *max_logins = limits ? PyObject_GetAttr(limits, s_max_login_conn) : NULL;
+        long long limit = max_logins ? PyLong_AsLongLong(max_logins) : -1;
+        rc = !PyErr_Occurred();
+        if (rc && PyDict_GET_SIZE(logins) > limit)
+            rc = call_done(PyObject_CallMethodOneArg(self->rt, s_make_room_for_login, now)) == 0;
+        Py_XDECREF(config);
+        Py_XDECREF(limits);
+        Py_XDECREF(max_logins);
+    }
     Py_XDECREF(clients);
     Py_XDECREF(logins);
     Py_XDECREF(now);
@@ -2070,6 +2107,11 @@ PyInit__relaycore(void)
     INTERN(s_hand_back, "_hand_back");
     INTERN(s_session_ended, "_session_ended");
     INTERN(s_before_database_command, "_before_database_command");
+    INTERN(s_max_login_conn, "max_login_conn");
+    INTERN(s_make_room_for_login, "make_room_for_login");
+    INTERN(s_guard, "guard");
+    INTERN(s_pairs, "pairs");
+    INTERN(s_native_login_held, "_native_login_held");
     if ((NO_KEY = Py_BuildValue("(ii)", 0, 0)) == NULL || (EMPTY_STR = PyUnicode_FromString("")) == NULL)
         return NULL;
     INTERN(SESSION, "session");

@@ -227,6 +227,7 @@ class App:
                 now = time.monotonic()
                 self.runtime.pools.maintain(now)
                 self.runtime.expire_logins(now)
+                self.runtime.guard.sweep(now)
             except Exception:  # task boundary: the janitor must keep running
                 log.exception("janitor_failed")
 

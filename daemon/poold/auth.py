@@ -247,6 +247,7 @@ class ScramCache:
 
 ReadMessage = Callable[[], Steps[tuple[int, bytes]]]
 Send = Callable[[bytes], None]
+Hold = Callable[[], Steps[None]] | None
 
 
 def authenticate(
@@ -257,24 +258,27 @@ def authenticate(
     send: Send,
     cache: ScramCache,
     nonce: str | None = None,
+    hold: Hold = None,
 ) -> Steps[bytes]:
     """Run one authentication exchange; raise AuthFailed or ProtocolError.
 
     Returns what is left to send with AuthenticationOk: SCRAM's final message,
     or nothing; the caller joins it to its welcome, saving a write. ``nonce``:
     the server's SCRAM nonce, when it was chosen already (the C login's).
+    ``hold``: steps run before the password or proof is checked (waiting for
+    its turn: loginguard).
     """
     secret = usable(secret)
     exchange = exchange_for(method, secret)
     if exchange == "trust":
         return b""
     if exchange == "md5":
-        yield from _md5(user, secret, read, send)
+        yield from _md5(user, secret, read, send, hold)
         return b""
     if exchange == "password":
-        yield from _password(user, secret, read, send)
+        yield from _password(user, secret, read, send, hold)
         return b""
-    return (yield from _scram(user, secret, read, send, cache, nonce))
+    return (yield from _scram(user, secret, read, send, cache, nonce, hold))
 
 
 def exchange_for(method: str, secret: Secret | None) -> str:
@@ -311,23 +315,27 @@ def _native_keys(info: AuthInfo) -> NativeKeys:
     return stored_key, server_key, f",s={base64.b64encode(salt).decode()},i={iterations}".encode()
 
 
-def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Steps[None]:
+def _md5(user: str, secret: Secret | None, read: ReadMessage, send: Send, hold: Hold) -> Steps[None]:
     salt = os.urandom(4)
     send(messages.auth_md5(salt))
     t, body = yield from read()
     if t != messages.PASSWORD:
         raise ProtocolError("expected password response", "28000")
+    if hold is not None:
+        yield from hold()
     if secret is None or not check_md5(messages.parse_password(body), secret, user, salt):
         raise AuthFailed(f'password authentication failed for user "{user}"')
 
 
-def _password(user: str, secret: Secret | None, read: ReadMessage, send: Send) -> Steps[None]:
+def _password(user: str, secret: Secret | None, read: ReadMessage, send: Send, hold: Hold) -> Steps[None]:
     """The ``password`` method: the client sends its password in clear (over TLS, one
     hopes); checked against whatever the secret is, the SCRAM one off the loop."""
     send(_AUTH_CLEARTEXT)
     t, body = yield from read()
     if t != messages.PASSWORD:
         raise ProtocolError("expected password response", "28000")
+    if hold is not None:
+        yield from hold()
     password = messages.parse_password(body).decode("utf-8", "replace")
     failed = AuthFailed(f'password authentication failed for user "{user}"')
     if not password or secret is None:  # PostgreSQL: "empty password returned by client"
@@ -361,7 +369,7 @@ def _saslprep(password: str) -> str:
 
 
 def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cache: ScramCache,
-           nonce: str | None) -> Steps[bytes]:
+           nonce: str | None, hold: Hold) -> Steps[bytes]:
     send(_AUTH_SCRAM)
     t, body = yield from read()
     if t != messages.PASSWORD:
@@ -378,6 +386,8 @@ def _scram(user: str, secret: Secret | None, read: ReadMessage, send: Send, cach
         t, body = yield from read()
         if t != messages.PASSWORD:
             raise ProtocolError("expected SASL response", "28000")
+        if hold is not None:
+            yield from hold()
         final = exchange.server_final(body)
     except ScramError as exc:
         raise AuthFailed(f'password authentication failed for user "{user}"') from exc

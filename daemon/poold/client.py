@@ -33,9 +33,10 @@ import structlog
 
 from . import auth, hba, relaycore, sockio
 from .errors import PooldError, ServerRefusal
+from .loginguard import Pause
 from .pools import PoolRegistry
 from .protocol import messages
-from .protocol.errors import ProtocolError
+from .protocol.errors import ProtocolError, StartupLengthInvalid
 from .protocol.framing import FrameScanner, MessageReader, PyFrameScanner
 from .relay import ServerLink, canonical_parameter
 
@@ -148,7 +149,9 @@ class ClientCorePy:
         self.transport = transport  # type: ignore[assignment]
         rt = self.rt
         rt.clients.add(self)  # type: ignore[arg-type]
-        rt.logins[self] = time.monotonic()  # type: ignore[index]  # login_timeout: see Runtime.expire_logins
+        rt.logins[self] = now = time.monotonic()  # type: ignore[index]  # login_timeout: see Runtime.expire_logins
+        if len(rt.logins) > rt.config.clients.max_login_conn:
+            rt.make_room_for_login(now)
         self._start_login()  # the C core sets native_login instead: its C login reads the bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -282,6 +285,12 @@ class ClientSession(ClientCore, asyncio.Protocol):
             peer = self.transport.get_extra_info("peername") if self.transport is not None else None
             self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         return self._peer
+
+    @property
+    def host(self) -> str:
+        """The client's address without its port ("unix" on the Unix socket): what
+        failed authentication is counted against, with the user (loginguard)."""
+        return self.peer.rsplit(":", 1)[0]
 
     @property
     def reader(self) -> MessageReader:
@@ -515,11 +524,15 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._fatal(error.sqlstate, error.message)
 
     def _fatal(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
+        if sqlstate not in ("57P01",):
+            log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
+        self._refuse(sqlstate, message, response)
+
+    def _refuse(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
+        """FATAL and close, with no log line of its own: the caller logs in aggregate."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))
             self.rt.stats.errors[sqlstate] += 1
-        if sqlstate not in ("57P01",):
-            log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
         self._close()
 
     def _close(self) -> None:
@@ -543,6 +556,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
             pass  # logged in
         except ConnectionError:
             self._close()
+        except StartupLengthInvalid as exc:
+            # As PostgreSQL: logged, and closed without a word (a client that sends
+            # Terminate before any startup packet, as node-postgres' connect-then-end does).
+            log.info("startup_packet_invalid", peer=self.peer, error=str(exc))
+            self._close()
+        except auth.AuthFailed as exc:
+            self._refuse(exc.sqlstate, str(exc))  # logged in aggregate (loginguard)
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
         except PooldError as exc:
@@ -570,11 +590,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
         """The login is over: done, failed, timed out, or the client went away.
 
         What a step waited for is not cancelled (a pool being opened, keys being
-        derived): it finishes for the next login.
+        derived): it finishes for the next login. A pause of its own is.
         """
         steps, self._login = self._login, None
         if steps is not None:
             steps.close()
+        if isinstance(self._login_wait, Pause):
+            self._login_wait.cancel()
         self._login_wait = None
         self.native_login = False
         self._plan = None
@@ -597,6 +619,13 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self._end_login()
         self._fatal("08P01", "login timeout: startup and authentication did not finish in time")
 
+    def login_pushed_out(self) -> None:
+        """A newer login needs this one's place (Runtime.make_room_for_login)."""
+        if self.relaying or self.closed:
+            return
+        self._end_login()
+        self._refuse("53300", "sorry, too many clients logging in already (max_login_conn)")
+
     def _login_steps(self, muted: int = 0, nonce: str | None = None, negotiated: int = 0) -> auth.Steps[None]:
         """The login, from the first byte. ``muted``, ``nonce`` and ``negotiated``: see _native_login_fallback."""
         startup = yield from self._negotiate(negotiated)
@@ -609,14 +638,35 @@ class ClientSession(ClientCore, asyncio.Protocol):
         if secret is None and rt.auth_query is not None and method != "trust":
             secret = yield rt.auth_query.lookup(db, self.user)  # None: refused as a wrong password is
         send = self.transport.write if not muted else _Muted(self.transport.write, muted)  # type: ignore[union-attr]
-        sasl_final = yield from auth.authenticate(method, self.user, secret, self._read_typed, send, rt.scram, nonce)
+        try:
+            sasl_final = yield from auth.authenticate(method, self.user, secret, self._read_typed, send, rt.scram,
+                                                      nonce, self._hold_proof)
+        except auth.AuthFailed:
+            yield from self._delay_failure()
+            raise
         yield from self._enter_pool(startup, db, wanted, sasl_final)
+
+    def _hold_proof(self) -> auth.Steps[None]:
+        """Before a password or proof is checked: wait for this (user, address)'s turn (LoginGuard.hold)."""
+        rt = self.rt
+        limits = rt.config.clients
+        wait = rt.guard.hold(self.user, self.host, time.monotonic(), limits.auth_failure_delay, limits.login_timeout)
+        if wait > 0:
+            yield Pause(wait)
+
+    def _delay_failure(self) -> auth.Steps[None]:
+        """A failed authentication is answered auth_failure_delay late, as PostgreSQL's auth_delay does."""
+        rt = self.rt
+        delay = rt.config.clients.auth_failure_delay
+        rt.guard.failed(self.user, self.host, time.monotonic(), delay)
+        if delay > 0:
+            yield Pause(delay)
 
     def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
         """The startup packet's checks: room for a client, the database, the parameters."""
         rt = self.rt
         self.user, self.database = startup.user, startup.database
-        if len(rt.clients) > rt.config.clients.max_client_conn or rt.draining:
+        if rt.logged_in() >= rt.config.clients.max_client_conn or rt.draining:
             if rt.draining:
                 raise PooldError("57P01", "poold is shutting down")
             raise PooldError("53300", "sorry, too many clients already (max_client_conn)")
@@ -723,7 +773,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         user's login runs the same code as a known user's, and costs the same."""
         rt = self.rt
         config = rt.config
-        if len(rt.clients) > config.clients.max_client_conn or rt.draining or (config.tls.require and not self.tls):
+        if rt.logged_in() >= config.clients.max_client_conn or rt.draining or (config.tls.require and not self.tls):
             return None  # _admit and _negotiate refuse these
         # Under an hba file the decision depends on where the client comes from too: its
         # plan is kept by packet and origin, a key the C login never looks up (it looks
@@ -769,6 +819,11 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
             self._login = self._enter_pool(plan.startup, plan.db, plan.wanted, sasl_final)
             self._advance()
+
+    def _native_login_held(self) -> bool:
+        """Whether this login's proof must wait for its turn (LoginGuard.held): then the
+        C login leaves it to ``_login_steps``. Asked only while some pair is held."""
+        return self.rt.guard.held(self.user, self.host, time.monotonic())
 
     def _native_login_fallback(self, transcript: bytes, sent: int, nonce: str | None, negotiated: int) -> None:
         """The C login met what it leaves to ``_login_steps``: replay the client's bytes

@@ -79,6 +79,8 @@ class ClientSettings:
     max_client_conn: int = 1000
     login_timeout: float = 60.0
     max_message_size: int = 64 * 1024 * 1024  # client frames above this are refused
+    max_login_conn: int = 1000  # logins in progress; a new one pushes out the oldest (loginguard)
+    auth_failure_delay: float = 0.5  # seconds per failed authentication of a (user, address); 0 disables
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,10 @@ def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:
         errors.append("clients.login_timeout: must be > 0")
     if clients.max_message_size < 1024:
         errors.append("clients.max_message_size: must be >= 1024")
+    if clients.max_login_conn < 1:
+        errors.append("clients.max_login_conn: must be >= 1")
+    if not 0 <= clients.auth_failure_delay <= clients.login_timeout:
+        errors.append(f"clients.auth_failure_delay: must be in 0..login_timeout ({clients.login_timeout:g})")
     tls: TlsSettings = s["tls"]
     if bool(tls.cert_file) != bool(tls.key_file):
         errors.append("tls.cert_file: cert_file and key_file go together")

@@ -18,6 +18,7 @@ from .auth import ScramCache, Secret, server_credentials
 from .authquery import AuthQuery
 from .config import Config, DatabaseSettings
 from .hba import Hba
+from .loginguard import LoginGuard
 from .pools import PoolRegistry
 from .protocol.messages import backend_key_data
 from .stats import DaemonStats
@@ -46,6 +47,7 @@ class Runtime:
         self.clients: set[ClientSession] = set()
         #: clients still logging in, oldest first, with when they connected (monotonic)
         self.logins: dict[ClientSession, float] = {}
+        self.guard = LoginGuard()
         #: logged-in clients by their cancel key (pid, secret)
         self.by_key: dict[tuple[int, int], ClientSession] = {}
         self.draining = False  # no new clients; each closes at its next boundary
@@ -115,6 +117,25 @@ class Runtime:
             expired.append(client)
         for client in expired:
             client.login_timed_out()
+
+    def make_room_for_login(self, now: float) -> None:
+        """More logins in progress than max_login_conn: close the oldest (FATAL 53300).
+
+        Logins are capped apart from logged-in clients, and the oldest gives way
+        rather than the newest being refused: connections that never finish a
+        login (a slowloris) are the oldest, and a real login, done in
+        milliseconds, is young. Called when a connection is made, by both cores.
+        """
+        limit = self.config.clients.max_login_conn
+        while len(self.logins) > limit:
+            oldest = next(iter(self.logins))
+            del self.logins[oldest]
+            self.guard.pushed(now)
+            oldest.login_pushed_out()
+
+    def logged_in(self) -> int:
+        """Clients past their login: what max_client_conn caps (logins have max_login_conn)."""
+        return len(self.clients) - len(self.logins)
 
     def cancel(self, pid: int, secret: int) -> Awaitable[None] | None:
         """Forward a CancelRequest to the server connection its client holds now.

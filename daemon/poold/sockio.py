@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import socket
 import weakref
@@ -21,6 +22,8 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import structlog
+
+from .fdreserve import FdReserve
 
 log = structlog.get_logger("poold.listener")
 
@@ -95,17 +98,22 @@ class NativeServer:
         assert native is not None
         self._loop = asyncio.get_running_loop()
         self.sockets = socks
+        self._reserve = FdReserve()
         poller = _poller(self._loop)
         self._listeners = []
         for sock in socks:
             sock.setblocking(False)
-            listener = native.Listener(poller, sock.fileno(), factory, self._accept_failed)
+            listener = native.Listener(poller, sock.fileno(), factory, functools.partial(self._accept_failed, sock))
             listener.resume()
             self._listeners.append(listener)
         self._retry: asyncio.TimerHandle | None = None
 
-    def _accept_failed(self, exc: OSError) -> None:
-        """Out of file descriptors or memory: as asyncio, log and pause accepting for a second."""
+    def _accept_failed(self, sock: socket.socket, exc: OSError) -> None:
+        """Out of file descriptors: the next client gets FATAL 53300 (FdReserve), and the
+        listener, level-triggered, comes back for the one after. Where even that fails,
+        or memory ran out: as asyncio, log and pause accepting for a second."""
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve.refuse(sock):
+            return
         if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             log.error("accept_failed", error=str(exc))
         else:
@@ -129,6 +137,7 @@ class NativeServer:
         self._listeners = []
         for sock in self.sockets:
             sock.close()
+        self._reserve.close()
 
 
 def adopt(sock: socket.socket, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:

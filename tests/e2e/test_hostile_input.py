@@ -60,9 +60,10 @@ def startup(params: bytes, version: int = 196608) -> bytes:
 
 
 CASES = {
-    "negative startup length": (struct.pack("!i", -1) + b"\0" * 8, "08P01"),
-    "tiny startup length": (struct.pack("!I", 3) + b"\0" * 8, "08P01"),
-    "huge startup length": (struct.pack("!I", 0x7FFFFFFF) + b"\0" * 8, "54000"),
+    # an invalid startup packet length: closed without a word, as PostgreSQL does
+    "negative startup length": (struct.pack("!i", -1) + b"\0" * 8, None),
+    "tiny startup length": (struct.pack("!I", 3) + b"\0" * 8, None),
+    "huge startup length": (struct.pack("!I", 0x7FFFFFFF) + b"\0" * 8, None),
     "protocol 2.0": (startup(b"user\0app\0\0", version=2 << 16), "0A000"),
     "protocol 9.9": (startup(b"user\0app\0\0", version=(9 << 16) | 9), "0A000"),
     "no user": (startup(b"database\0app\0\0"), "28000"),
@@ -84,7 +85,7 @@ def test_malformed_startup_packets_get_a_fatal_with_sqlstate(poold: Poold) -> No
     for name, (payload, expected) in CASES.items():
         reply = answer(poold.port, payload)
         assert sqlstate(reply) == expected, (name, reply[:80])
-        assert b"FATAL" in reply, name
+        assert (b"FATAL" in reply) == (expected is not None), name
     assert poold.proc.poll() is None  # type: ignore[union-attr]
 
 

@@ -43,7 +43,7 @@ def test_passwords_never_leak(poold_factory: Callable[..., Poold]) -> None:
     http = [p.http(path)[1] for path in ("/health", "/health/database", "/health/ready", "/metrics")]
     assert p.stop() == 0
     log = p.log_text()
-    assert '"reload_applied"' in log and '"rollback_applied"' in log and '"client_error"' in log
+    assert '"reload_applied"' in log and '"rollback_applied"' in log and '"auth_failed"' in log
     for secret in (APP_PASSWORD, other_plain, md5_hash, "wrong-pass-1", "wrong-pass-2", "wrong-pass-3"):
         assert secret not in log, secret
         assert all(secret not in body for body in http), secret

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poold.protocol.errors import MessageTooLarge, ProtocolError
+from poold.protocol.errors import MessageTooLarge, ProtocolError, StartupLengthInvalid
 from poold.protocol.framing import MessageReader, PyFrameScanner
 
 Scanner = type[PyFrameScanner]
@@ -162,11 +162,15 @@ def test_message_reader_startup_then_typed_bytewise() -> None:
 def test_message_reader_limits() -> None:
     r = MessageReader()
     r.feed(struct.pack("!I", 4))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(StartupLengthInvalid):
         r.next_untyped()
     r = MessageReader()
     r.feed(struct.pack("!I", 1_000_000))
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(StartupLengthInvalid):  # PostgreSQL: "invalid length of startup packet", no answer
+        r.next_untyped()
+    r = MessageReader()
+    r.feed(b"X\0\0\0\4")  # Terminate before any startup packet
+    with pytest.raises(StartupLengthInvalid):
         r.next_untyped()
     r = MessageReader()
     with pytest.raises(MessageTooLarge):

@@ -76,7 +76,8 @@ class Session(ClientSession):
 
 
 def runtime(method: str = "scram-sha-256", dsn: str = "dbname=app") -> Runtime:
-    raw = {"auth": {"type": method}, "databases": {"app": {"dsn": dsn}}}
+    # no auth_failure_delay: a refusal is answered at once (the delay runs on the event loop: tests/e2e)
+    raw = {"auth": {"type": method}, "clients": {"auth_failure_delay": 0}, "databases": {"app": {"dsn": dsn}}}
     rt = Runtime(build_config(raw, Path("/nonexistent/poold.toml")), dict(USERS))
     pool = open_pool(DEFAULTS)
     for user in (*USERS, "nobody"):  # one open pool, found as the registry finds its pools
@@ -404,7 +405,9 @@ def test_a_startup_packets_plan_is_kept_until_the_configuration_or_users_change(
     rt.config = build_config({"auth": {"type": "scram-sha-256"}, "databases": {"app": {"dsn": "dbname=app"}},
                               "clients": {"max_client_conn": 2}}, Path("/nonexistent/poold.toml"))
     assert rt.login_plans == {}  # a new configuration: decided again
-    assert first[2]._native_login_plan(app) is None  # three clients, room for two: 53300 from the Python login
+    rt.logins.pop(first[0])  # two logged in (max_client_conn counts those; logins have max_login_conn)
+    rt.logins.pop(first[1])
+    assert first[2]._native_login_plan(app) is None  # room for two: 53300 from the Python login
     rt.config = build_config({"auth": {"type": "scram-sha-256"}, "databases": {"other": {"dsn": "dbname=o"}}},
                              Path("/nonexistent/poold.toml"))
     assert first[2]._native_login_plan(app) is None  # the database is gone

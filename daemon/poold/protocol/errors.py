@@ -24,3 +24,8 @@ class MessageTooLarge(ProtocolError):
     """A frame whose declared length exceeds the configured limit (54000)."""
 
     sqlstate = "54000"
+
+
+class StartupLengthInvalid(ProtocolError):
+    """A startup packet length below 8 or above the limit. PostgreSQL logs "invalid
+    length of startup packet" and closes without a word: so does poold."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import struct
 
-from .errors import MessageTooLarge, ProtocolError
+from .errors import MessageTooLarge, ProtocolError, StartupLengthInvalid
 
 _HEADER = struct.Struct("!Bi")  # lengths are signed int32, as PostgreSQL reads them
 _UNTYPED = struct.Struct("!i")
@@ -199,10 +199,8 @@ class MessageReader:
         if len(self._buf) < 4:
             return None
         (length,) = _UNTYPED.unpack_from(self._buf)
-        if length < 8:
-            raise ProtocolError(f"invalid startup packet length {length}")
-        if length > self._max:
-            raise MessageTooLarge(f"startup packet of {length} bytes exceeds {self._max}")
+        if length < 8 or length > self._max:
+            raise StartupLengthInvalid(f"invalid length of startup packet: {length} bytes")
         if len(self._buf) < length:
             return None
         payload = bytes(self._buf[4:length])
