@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from . import auth, relaycore, sockio
-from .errors import PooldError
+from .errors import PooldError, ServerRefusal
 from .pools import PoolRegistry
 from .protocol import messages
 from .protocol.errors import ProtocolError
@@ -477,6 +477,15 @@ class ClientSession(ClientCore, asyncio.Protocol):
             log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
         self._close()
 
+    def _refuse(self, refusal: ServerRefusal) -> None:
+        """The server refused a setting of the startup packet: its error, as FATAL, and close."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(refusal.response)
+            self.rt.stats.errors[refusal.sqlstate] += 1
+        log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=refusal.sqlstate,
+                 error=refusal.message)
+        self._close()
+
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -500,6 +509,8 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self._close()
         except ProtocolError as exc:
             self._fatal(exc.sqlstate, str(exc))
+        except ServerRefusal as exc:
+            self._refuse(exc)
         except PooldError as exc:
             self._fatal(exc.sqlstate, exc.message)
         except Exception:  # one broken login must not hurt others
@@ -587,7 +598,15 @@ class ClientSession(ClientCore, asyncio.Protocol):
         defaults = pool.defaults
         if defaults is None:
             defaults = yield pool.prepare()
-        self._welcome(startup, pool, _greeting(pool, defaults, wanted), sasl_final, self.reader.take_rest())
+        spelled = pool.spellings.spell(wanted, defaults)
+        if spelled is None:  # a value the pool's server has not spelled yet: ask it (spellings.py)
+            try:
+                spelled = yield pool.spellings.ask(pool, wanted, startup.params)
+            except ServerRefusal:
+                # As PostgreSQL refuses a startup parameter: once authenticated.
+                self.transport.write(_authenticated(startup, sasl_final) + _AUTH_OK)  # type: ignore[union-attr]
+                raise
+        self._welcome(startup, pool, _greeting(pool, defaults, spelled), sasl_final, self.reader.take_rest())
 
     def _welcome(self, startup: messages.StartupMessage, pool: Pool, greeting: Greeting, sasl_final: bytes,
                  rest: bytes) -> None:
@@ -596,8 +615,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self.session_mode = pool.settings.mode == "session"
         if own:
             self.wanted = dict(own)  # the session's own copy: on_server_parameter changes it
-        if startup.minor or startup.protocol_options:
-            sasl_final = messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
+        sasl_final = _authenticated(startup, sasl_final)
         self.transport.write(b"".join((sasl_final, settings, self.rt.register(self), _READY_IDLE)))  # type: ignore[union-attr]
         self.relaying = True
         if rest:
@@ -646,20 +664,25 @@ class ClientSession(ClientCore, asyncio.Protocol):
     def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
         """The C login checked the proof: the rest of the login is ``_enter_pool``'s.
 
-        Once the plan's welcome is made for the registry's open pool, the C login
-        does the first branch itself (_relaycore.c, client_welcome)."""
+        The plan's welcome is made for the registry's open pool once the pool knows
+        how its server spells the packet's settings (``Spellings.spell``); until
+        then ``_enter_pool`` asks it. Once made, the C login does the first branch
+        itself (_relaycore.c, client_welcome)."""
         plan, self._plan = self._plan, None
         assert plan is not None
         rt = self.rt
         pool = rt.pools.pools.get(plan.pool_key)  # rt.pools.find(plan.db, self.user)
-        if pool is not None and pool.defaults is not None:  # _enter_pool with nothing to wait for
+        welcome = plan.welcome
+        if pool is not None and pool.defaults is not None and (welcome is None or welcome[0] is not pool):
+            # this packet's greeting, kept for its pool once its settings are spelled the server's way
+            spelled = pool.spellings.spell(plan.wanted, pool.defaults)
+            if spelled is not None:
+                own, settings = _greeting(pool, pool.defaults, spelled)
+                plan.welcome = welcome = (pool, settings, own or None)
+        if pool is not None and welcome is not None and welcome[0] is pool:  # _enter_pool with nothing to wait for
             self.pool = pool
             pool.clients += 1
             rt.logins.pop(self, None)  # the login is over: _end_login, with the C login's own state reset already
-            welcome = plan.welcome
-            if welcome is None or welcome[0] is not pool:  # this packet's greeting, kept for its pool
-                own, settings = _greeting(pool, pool.defaults, plan.wanted)
-                plan.welcome = welcome = (pool, settings, own or None)
             self._welcome(plan.startup, pool, (welcome[2] or {}, welcome[1]), sasl_final, rest)
         else:
             self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
@@ -717,7 +740,8 @@ class LoginPlan:
         self.user, self.database = startup.user, startup.database
         self.pool_key = PoolRegistry.key(db, self.user)
         #: for the pool these logins last joined: (the pool, the AuthenticationOk and
-        #: ParameterStatus bytes, the settings of the client's own or None); see _greeting
+        #: ParameterStatus bytes, the settings of the client's own or None), spelled
+        #: as the pool's server spells them; see _greeting
         self.welcome: tuple[Pool, bytes, dict[str, str] | None] | None = None
 
 
@@ -726,8 +750,18 @@ class LoginPlan:
 Greeting = tuple[dict[str, str], bytes]
 
 
+def _authenticated(startup: messages.StartupMessage, sasl_final: bytes) -> bytes:
+    """What a client is sent before AuthenticationOk: NegotiateProtocolVersion if it asked
+    for a newer protocol or for protocol options, and the SASL final message if any."""
+    if startup.minor or startup.protocol_options:
+        return messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
+    return sasl_final
+
+
 def _greeting(pool: Pool, defaults: dict[str, str], wanted: dict[str, str]) -> Greeting:
-    """AuthenticationOk and the settings a client is told: its pool's, and its own where it set one."""
+    """AuthenticationOk and the settings a client is told: its pool's, and its own where it set one.
+
+    ``wanted``: the client's settings spelled as the server reports them (Spellings.spell)."""
     own = {k: v for k, v in wanted.items() if defaults.get(k) != v}
     status = pool.status_messages
     out = [_AUTH_OK]

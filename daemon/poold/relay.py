@@ -122,7 +122,7 @@ else:
 class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
-    __slots__ = ("_on_internal_done", "_on_lost", "conn", "defaults", "pid")
+    __slots__ = ("_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults", "pid")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport = None
@@ -144,6 +144,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.stats = PoolStats()  # replaced by the pool's own at lease
         self._on_lost = on_lost
         self._on_internal_done: Callable[[ServerLink], None] | None = None
+        self._on_internal_error: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -165,14 +166,19 @@ class ServerLink(ServerCore, asyncio.Protocol):
             if t == _S and body is not None:
                 self._track(*messages.parse_parameter_status(body), owner)
             elif t == _E and body is not None:
-                fields = messages.parse_error_fields(body)
-                log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
+                if self._on_internal_error is not None:
+                    self._on_internal_error(body)
+                else:
+                    fields = messages.parse_error_fields(body)
+                    log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"),
+                                error=fields.get("M"))
             elif t == _Z and body is not None:
                 self.status = body
                 self.swallow -= 1
                 if not self.swallow:
                     rest, later = data[end:], frames[i + 1 :]
                     done, self._on_internal_done = self._on_internal_done, None
+                    self._on_internal_error = None
                     if done is not None:
                         done(self)
                     self._deliver(rest, later)
@@ -201,10 +207,15 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
-    def run_internal(self, sqls: list[str], done: Callable[[ServerLink], None] | None = None) -> None:
-        """Send internal queries; their replies are consumed, then ``done`` runs."""
+    def run_internal(self, sqls: list[str], done: Callable[[ServerLink], None] | None = None,
+                     refused: Callable[[bytes], None] | None = None) -> None:
+        """Send internal queries; their replies are consumed, then ``done`` runs.
+
+        An ErrorResponse among them is logged, or given to ``refused`` (its body)
+        when the caller wants to know what the server refused."""
         self.swallow += len(sqls)
         self._on_internal_done = done
+        self._on_internal_error = refused
         self.write(b"".join(messages.query(sql) for sql in sqls))
 
     def sync_parameters(self, wanted: dict[str, str]) -> None:
