@@ -120,6 +120,7 @@ class _Question:
         self._link: ServerLink | None = None
 
     def ask(self) -> None:
+        log.info("startup_settings_asked", pool=self._pool.name, settings=sorted(self._asked))
         link = self._pool.acquire(self)
         if link is not None:
             self.on_server(link)

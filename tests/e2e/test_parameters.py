@@ -12,6 +12,7 @@ plan, in C). A value PostgreSQL refuses ends the login with PostgreSQL's FATAL.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import psycopg
 import pytest
 import scramp
 
-from tests.conftest import APP_PASSWORD, Poold, pgcluster
+from tests.conftest import APP_PASSWORD, Poold, pgcluster, server_backends
 
 #: the settings PostgreSQL reports that a client's startup packet can change
 REPORTED = ("application_name", "client_encoding", "DateStyle", "IntervalStyle", "standard_conforming_strings",
@@ -105,11 +106,19 @@ def test_login_reports_what_postgresql_reports(poold: Poold, pg: pgcluster.Clust
         with psycopg.connect(direct_dsn(pg), autocommit=True, **keywords) as conn:  # type: ignore[arg-type]
             want, want_shown = reported(conn), shown(conn)
         for login in LOGINS:
+            asked = questions(poold)
             with psycopg.connect(poold.dsn(), autocommit=True, prepare_threshold=None, **keywords) as conn:  # type: ignore[arg-type]
                 case = f"{keywords} {env} ({login} login)"
                 assert reported(conn) == want, case
+                # every case has a value poold has not seen: the first login asks, once; the others not
+                assert questions(poold) == asked + (login == "first"), case
                 assert shown(conn) == want_shown, case
                 assert reported(conn) == want, case  # the hand-off's SETs reported nothing to the client
+
+
+def questions(poold: Poold) -> int:
+    """How many times poold has asked a server how it spells a login's settings (spellings.py)."""
+    return poold.log_text().count('"startup_settings_asked"')
 
 
 def test_set_reports_what_postgresql_reports(poold: Poold, pg: pgcluster.Cluster,
@@ -155,6 +164,27 @@ def test_refused_value_is_postgresql_fatal(poold: Poold, pg: pgcluster.Cluster) 
     for _ in range(3):
         with psycopg.connect(poold.dsn(), autocommit=True, prepare_threshold=None) as conn:
             assert shown(conn) == want_shown
+
+
+def test_logins_at_once_share_the_question(poold: Poold, pg: pgcluster.Cluster,
+                                          libpq_env: Callable[[dict[str, str]], None]) -> None:
+    """Many logins with a value the pool has not seen, at once (more than the pool's
+    server connections): each is told the server's spelling, and no server connection
+    is left inside the question's transaction."""
+    libpq_env({"PGTZ": "asia/tokyo", "PGDATESTYLE": "postgres, dmy"})
+    with psycopg.connect(direct_dsn(pg), autocommit=True) as conn:
+        want = reported(conn)
+
+    async def one() -> dict[str, str | None]:
+        async with await psycopg.AsyncConnection.connect(poold.dsn(), autocommit=True, prepare_threshold=None) as conn:
+            await conn.execute("SELECT 1")
+            return {name: conn.info.parameter_status(name) for name in REPORTED}
+
+    async def main() -> list[dict[str, str | None]]:
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    assert asyncio.run(main()) == [want] * 20
+    assert server_backends(pg, "state = 'idle in transaction'") == 0
 
 
 # -- a raw client: any startup parameter, PostgreSQL's messages as sent ---------------
