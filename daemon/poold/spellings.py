@@ -108,7 +108,7 @@ class Spellings:
 class _Question:
     """One question to a server connection: a pools.Waiter for a link, then its relay.ServerOwner."""
 
-    __slots__ = ("_answer", "_asked", "_before", "_link", "_names", "_pool", "_refusal", "_reported", "_spellings")
+    __slots__ = ("_answer", "_asked", "_before", "_names", "_pool", "_refusal", "_reported", "_spellings")
 
     def __init__(self, spellings: Spellings, pool: Pool, asked: dict[str, str], names: Mapping[str | None, str],
                  answer: asyncio.Future[dict[str, str]]) -> None:
@@ -117,7 +117,6 @@ class _Question:
         self._reported: dict[str, str] | None = None  # what the server reported before its first ReadyForQuery
         self._before: dict[str, str] = {}
         self._refusal: bytes | None = None
-        self._link: ServerLink | None = None
 
     def ask(self) -> None:
         log.info("startup_settings_asked", pool=self._pool.name, settings=sorted(self._asked))
@@ -131,7 +130,6 @@ class _Question:
         if self._answer.done():  # (cannot happen: nothing else ends it while it waits)
             self._pool.release(link)
             return
-        self._link = link
         link.owner = self
         params, defaults = link.params, link.defaults
         # What the server last reported for each asked setting it reports (those in its defaults).
@@ -152,7 +150,6 @@ class _Question:
             self._reported[name] = value
 
     def on_server_lost(self, sqlstate: str = "08006", message: str = "server connection lost") -> None:
-        self._link = None
         if not self._answer.done():
             self._answer.set_exception(PooldError(sqlstate, f"{message} while checking the startup parameters"))
 
@@ -195,7 +192,6 @@ class _Question:
         link.run_internal(["ROLLBACK"], self._done)
 
     def _done(self, link: ServerLink) -> None:
-        self._link = None
         self._pool.release_if_idle(link)
 
 
