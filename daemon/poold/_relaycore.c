@@ -1444,8 +1444,11 @@ static const char READY_IDLE[6] = {'Z', 0, 0, 0, 5, 'I'};
 /* The proof checked: _native_login_done and _welcome where nothing waits, for a
  * plan whose welcome (LoginPlan.welcome: its pool, the AuthenticationOk and
  * ParameterStatus bytes, the client's own settings or None) was made for the
- * pool the registry holds now, open, in transaction mode. 1: done; 0: the Python
- * method's (anything else, session mode too: it leases a server first); -1: error. */
+ * pool the registry holds now, open, in transaction mode. _native_login_done makes
+ * it only once the pool knows its server's spelling of the plan's settings
+ * (spellings.py), so what is sent here is what PostgreSQL would report. 1: done;
+ * 0: the Python method's (anything else, session mode too: it leases a server
+ * first); -1: error. */
 static int
 client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
 {

@@ -517,11 +517,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
 
     def _fail(self, error: PooldError) -> None:
         """End the session with ``error``: the server's own words for a server's refusal."""
-        if isinstance(error, ServerRefusal):
-            response = messages.error_response(error.sqlstate, error.message, detail=error.detail, hint=error.hint)
-            self._fatal(error.sqlstate, error.message, response)
-        else:
-            self._fatal(error.sqlstate, error.message)
+        self._fatal(error.sqlstate, error.message, error.response if isinstance(error, ServerRefusal) else None)
 
     def _fatal(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
         if sqlstate not in ("57P01",):
@@ -711,10 +707,18 @@ class ClientSession(ClientCore, asyncio.Protocol):
         defaults = pool.defaults
         if defaults is None:
             defaults = yield pool.prepare()
+        spelled = pool.spellings.spell(wanted, defaults)
+        if spelled is None:  # a value the pool's server has not spelled yet: ask it (spellings.py)
+            try:
+                spelled = yield pool.spellings.ask(pool, wanted, startup.params)
+            except ServerRefusal:
+                # As PostgreSQL refuses a startup parameter: once authenticated.
+                self.transport.write(_authenticated(startup, sasl_final) + _AUTH_OK)  # type: ignore[union-attr]
+                raise
         link = None
         if pool.settings.mode == "session":
             link = yield from self._lease_for_session(pool)
-        self._welcome(startup, pool, _greeting(pool, defaults, wanted), sasl_final, self.reader.take_rest(), link)
+        self._welcome(startup, pool, _greeting(pool, defaults, spelled), sasl_final, self.reader.take_rest(), link)
 
     def _lease_for_session(self, pool: Pool) -> auth.Steps[ServerLink]:
         """Session mode: the server connection this client holds for its life, leased
@@ -743,8 +747,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             self.wanted = dict(own)  # the session's own copy: on_server_parameter changes it
         if link is not None:
             self._attach(link, b"", 0)  # the client's settings go first, if it has its own
-        if startup.minor or startup.protocol_options:
-            sasl_final = messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
+        sasl_final = _authenticated(startup, sasl_final)
         key = self.rt.register(self, link.pid if link is not None else 0)
         self.transport.write(b"".join((sasl_final, settings, key, _READY_IDLE)))  # type: ignore[union-attr]
         self.relaying = True
@@ -799,21 +802,27 @@ class ClientSession(ClientCore, asyncio.Protocol):
     def _native_login_done(self, sasl_final: bytes, rest: bytes) -> None:
         """The C login checked the proof: the rest of the login is ``_enter_pool``'s.
 
-        Once the plan's welcome is made for the registry's open pool, the C login
-        does the first branch itself in transaction mode (_relaycore.c, client_welcome)."""
+        The plan's welcome is made for the registry's open pool once the pool knows
+        how its server spells the packet's settings (``Spellings.spell``); until
+        then ``_enter_pool`` asks it. Once made, the C login does the first branch
+        itself in transaction mode (_relaycore.c, client_welcome)."""
         plan, self._plan = self._plan, None
         assert plan is not None
         rt = self.rt
         pool = rt.pools.pools.get(plan.pool_key)  # rt.pools.find(plan.db, self.user)
-        if pool is not None and pool.defaults is not None and pool.settings.mode != "session":
+        welcome = plan.welcome
+        if (pool is not None and pool.defaults is not None and pool.settings.mode != "session"
+                and (welcome is None or welcome[0] is not pool)):
+            # this packet's greeting, kept for its pool once its settings are spelled the server's way
+            spelled = pool.spellings.spell(plan.wanted, pool.defaults)
+            if spelled is not None:
+                own, settings = _greeting(pool, pool.defaults, spelled)
+                plan.welcome = welcome = (pool, settings, own or None)
+        if pool is not None and pool.settings.mode != "session" and welcome is not None and welcome[0] is pool:
             # _enter_pool with nothing to wait for (session mode leases a server first)
             self.pool = pool
             pool.clients += 1
             rt.logins.pop(self, None)  # the login is over: _end_login, with the C login's own state reset already
-            welcome = plan.welcome
-            if welcome is None or welcome[0] is not pool:  # this packet's greeting, kept for its pool
-                own, settings = _greeting(pool, pool.defaults, plan.wanted)
-                plan.welcome = welcome = (pool, settings, own or None)
             self._welcome(plan.startup, pool, (welcome[2] or {}, welcome[1]), sasl_final, rest)
         else:
             self.reader.feed(rest)  # pipelined after the proof; within the limit: the C login's buffer is smaller
@@ -921,7 +930,8 @@ class LoginPlan:
         self.user, self.database = startup.user, startup.database
         self.pool_key = PoolRegistry.key(db, self.user)
         #: for the pool these logins last joined: (the pool, the AuthenticationOk and
-        #: ParameterStatus bytes, the settings of the client's own or None); see _greeting
+        #: ParameterStatus bytes, the settings of the client's own or None), spelled
+        #: as the pool's server spells them; see _greeting
         self.welcome: tuple[Pool, bytes, dict[str, str] | None] | None = None
 
 
@@ -930,8 +940,18 @@ class LoginPlan:
 Greeting = tuple[dict[str, str], bytes]
 
 
+def _authenticated(startup: messages.StartupMessage, sasl_final: bytes) -> bytes:
+    """What a client is sent before AuthenticationOk: NegotiateProtocolVersion if it asked
+    for a newer protocol or for protocol options, and the SASL final message if any."""
+    if startup.minor or startup.protocol_options:
+        return messages.negotiate_protocol_version(0, startup.protocol_options) + sasl_final
+    return sasl_final
+
+
 def _greeting(pool: Pool, defaults: dict[str, str], wanted: dict[str, str]) -> Greeting:
-    """AuthenticationOk and the settings a client is told: its pool's, and its own where it set one."""
+    """AuthenticationOk and the settings a client is told: its pool's, and its own where it set one.
+
+    ``wanted``: the client's settings spelled as the server reports them (Spellings.spell)."""
     own = {k: v for k, v in wanted.items() if defaults.get(k) != v}
     status = pool.status_messages
     out = [_AUTH_OK]

@@ -13,11 +13,18 @@ class PooldError(Exception):
 
 
 class ServerRefusal(PooldError):
-    """The server refused a connect for good (an unknown database or role, a
-    pg_hba.conf reject, a failed password, no CONNECT privilege): the client
-    is sent the server's own error, worded as the server worded it."""
+    """The server's own error, sent on as the server worded it: a connect it refused
+    for good (an unknown database or role, a pg_hba.conf reject, a failed password,
+    no CONNECT privilege), or a startup setting it refused. ``response``: the
+    ErrorResponse the client is sent, at FATAL (PostgreSQL ends such a login)."""
 
-    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> None:
+    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None,
+                 response: bytes | None = None) -> None:
         super().__init__(sqlstate, message)
         self.detail = detail
         self.hint = hint
+        if response is None:
+            from .protocol.messages import error_response
+
+            response = error_response(sqlstate, message, detail=detail, hint=hint)
+        self.response = response

@@ -47,6 +47,7 @@ from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError, ServerRefusal
 from .protocol import messages
 from .relay import ServerLink
+from .spellings import Spellings
 from .stats import PoolStats
 
 log = structlog.get_logger("poold.pools")
@@ -199,6 +200,8 @@ class Pool(PoolCore):
         self.defaults: dict[str, str] | None = None
         # The defaults as ParameterStatus messages, encoded once for every login.
         self.status_messages: dict[str, bytes] = {}
+        # Clients' settings as this pool's server spells them (for their ParameterStatus).
+        self.spellings = Spellings()
         self.leased = 0  # links poold holds (free + active)
         self.connecting = 0  # getconn calls in flight
         self.epoch = 0  # bumped by reconnect: older links are not reused

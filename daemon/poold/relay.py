@@ -128,7 +128,7 @@ else:
 class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
-    __slots__ = ("_on_internal_done", "_on_lost", "conn", "defaults", "pid", "told")
+    __slots__ = ("_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults", "pid", "told")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport = None
@@ -153,6 +153,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.stats = PoolStats()  # replaced by the pool's own at lease
         self._on_lost = on_lost
         self._on_internal_done: Callable[[ServerLink], None] | None = None
+        self._on_internal_error: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -177,14 +178,19 @@ class ServerLink(ServerCore, asyncio.Protocol):
                 # Its work is not done (a cancel meant for the last client may have
                 # hit it): the link must not serve another client.
                 self.dirty = True
-                fields = messages.parse_error_fields(body)
-                log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"), error=fields.get("M"))
+                if self._on_internal_error is not None:
+                    self._on_internal_error(body)
+                else:
+                    fields = messages.parse_error_fields(body)
+                    log.warning("internal_query_failed", server_pid=self.pid, sqlstate=fields.get("C"),
+                                error=fields.get("M"))
             elif t == _Z and body is not None:
                 self.status = body
                 self.swallow -= 1
                 if not self.swallow:
                     rest, later = data[end:], frames[i + 1 :]
                     done, self._on_internal_done = self._on_internal_done, None
+                    self._on_internal_error = None
                     if done is not None:
                         done(self)
                     self._deliver(rest, later)
@@ -213,10 +219,15 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
-    def run_internal(self, sqls: list[str], done: Callable[[ServerLink], None] | None = None) -> None:
-        """Send internal queries; their replies are consumed, then ``done`` runs."""
+    def run_internal(self, sqls: list[str], done: Callable[[ServerLink], None] | None = None,
+                     refused: Callable[[bytes], None] | None = None) -> None:
+        """Send internal queries; their replies are consumed, then ``done`` runs.
+
+        An ErrorResponse among them is logged, or given to ``refused`` (its body)
+        when the caller wants to know what the server refused."""
         self.swallow += len(sqls)
         self._on_internal_done = done
+        self._on_internal_error = refused
         self.write(b"".join(messages.query(sql) for sql in sqls))
 
     def sync_parameters(self, wanted: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ import types
 from typing import Any
 
 from poold.protocol import messages
+from poold.spellings import Spellings
 
 
 class Transport:
@@ -33,4 +34,4 @@ def open_pool(defaults: dict[str, str]) -> Any:
     """A pool in transaction mode whose server reported ``defaults``: what a login reads of it."""
     status = {k: messages.parameter_status(k, v) for k, v in defaults.items()}
     return types.SimpleNamespace(clients=0, settings=types.SimpleNamespace(mode="transaction"), defaults=defaults,
-                                 status_messages=status)
+                                 status_messages=status, spellings=Spellings())

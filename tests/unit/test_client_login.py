@@ -15,6 +15,7 @@ from poold.config import build_config
 from poold.protocol import messages
 from poold.relay import ServerLink
 from poold.runtime import Runtime
+from poold.spellings import Spellings
 
 from .fake_session import Transport, open_pool
 
@@ -111,6 +112,7 @@ class SessionPool:
         self.stats = types.SimpleNamespace(wait=types.SimpleNamespace(observe=lambda seconds: None))
         self.waiters: list[Any] = []
         self.released: list[ServerLink] = []
+        self.spellings = Spellings()  # a login with no settings of its own asks nothing
 
     def acquire(self, waiter: Any) -> None:
         self.waiters.append(waiter)

@@ -65,6 +65,16 @@ def test_error_response_round_trip() -> None:
     assert fields == {"S": "FATAL", "V": "FATAL", "C": "57P03", "M": "poold: down", "D": "retry"}
 
 
+def test_as_fatal_keeps_a_server_error_but_its_severity() -> None:
+    # an ERROR as PostgreSQL 15 sent it for SET LOCAL "IntervalStyle" TO 'bogus'
+    body = (b'SERROR\0VERROR\0C22023\0Minvalid value for parameter "IntervalStyle": "bogus"\0'
+            b"HAvailable values: postgres, postgres_verbose, sql_standard, iso_8601.\0Fguc.c\0L7528\0"
+            b"Rparse_and_validate_value\0\0")
+    raw = messages.as_fatal(body)
+    assert raw[:1] == b"E" and struct.unpack_from("!I", raw, 1)[0] + 1 == len(raw)
+    assert raw[5:] == body.replace(b"SERROR\0VERROR", b"SFATAL\0VFATAL")
+
+
 def test_parameter_status_round_trip() -> None:
     raw = messages.parameter_status("TimeZone", "UTC")
     assert messages.parse_parameter_status(raw[5:]) == ("TimeZone", "UTC")

@@ -433,16 +433,17 @@ def test_the_kept_plans_are_bounded() -> None:
 def test_logins_after_the_first_run_on_the_kept_plan() -> None:
     """The first login makes the plan's welcome in Python; the next ones send it from C
     (client_welcome), with a cancel key of their own, and a query pipelined after the
-    proof is relayed."""
+    proof is relayed. The welcome tells the setting as the pool's server spelled it."""
     rt = runtime()
     pool = rt.pools.pools[("app", "app")]
+    pool.spellings.learn("client_encoding", "latin1", "LATIN1")  # as a server answered (spellings._Question)
     Session.done_in_python = 0
     welcomes, sessions = [], []
     for i in range(3):
         session, transport = Session(rt), Transport()
         session.connection_made(transport)  # type: ignore[arg-type]
         client = Client("app", "secret")
-        packet = payload(user="app", database="app", DateStyle="ISO")
+        packet = payload(user="app", database="app", client_encoding="latin1")
         session.data_received(struct.pack("!I", len(packet) + 4) + packet)
         (kind, body), = split(transport.written)
         transport.written = b""
@@ -456,7 +457,8 @@ def test_logins_after_the_first_run_on_the_kept_plan() -> None:
         client.check(got[0][1][4:])
         assert client.verified and kinds(got)[-1] == b"Z" and session.relaying
         assert session.pool is pool and session not in rt.logins and session._plan is None
-        assert session.wanted == {"DateStyle": "ISO"} and not session.session_mode
+        assert session.wanted == {"client_encoding": "LATIN1"} and not session.session_mode
+        assert (b"S", b"client_encoding\0LATIN1\0") in got
         pid, secret = struct.unpack("!ii", dict(got)[b"K"])
         assert session.key == (pid, secret) and rt.by_key[pid, secret] is session and secret > 0
         welcomes.append([m for m in got[1:] if m[0] != b"K"])  # after SASLFinal (its signature differs)

@@ -153,6 +153,14 @@ def error_response(
     return _msg(b"E", body + b"\0")
 
 
+def as_fatal(error_body: bytes) -> bytes:
+    """An ErrorResponse with the fields of another's body (a server's ERROR), at severity FATAL.
+
+    The fields are kept as bytes, in their order: the client reads the server's words."""
+    fields = [f[:1] + b"FATAL" if f[:1] in (b"S", b"V") else f for f in error_body.split(b"\0") if f]
+    return _msg(b"E", b"\0".join(fields) + b"\0\0")
+
+
 def auth_ok() -> bytes:
     return _msg(b"R", _I32.pack(0))
 
