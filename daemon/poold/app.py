@@ -169,7 +169,12 @@ class App:
             await asyncio.sleep(0.02)
         for client in list(clients):
             client.terminate_now("57P01", "terminating connection: poold shutdown_timeout reached")
-        await asyncio.sleep(0)  # let connection_lost callbacks run
+        # Each connection lingers until its client has read the error and closed, or
+        # sockio.LINGER has passed: exiting sooner would reset it.
+        lingering = self.runtime.lingering
+        deadline = time.monotonic() + sockio.LINGER + 1.0
+        while (clients or lingering) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _janitor(self) -> None:
         while True:

@@ -470,12 +470,17 @@ class ClientSession(ClientCore, asyncio.Protocol):
             pool.release(link)
 
     def _fatal(self, sqlstate: str, message: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(messages.error_response(sqlstate, f"poold: {message}"))
-            self.rt.stats.errors[sqlstate] += 1
+        """Tell the client why, then end its connection: a lingering close (sockio.linger),
+        so that the error is what it reads, and not a reset."""
         if sqlstate not in ("57P01",):
             log.info("client_error", peer=self.peer, db=self.database, user=self.user, sqlstate=sqlstate, error=message)
-        self._close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._close()
+            return
+        transport.write(messages.error_response(sqlstate, f"poold: {message}"))
+        self.rt.stats.errors[sqlstate] += 1
+        self.transport = sockio.linger(transport, self, self.rt.lingering)  # type: ignore[assignment]
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -515,7 +520,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             return
         if fut.cancelled():  # poold is stopping
             self._end_login()
-            self._close()
+            self._fatal("57P01", "terminating connection: poold is shutting down")
         elif (error := fut.exception()) is not None:
             self._advance(error=error)
         else:

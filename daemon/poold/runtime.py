@@ -40,6 +40,8 @@ class Runtime:
         #: clients still logging in, oldest first, with when they connected (monotonic)
         self.logins: dict[ClientSession, float] = {}
         self.by_key: dict[int, ClientSession] = {}
+        #: connections ended after an error, still reading the client's last bytes (sockio.linger)
+        self.lingering: set[Any] = set()
         self.draining = False  # no new clients; each closes at its next boundary
         self.listening = False
         self.started = time.monotonic()

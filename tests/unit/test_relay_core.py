@@ -49,6 +49,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def can_write_eof(self) -> bool:
+        return False  # poold's lingering close closes it then (sockio.linger)
+
     def close(self) -> None:
         self.closing = True
         self.log.append([self.name, "close"])
