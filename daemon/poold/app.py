@@ -10,8 +10,9 @@ keeps serving.
 Drain (`poolctl drain`) and shutdown (SIGTERM/SIGINT, `poolctl shutdown`) share
 one path: stop accepting, close each client at its next transaction boundary
 with 57P01. Shutdown then waits up to shutdown_timeout, closes what is left,
-closes the pools (no server connection stays behind) and exits 0. A second
-signal exits at once.
+waits for the closed connections' lingering closes (sockio.linger, so that no
+client meets a reset), closes the pools (no server connection stays behind) and
+exits 0. A second signal exits at once.
 """
 
 from __future__ import annotations
