@@ -53,16 +53,16 @@ lint: venv
 	$(BIN)/mypy daemon/poold ctl/poolctl
 	$(BIN)/mypy bench
 
-# The three C extensions built with AddressSanitizer and UBSan into their own
-# virtual environment (installed, not editable: the plain build in the source tree
-# stays the plain one), and the unit and e2e tiers run against them. The Python
-# interpreter is not instrumented: the sanitizer runtimes are preloaded, and every
-# Python allocation goes through malloc so that ASan sees the objects the C code
-# reads and writes. A report stops the process; tests/conftest.py fails a test whose
-# poold logged one.
+# The three C extensions built with AddressSanitizer and UBSan (setup.py,
+# POOLD_SANITIZE) into their own virtual environment (installed, not editable: the
+# plain build in the source tree stays the plain one), and the unit and e2e tiers
+# run against them. The Python interpreter is not instrumented: the sanitizer
+# runtimes are preloaded (tests/conftest.py passes them on to poold alone, not to
+# PostgreSQL), and every Python allocation goes through malloc so that ASan sees the
+# objects the C code reads and writes. A report stops the process; tests/conftest.py
+# fails a test whose poold logged one.
 SAN_VENV  := .venv-sanitize
 SAN_BIN   := $(SAN_VENV)/bin
-SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 SAN_ENV    = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	PYTHONMALLOC=malloc \
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=0 \
@@ -71,15 +71,19 @@ SAN_ENV    = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-
 $(SAN_VENV)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(SAN_VENV)
 	$(SAN_BIN)/pip install --quiet --upgrade pip
+	$(SAN_BIN)/pip install --quiet '.[test]'
 	rm -rf build  # no object of another build is reused
-	CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" $(SAN_BIN)/pip install --quiet '.[test]'
+	POOLD_SANITIZE=address,undefined $(SAN_BIN)/pip install --quiet --force-reinstall --no-deps .
 	rm -rf build
-	$(SAN_ENV) $(SAN_BIN)/python -c "import poold._relaycore, poold._sockio, poold.protocol._framing"
+	for so in $$($(SAN_ENV) $(SAN_BIN)/python -c "import poold._relaycore as r, poold._sockio as s, \
+			poold.protocol._framing as f; print(r.__file__, s.__file__, f.__file__)"); do \
+		grep -q __asan_report $$so || { echo "$$so: not built with AddressSanitizer" >&2; exit 1; }; \
+	done
 	touch $@
 
 test-sanitize: $(SAN_VENV)/.installed
 	$(SAN_BIN)/python scripts/pgcluster.py
-	$(SAN_ENV) POOLD_SANITIZE=1 $(SAN_BIN)/python -m pytest -p no:cacheprovider tests/unit tests/e2e
+	$(SAN_ENV) $(SAN_BIN)/python -m pytest -p no:cacheprovider tests/unit tests/e2e
 
 clean:
 	rm -rf $(VENV) $(SAN_VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info

@@ -25,6 +25,10 @@ import pgcluster  # noqa: E402
 
 APP_PASSWORD = "app-secret-pw"
 
+#: under `make test-sanitize`: the sanitizer runtimes this interpreter was started with,
+#: passed on to poold alone (PostgreSQL and its tools do not run under them)
+SANITIZER_PRELOAD = os.environ.pop("LD_PRELOAD") if "libasan" in os.environ.get("LD_PRELOAD", "") else ""
+
 #: what AddressSanitizer and UBSan write to poold's stderr (its log here) when they
 #: find something: under `make test-sanitize`, poold's C extensions are built with them
 SANITIZER_REPORT = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|\.[ch]:\d+:\d+: runtime error:")
@@ -124,6 +128,8 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
         sock.settimeout(0.2)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         env.update(self.settings.get("environ") or {})  # type: ignore[call-overload]
+        if SANITIZER_PRELOAD:
+            env["LD_PRELOAD"] = SANITIZER_PRELOAD
         env.pop("POOLD_CONFIG", None)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
