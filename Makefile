@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-login venv clean install uninstall
+.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-login venv clean install uninstall test-sanitize
+
+SOURCES := pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/protocol/framing_capi.h daemon/poold/_relaycore.c \
+	daemon/poold/protocol/scram_core.c daemon/poold/protocol/scram_core.h daemon/poold/_sockio.c
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/protocol/framing_capi.h daemon/poold/_relaycore.c \
-		daemon/poold/protocol/scram_core.c daemon/poold/protocol/scram_core.h daemon/poold/_sockio.c
+$(VENV)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -54,8 +56,40 @@ lint: venv
 	$(BIN)/mypy daemon/poold ctl/poolctl
 	$(BIN)/mypy bench
 
+# The three C extensions built with AddressSanitizer and UBSan (setup.py,
+# POOLD_SANITIZE) into their own virtual environment (installed, not editable: the
+# plain build in the source tree stays the plain one), and the unit and e2e tiers
+# run against them. The Python interpreter is not instrumented: the sanitizer
+# runtimes are preloaded (tests/conftest.py passes them on to poold alone, not to
+# PostgreSQL), and every Python allocation goes through malloc so that ASan sees the
+# objects the C code reads and writes. A report stops the process; tests/conftest.py
+# fails a test whose poold logged one.
+SAN_VENV  := .venv-sanitize
+SAN_BIN   := $(SAN_VENV)/bin
+SAN_ENV    = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	PYTHONMALLOC=malloc \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=0 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+$(SAN_VENV)/.installed: $(SOURCES)
+	$(PYTHON) -m venv $(SAN_VENV)
+	$(SAN_BIN)/pip install --quiet --upgrade pip
+	$(SAN_BIN)/pip install --quiet '.[test]'
+	rm -rf build  # no object of another build is reused
+	POOLD_SANITIZE=address,undefined $(SAN_BIN)/pip install --quiet --force-reinstall --no-deps .
+	rm -rf build
+	for so in $$($(SAN_ENV) $(SAN_BIN)/python -c "import poold._relaycore as r, poold._sockio as s, \
+			poold.protocol._framing as f; print(r.__file__, s.__file__, f.__file__)"); do \
+		grep -q __asan_report $$so || { echo "$$so: not built with AddressSanitizer" >&2; exit 1; }; \
+	done
+	touch $@
+
+test-sanitize: $(SAN_VENV)/.installed
+	$(SAN_BIN)/python scripts/pgcluster.py
+	$(SAN_ENV) $(SAN_BIN)/python -m pytest -p no:cacheprovider tests/unit tests/e2e
+
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info
+	rm -rf $(VENV) $(SAN_VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info
 
 # Install as a systemd service (root): a virtualenv under PREFIX (/opt/poold), poold and
 # poolctl in BINDIR (/usr/bin), the units, the poold user (sysusers.d), the man page, and

@@ -8,6 +8,7 @@ never a skip.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import pgcluster  # noqa: E402
 
 APP_PASSWORD = "app-secret-pw"
+
+#: under `make test-sanitize`: the sanitizer runtimes this interpreter was started with,
+#: passed on to poold alone (PostgreSQL and its tools do not run under them)
+SANITIZER_PRELOAD = os.environ.pop("LD_PRELOAD") if "libasan" in os.environ.get("LD_PRELOAD", "") else ""
+
+#: what AddressSanitizer and UBSan write to poold's stderr (its log here) when they
+#: find something: under `make test-sanitize`, poold's C extensions are built with them
+SANITIZER_REPORT = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|\.[ch]:\d+:\d+: runtime error:")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
@@ -119,6 +128,8 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
         sock.settimeout(0.2)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         env.update(self.settings.get("environ") or {})  # type: ignore[call-overload]
+        if SANITIZER_PRELOAD:
+            env["LD_PRELOAD"] = SANITIZER_PRELOAD
         env.pop("POOLD_CONFIG", None)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -181,6 +192,15 @@ dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP
     def log_text(self) -> str:
         return self.log_path.read_text()
 
+    def sanitizer_report(self) -> str | None:
+        """The sanitizer report in poold's log, from its first line; None when there is none."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        found = SANITIZER_REPORT.search(text)
+        if found is None:
+            return None
+        start = text.rfind("\n", 0, found.start()) + 1
+        return text[start : start + 6000]
+
 
 def _toml(v: object) -> str:
     if isinstance(v, str):
@@ -211,6 +231,9 @@ def poold_factory(tmp_path: Path, pg: pgcluster.Cluster) -> Iterator[Callable[..
     for p in started:
         if p.proc is not None and p.proc.poll() is None:
             p.stop()
+    reports = [report for p in started if (report := p.sanitizer_report()) is not None]
+    if reports:
+        pytest.fail("poold's log has a sanitizer report:\n" + "\n".join(reports), pytrace=False)
 
 
 def server_backends(pg: pgcluster.Cluster, where: str = "") -> int:

@@ -9,8 +9,8 @@
  *   Listener          a listening TCP socket in that set: accept4, TCP_NODELAY, the
  *                     protocol factory, connection_made
  *   SocketTransport   a connected socket: the asyncio.Transport methods the client
- *                     session and the server link use (write, close, abort,
- *                     pause_reading, flow control by pause_writing/resume_writing,
+ *                     session and the server link use (write, write_eof, close,
+ *                     abort, pause_reading, flow control by pause_writing/resume_writing,
  *                     get_extra_info("peername"))
  *
  * The protocols on top are unchanged (client.ClientSession, relay.ServerLink):
@@ -89,6 +89,7 @@ struct SocketTransport {
     Py_ssize_t whead, wlen, wcap;
     Py_ssize_t high, low; /* write buffer limits: pause_writing above high, resume_writing at low */
     char reading, closing, closed, writing_paused, lost_scheduled;
+    char eof; /* write_eof was called: the write side is shut once wbuf is sent */
     char shared; /* the socket's open file is another's too (a dup): it leaves the set by epoll_ctl */
     struct sockaddr_storage peer;
 };
@@ -378,8 +379,13 @@ transport_flush(SocketTransport *self)
         }
         self->whead += n;
     }
-    if (self->whead == self->wlen)
+    if (self->whead == self->wlen) {
         self->whead = self->wlen = 0;
+        if (self->eof && !self->closing && shutdown(self->fd, SHUT_WR) < 0) {
+            transport_fail(self);
+            return -1;
+        }
+    }
     if (self->writing_paused && self->wlen - self->whead <= self->low) {
         self->writing_paused = 0;
         transport_call_protocol(self, s_resume_writing);
@@ -426,7 +432,10 @@ transport_read(SocketTransport *self)
         return;
     }
     PyObject *data = PyBytes_FromStringAndSize(buffer, n);
-    PyObject *r = data ? PyObject_CallOneArg(self->data_received, data) : NULL;
+    /* held for the call: the protocol may give its place to another meanwhile (set_protocol) */
+    PyObject *callback = Py_NewRef(self->data_received);
+    PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
+    Py_DECREF(callback);
     Py_XDECREF(data);
     if (r == NULL)
         transport_callback_failed(self, "protocol.data_received() failed");
@@ -475,6 +484,10 @@ transport_buffer(SocketTransport *self, const char *p, Py_ssize_t n)
 static int
 transport_write(SocketTransport *self, const char *p, Py_ssize_t n)
 {
+    if (self->eof) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+        return -1;
+    }
     if (self->closed || n == 0)
         return 0; /* as asyncio: writes after the connection is lost go nowhere */
     if (self->wlen == self->whead) { /* nothing queued: straight to the socket */
@@ -546,6 +559,19 @@ Transport_close(SocketTransport *self, PyObject *unused)
         else if (transport_rewatch(self) < 0)
             return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+/* asyncio's _SelectorSocketTransport.write_eof: the socket's write side is shut
+ * (the peer reads EOF) once what is buffered is sent; reading goes on. */
+static PyObject *
+Transport_write_eof(SocketTransport *self, PyObject *unused)
+{
+    if (self->closing || self->closed || self->eof)
+        Py_RETURN_NONE;
+    self->eof = 1;
+    if (self->wlen == self->whead && shutdown(self->fd, SHUT_WR) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -689,7 +715,7 @@ Transport_set_protocol(SocketTransport *self, PyObject *protocol)
 static PyObject *
 Transport_can_write_eof(SocketTransport *self, PyObject *unused)
 {
-    Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
 }
 
 /* call_soon's callback after the socket closed: the protocol's connection_lost,
@@ -772,6 +798,7 @@ Transport_dealloc(SocketTransport *self)
 static PyMethodDef Transport_methods[] = {
     {"write", (PyCFunction)Transport_write, METH_O, NULL},
     {"writelines", (PyCFunction)Transport_writelines, METH_O, NULL},
+    {"write_eof", (PyCFunction)Transport_write_eof, METH_NOARGS, NULL},
     {"close", (PyCFunction)Transport_close, METH_NOARGS, NULL},
     {"abort", (PyCFunction)Transport_abort, METH_NOARGS, NULL},
     {"is_closing", (PyCFunction)Transport_is_closing, METH_NOARGS, NULL},
@@ -823,7 +850,7 @@ transport_new(Poller *poller, int fd, const struct sockaddr_storage *addr, sockl
     t->high = HIGH_WATER;
     t->low = HIGH_WATER / 4;
     t->reading = 1;
-    t->closing = t->closed = t->writing_paused = t->lost_scheduled = 0;
+    t->closing = t->closed = t->writing_paused = t->lost_scheduled = t->eof = 0;
     t->shared = (char)shared;
     memset(&t->peer, 0, sizeof t->peer);
     memcpy(&t->peer, addr, addr_len);

@@ -14,8 +14,9 @@ keeps serving.
 Drain (`poolctl drain`) and shutdown (SIGTERM/SIGINT, `poolctl shutdown`) share
 one path: stop accepting, close each client at its next transaction boundary
 with 57P01. Shutdown then waits up to shutdown_timeout, closes what is left,
-closes the pools (no server connection stays behind) and exits 0. A second
-signal exits at once.
+waits for the closed connections' lingering closes (sockio.linger, so that no
+client meets a reset), closes the pools (no server connection stays behind) and
+exits 0. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -218,7 +219,12 @@ class App:
             await asyncio.sleep(0.02)
         for client in list(clients):
             client.terminate_now("57P01", "terminating connection: poold shutdown_timeout reached")
-        await asyncio.sleep(0)  # let connection_lost callbacks run
+        # Each connection lingers until its client has read the error and closed, or
+        # sockio.LINGER has passed: exiting sooner would reset it.
+        lingering = self.runtime.lingering
+        deadline = time.monotonic() + sockio.LINGER + 1.0
+        while (clients or lingering) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _janitor(self) -> None:
         while True:

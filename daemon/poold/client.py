@@ -525,11 +525,16 @@ class ClientSession(ClientCore, asyncio.Protocol):
         self._refuse(sqlstate, message, response)
 
     def _refuse(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
-        """FATAL and close, with no log line of its own: the caller logs in aggregate."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))
-            self.rt.stats.errors[sqlstate] += 1
-        self._close()
+        """Tell the client why, then end its connection, with no log line of its own (the
+        caller logs, or logs in aggregate): a lingering close (sockio.linger), so that the
+        error is what it reads, and not a reset."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._close()
+            return
+        transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))
+        self.rt.stats.errors[sqlstate] += 1
+        self.transport = sockio.linger(transport, self, self.rt.lingering)  # type: ignore[assignment]
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -576,7 +581,7 @@ class ClientSession(ClientCore, asyncio.Protocol):
             return
         if fut.cancelled():  # poold is stopping
             self._end_login()
-            self._close()
+            self._fatal("57P01", "terminating connection: poold is shutting down")
         elif (error := fut.exception()) is not None:
             self._advance(error=error)
         else:

@@ -50,6 +50,8 @@ class Runtime:
         self.guard = LoginGuard()
         #: logged-in clients by their cancel key (pid, secret)
         self.by_key: dict[tuple[int, int], ClientSession] = {}
+        #: connections ended after an error, still reading the client's last bytes (sockio.linger)
+        self.lingering: set[Any] = set()
         self.draining = False  # no new clients; each closes at its next boundary
         self.listening = False
         self.started = time.monotonic()

@@ -7,6 +7,9 @@ transports do. The protocols on top (``client.ClientSession``,
 ``relay.ServerLink``) are the same asyncio protocols either way.
 ``POOLD_SOCKET_IO=asyncio`` picks the event loop's transports anyway, as a
 diagnostic and so that the tests can run both.
+
+A connection poold ends after telling the client why (an ErrorResponse) is not
+closed at once but lingers (``linger``), on either kind of transport.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 #: after accept() failed for want of file descriptors or memory, wait this long
 #: before accepting again (asyncio's constants.ACCEPT_RETRY_DELAY)
 ACCEPT_RETRY_DELAY = 1.0
+
+#: how long a connection ended after an error waits for the client's EOF (see linger)
+LINGER = 1.0
 
 
 def _load() -> ModuleType | None:
@@ -170,3 +176,77 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.Protocol
     tls = await loop.start_tls(transport, protocol, ctx, server_side=True)  # type: ignore[arg-type]
     assert tls is not None
     return tls
+
+
+class Ended:
+    """What a session writes to once its connection lingers: nothing reaches the
+    client after the error it was told (see linger)."""
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, peer: Any) -> None:
+        self._peer = peer
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    abort = pause_reading = resume_reading = close
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._peer if name == "peername" else default
+
+
+class _Lingering(asyncio.Protocol):
+    """A connection's protocol once it lingers: what the client still sends is read
+    and dropped until its EOF, then the socket is closed; after LINGER at the most it
+    is closed anyway."""
+
+    def __init__(self, transport: asyncio.Transport, lingering: set[Any]) -> None:
+        self._transport = transport
+        self._lingering = lingering
+        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
+        lingering.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the client's requests, sent before it read the error
+
+    def eof_received(self) -> bool:
+        return False  # the client has read the error and closed: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._lingering.discard(self)
+
+
+def linger(transport: asyncio.Transport, protocol: asyncio.Protocol, lingering: set[Any]) -> Ended:
+    """End a connection whose last message, the error that says why, is written:
+    a lingering close, as PostgreSQL's clients expect to read that error.
+
+    Closing at once would reset the connection (RST) if the client's next request
+    is unread here or arrives after the close, and a reset can take the error with
+    it. Instead the write side is shut (the client reads the error, then EOF) and
+    what the client still sends is read and dropped until its EOF, for LINGER at
+    the most (``lingering`` holds the connection meanwhile: shutdown waits for it).
+    TLS ends with the event loop's close, which has its own closing handshake.
+
+    The protocol's ``connection_lost`` runs soon, as after a close; the session
+    writes to the ``Ended`` returned from here on."""
+    ended = Ended(transport.get_extra_info("peername"))
+    if not transport.can_write_eof():
+        transport.close()
+        return ended
+    try:
+        transport.write_eof()
+    except OSError:  # the client is gone already
+        transport.abort()
+        return ended
+    transport.set_protocol(_Lingering(transport, lingering))
+    transport.resume_reading()  # were it paused by the session's flow control: read to the EOF
+    asyncio.get_running_loop().call_soon(protocol.connection_lost, None)
+    return ended

@@ -26,6 +26,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def can_write_eof(self) -> bool:
+        return False  # poold's lingering close closes it then (sockio.linger)
+
     def close(self) -> None:
         self.closed = True
 

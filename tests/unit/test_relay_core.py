@@ -51,6 +51,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def can_write_eof(self) -> bool:
+        return False  # poold's lingering close closes it then (sockio.linger)
+
     def close(self) -> None:
         self.closing = True
         self.log.append([self.name, "close"])
@@ -181,7 +184,11 @@ def scenario() -> dict[str, Any]:
 
 
 def run_scenario(core: str, scanner: str = "native") -> dict[str, Any]:
+    from tests.conftest import SANITIZER_PRELOAD  # here: this file also runs as a script
+
     env = dict(os.environ, POOLD_RELAY_CORE=core, POOLD_FRAME_SCANNER=scanner)
+    if SANITIZER_PRELOAD:  # make test-sanitize: the C core runs under the sanitizers here too
+        env["LD_PRELOAD"] = SANITIZER_PRELOAD
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]

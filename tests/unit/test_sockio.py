@@ -297,3 +297,85 @@ def test_an_adopted_duplicate_leaves_the_set_when_closed_and_the_original_stays(
         peer.close()
 
     run(main)
+
+
+async def serve_event_loop(protocols: list[Recorder]) -> asyncio.Server:
+    """The same on the event loop's own transports: the reference twin."""
+
+    def factory() -> Recorder:
+        protocols.append(Recorder())
+        return protocols[-1]
+
+    return await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+
+
+SERVE = {"c": serve, "event_loop": serve_event_loop}
+
+
+@pytest.mark.parametrize("kind", sorted(SERVE))
+def test_write_eof_sends_what_is_queued_then_eof_and_reading_goes_on(run: Callable[..., Any], kind: str) -> None:
+    payload = bytes(range(256)) * 32768  # 8 MiB: queued in the transport, the EOF after it
+
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await SERVE[kind](protocols)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        p = await wait_made(protocols)
+        assert p.transport.can_write_eof()
+        p.transport.write(payload)
+        p.transport.write_eof()
+        assert not p.transport.is_closing()
+        with pytest.raises(RuntimeError):
+            p.transport.write(b"more")
+        assert await reader.read() == payload  # then EOF
+        writer.write(b"still read")
+        while p.data != b"still read":
+            await asyncio.sleep(0.01)
+        writer.close()
+        assert await p.lost is None
+        assert p.events[0] == "made" and p.events[-2:] == ["eof", "lost"]
+        server.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", sorted(SERVE))
+@pytest.mark.parametrize("client_closes", [True, False])
+def test_linger_drops_what_the_client_still_sends_and_never_resets(
+    run: Callable[..., Any], kind: str, client_closes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sockio.linger: the client reads the error, then EOF; what it sends meanwhile is
+    read and dropped (no reset), until its EOF or LINGER; the protocol is lost at once."""
+    monkeypatch.setattr(sockio, "LINGER", 0.3)
+
+    async def main() -> None:
+        protocols: list[Recorder] = []
+        server = await SERVE[kind](protocols)
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        p = await wait_made(protocols)
+        lingering: set[Any] = set()
+        p.transport.write(b"the error")
+        ended = sockio.linger(p.transport, p, lingering)
+        assert ended.is_closing() and len(lingering) == 1
+        ended.write(b"dropped")
+        assert await p.lost is None  # soon, as after a close
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, sock.recv, 100) == b"the error"
+        assert await loop.run_in_executor(None, sock.recv, 100) == b""  # EOF
+        for _ in range(3):  # the requests of a client that has not read the error yet
+            sock.sendall(b"Q" * 70000)  # more than a socket buffer: read here, or the send blocks
+            await asyncio.sleep(0.02)
+        assert p.data == b"" and lingering  # read by the lingering close, not the protocol
+        if client_closes:
+            sock.close()
+        while lingering:  # the client's EOF, or LINGER
+            await asyncio.sleep(0.01)
+        if not client_closes:
+            sock.sendall(b"Q")  # the first send after the close draws the reset, at the latest the second
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                await asyncio.sleep(0.05)
+                sock.sendall(b"Q")
+            sock.close()
+        server.close()
+
+    run(main)
