@@ -313,6 +313,9 @@ def _auth(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], 
     auth_type = get("auth_type").lower()
     if auth_type in ("trust", "md5", "scram-sha-256"):
         w.set("auth", "type", auth_type, "auth_type")
+        if auth_type == "trust":
+            w.note("auth_type", "changed", "trust: PgBouncer still requires the user name to be in auth_file; "
+                   "poold's trust lets any user name in")
     elif auth_type == "any":
         w.set("auth", "type", "trust", "auth_type = any")
         w.note("auth_type", "changed", "'any' became trust: no password, and the client's own user name "

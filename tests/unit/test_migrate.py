@@ -175,6 +175,12 @@ def test_single_settings(ini: str, key: str, expected: object) -> None:
     assert tomllib.loads(result.toml).get(table, {}).get(name) == expected
 
 
+def test_trust_is_reported_as_more_permissive() -> None:
+    result = convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_type = trust\n")
+    assert tomllib.loads(result.toml)["auth"]["type"] == "trust"
+    assert notes(result)["auth_type"][0] == "changed"
+
+
 def test_last_value_wins_and_values_run_to_the_end_of_the_line() -> None:
     result = convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 1\nlisten_port = 7000\n"
                      "[databases]\nx = host=h dbname=a;b application_name='it''s here'\n")
@@ -223,3 +229,8 @@ def test_cli_writes_the_file_and_prints_what_it_could_not_carry(certs: Path) -> 
     missing = subprocess.run([sys.executable, "-m", "poold", "migrate", str(certs / "absent.ini")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_the_migration_guide_lists_every_carried_key() -> None:
+    guide = (FIXTURES.parents[2] / "docs" / "migrating-from-pgbouncer.md").read_text()
+    assert sorted(k for k in CARRIED if f"`{k}`" not in guide) == []
