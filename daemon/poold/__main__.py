@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["migrate"]:
         return migrate_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="poold", description="PostgreSQL connection pool daemon")
+    parser = argparse.ArgumentParser(prog="poold", description="PostgreSQL connection pool daemon",
+                                     epilog="poold migrate PGBOUNCER_INI [-o OUT]: convert a pgbouncer.ini "
+                                            "(see poold migrate --help)")
     parser.add_argument("-c", "--config", default=os.environ.get("POOLD_CONFIG", DEFAULT_CONFIG))
     parser.add_argument("--check-config", metavar="FILE", help="validate FILE (with environment overrides) and exit")
     parser.add_argument("--version", action="version", version=f"poold {__version__}")
