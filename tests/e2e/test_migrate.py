@@ -17,11 +17,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import trustme
 
+from poold.migrate import NOT_APPLICABLE
 from tests.conftest import APP_PASSWORD, ROOT, Poold, pgcluster, wait_until
 from tests.e2e.test_http import scrape, value
 
@@ -165,3 +167,25 @@ def test_pgbench_through_pgbouncer_then_poold_on_the_converted_file(
     other_xacts = sum(c * x for db, _, c, x in RUNS if db == OTHER_DB)
     assert database_effects(pg, TARGETS["pgbouncer"]) == [(str(app_xacts),) * 2, (str(other_xacts),) * 2]
     assert database_effects(pg, TARGETS["poold"]) == database_effects(pg, TARGETS["pgbouncer"])
+
+
+def test_the_release_sample_converts_and_passes_check_config(tmp_path: Path) -> None:
+    """PgBouncer 1.25.2's etc/pgbouncer.ini, taken from the release tarball itself (the unit
+    tests' copy must be the same file), through the command line."""
+    with tarfile.open(pgbouncer_ref.reference_dir() / pgbouncer_ref.TARBALL) as tar:
+        member = tar.extractfile("pgbouncer-1.25.2/etc/pgbouncer.ini")
+        assert member is not None
+        sample = member.read().decode()
+    assert sample == (ROOT / "tests" / "fixtures" / "pgbouncer" / "sample-1.25.2.ini").read_text()
+    ini, out = tmp_path / "pgbouncer.ini", tmp_path / "poold.toml"
+    ini.write_text(sample)
+    migrate = subprocess.run([sys.executable, "-m", "poold", "migrate", str(ini), "-o", str(out)],
+                             capture_output=True, text=True, timeout=60)
+    assert migrate.returncode == 0, migrate.stderr
+    assert migrate.stderr.splitlines() == [
+        "poold migrate: logfile: not-applicable: " + NOT_APPLICABLE["logfile"],
+        "poold migrate: pidfile: not-applicable: " + NOT_APPLICABLE["pidfile"],
+    ]
+    check = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
