@@ -22,6 +22,7 @@ run: venv
 
 test: venv
 	$(BIN)/python scripts/pgcluster.py
+	$(BIN)/python scripts/pgbouncer_ref.py
 	$(BIN)/python -m pytest tests
 
 unit: venv

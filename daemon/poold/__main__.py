@@ -1,4 +1,5 @@
-"""Command line: ``poold [-c FILE]`` runs the daemon; ``--check-config FILE`` validates."""
+"""Command line: ``poold [-c FILE]`` runs the daemon; ``--check-config FILE`` validates;
+``poold migrate PGBOUNCER_INI [-o OUT]`` converts a PgBouncer configuration."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ DEFAULT_CONFIG = "/etc/poold/poold.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="poold", description="PostgreSQL connection pool daemon")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["migrate"]:
+        return migrate_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="poold", description="PostgreSQL connection pool daemon",
+                                     epilog="poold migrate PGBOUNCER_INI [-o OUT]: convert a pgbouncer.ini "
+                                            "(see poold migrate --help)")
     parser.add_argument("-c", "--config", default=os.environ.get("POOLD_CONFIG", DEFAULT_CONFIG))
     parser.add_argument("--check-config", metavar="FILE", help="validate FILE (with environment overrides) and exit")
     parser.add_argument("--version", action="version", version=f"poold {__version__}")
@@ -48,6 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # uvloop is a dependency; plain asyncio still works
         return asyncio.run(App(config, os.environ, files).run())
     return uvloop.run(App(config, os.environ, files).run())
+
+
+def migrate_main(argv: list[str]) -> int:
+    """Write the poold.toml equivalent to a pgbouncer.ini; print what could not be carried."""
+    from pathlib import Path
+
+    from .migrate import IniError, convert
+
+    parser = argparse.ArgumentParser(prog="poold migrate", description="convert a pgbouncer.ini to poold.toml")
+    parser.add_argument("ini", metavar="PGBOUNCER_INI")
+    parser.add_argument("-o", "--output", metavar="OUT", help="write here (default: standard output)")
+    args = parser.parse_args(argv)
+    ini = Path(args.ini)
+    try:
+        result = convert(ini.read_text(), str(ini.resolve().parent), str(ini))
+    except OSError as exc:
+        print(f"poold migrate: {ini}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    except IniError as exc:
+        print(f"poold migrate: {ini}: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(result.toml)
+    else:
+        sys.stdout.write(result.toml)
+    for note in result.notes:
+        if note.kind != "carried":
+            print(f"poold migrate: {note}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
