@@ -356,7 +356,7 @@ def _auth_query(w: _Writer, settings: dict[str, str], get: Get) -> None:
     query = get("auth_query")
     if "$1" not in query:
         raise IniError("auth_query: must take the user name as $1")
-    w.set("auth", "user", user, "auth_user (its password: auth.file's plain one, or the DSN's)")
+    w.set("auth", "user", user, "auth_user (its password: auth.file's plain one, or the DSN's naming it)")
     w.set("auth", "query", query, "auth_query" + ("" if "auth_query" in settings else " (PgBouncer's default)"))
     w.set("auth", "query_ttl", 0.0, "auth_query: PgBouncer asks at every login")
 
