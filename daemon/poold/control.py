@@ -61,7 +61,7 @@ async def _status(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
         "generation": ops.reloader.generation,
         "clients": len(rt.clients),
         "pools": len(rt.pools.pools),
-        "server_connections": sum(p.leased for p in rt.pools.pools.values()),
+        "server_connections": sum(len(p.open_connections()) for p in rt.pools.pools.values()),
         "draining": rt.draining,
     }
 
@@ -88,18 +88,8 @@ async def _clients(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]
 
 
 async def _servers(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for p in ops.runtime.pools.pools.values():
-        for link, state in [(x, "active") for x in p.active] + [(x, "idle") for x in p.free]:
-            owner = link.owner
-            rows.append({
-                "pool": p.name,
-                "pid": link.pid,
-                "state": state,
-                "tx_status": link.status.decode(),
-                "client": getattr(owner, "key", ("",))[0],
-            })
-    return rows
+    now = time.monotonic()
+    return [row for p in ops.runtime.pools.pools.values() for row in p.servers(now)]
 
 
 async def _config(ops: Operations, args: dict[str, Any]) -> Any:
