@@ -22,7 +22,7 @@ import structlog
 
 from .config import ControlSettings
 from .listener import listening_as
-from .reload import ReloadRejected, config_items
+from .reload import RESTART_KEYS, ReloadRejected, config_items, config_sources
 
 if TYPE_CHECKING:
     from .pools import Pool
@@ -95,7 +95,16 @@ async def _servers(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]
 async def _config(ops: Operations, args: dict[str, Any]) -> Any:
     action = args.get("action", "show")
     if action == "show":
-        return config_items(ops.runtime.config) | {"generation": ops.reloader.generation}
+        # Keys that need a restart show what is in force, and the value waiting for it.
+        items, started = config_items(ops.runtime.config), config_items(ops.reloader.started)
+        pending = {k: v for k, v in items.items() if k.startswith(RESTART_KEYS) and started.get(k) != v}
+        items |= {k: started.get(k) for k in pending}
+        if args.get("sources"):
+            sources = config_sources(ops.runtime.config)
+            for key in pending:
+                sources[key] = f"in force since start; {sources[key]} has {pending[key]!r}, pending a restart"
+            return {k: {"value": v, "source": sources.get(k, "")} for k, v in items.items()}
+        return items | {"generation": ops.reloader.generation, "pending_restart": pending}
     if action == "diff":
         return ops.reloader.diff()
     raise ValueError(f"unknown config action {action!r} (show, diff)")
