@@ -29,7 +29,7 @@ TABLES = {
     "pools": ["pool", "mode", "clients", "active", "idle", "waiting", "total", "min_size", "max_size", "paused",
               "breaker", "last_error"],
     "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age"],
-    "servers": ["pool", "pid", "state", "tx_status", "client"],
+    "servers": ["pool", "pid", "state", "tx_status", "client", "age"],
 }
 
 
@@ -87,6 +87,8 @@ def render(command: str, result: Any) -> str:
         return render_plan(result)
     if isinstance(result, dict):
         width = max((len(k) for k in result), default=0)
+        if result and all(isinstance(v, dict) and set(v) == {"value", "source"} for v in result.values()):
+            return "\n".join(f"{k.ljust(width)}  {_value(k, v['value'])}  ({v['source']})" for k, v in result.items())
         return "\n".join(f"{k.ljust(width)}  {_value(k, v)}" for k, v in result.items())
     return json.dumps(result, indent=2)
 
@@ -141,6 +143,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         sub.add_parser(name)
     cfg = sub.add_parser("config")
     cfg.add_argument("action", choices=["show", "diff"], nargs="?", default="show")
+    cfg.add_argument("--sources", action="store_true", help="show: where each value came from (file, env, default)")
     rl = sub.add_parser("reload")
     rl.add_argument("--dry-run", action="store_true", help="print the plan without applying it")
     for name in ("pause", "resume", "reconnect"):
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     params: dict[str, Any] = {}
     if args.command == "config":
         params["action"] = args.action
+        params["sources"] = args.sources
     elif args.command == "reload":
         params["dry_run"] = args.dry_run
     elif args.command in ("pause", "resume", "reconnect") and args.pool:

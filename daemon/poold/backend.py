@@ -269,3 +269,10 @@ async def retire(pool: Any, conn: AsyncConnection[Any]) -> None:
         pool._nconns -= 1
     conn._pool = None
     await conn.close()
+
+
+def error_cause(message: str) -> str:
+    """The cause in a libpq connect error's text: its last line that is not one of
+    libpq's indented hints ("\tIs the server running on that host ...?")."""
+    lines = [line for line in message.strip().splitlines() if line and not line[0].isspace()]
+    return lines[-1].strip() if lines else message.strip()

@@ -150,6 +150,7 @@ class Config:
     path: str = ""
     env_file: str = ""  # resolved path of the env file that was read, if any
     overrides: Mapping[str, str] = field(default_factory=dict)  # key -> source
+    file_keys: frozenset[str] = frozenset()  # "section.key" and "databases.NAME.key" the TOML file sets
 
     def database(self, name: str) -> DatabaseSettings | None:
         db = self.databases.get(name)
@@ -183,6 +184,12 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Con
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
     errors: list[str] = []
+    file_keys = frozenset(
+        f"{section}.{name}.{key}" if section == "databases" and isinstance(value, dict) else f"{section}.{name}"
+        for section, table in raw.items() if isinstance(table, dict)
+        for name, value in table.items()
+        for key in (value if section == "databases" and isinstance(value, dict) else [None])
+    )
     overrides: dict[str, str] = {}
     _apply_env(raw, environ, "environment", overrides, errors)
     env_path = _env_file_path(raw, path, environ)
@@ -196,7 +203,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Con
         else:
             _apply_env(raw, file_env, str(env_path), overrides, errors)
     config = build_config(raw, path, errors)
-    return replace(config, env_file=env_file, overrides=MappingProxyType(overrides))
+    return replace(config, env_file=env_file, overrides=MappingProxyType(overrides), file_keys=file_keys)
 
 
 def build_config(raw: dict[str, Any], path: Path, errors: list[str] | None = None) -> Config:

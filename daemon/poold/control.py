@@ -22,7 +22,7 @@ import structlog
 
 from .config import ControlSettings
 from .listener import listening_as
-from .reload import ReloadRejected, config_items
+from .reload import RESTART_KEYS, ReloadRejected, config_items, config_sources
 
 if TYPE_CHECKING:
     from .pools import Pool
@@ -61,7 +61,7 @@ async def _status(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
         "generation": ops.reloader.generation,
         "clients": len(rt.clients),
         "pools": len(rt.pools.pools),
-        "server_connections": sum(p.leased for p in rt.pools.pools.values()),
+        "server_connections": sum(len(p.open_connections()) for p in rt.pools.pools.values()),
         "draining": rt.draining,
     }
 
@@ -88,24 +88,23 @@ async def _clients(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]
 
 
 async def _servers(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for p in ops.runtime.pools.pools.values():
-        for link, state in [(x, "active") for x in p.active] + [(x, "idle") for x in p.free]:
-            owner = link.owner
-            rows.append({
-                "pool": p.name,
-                "pid": link.pid,
-                "state": state,
-                "tx_status": link.status.decode(),
-                "client": getattr(owner, "key", ("",))[0],
-            })
-    return rows
+    now = time.monotonic()
+    return [row for p in ops.runtime.pools.pools.values() for row in p.servers(now)]
 
 
 async def _config(ops: Operations, args: dict[str, Any]) -> Any:
     action = args.get("action", "show")
     if action == "show":
-        return config_items(ops.runtime.config) | {"generation": ops.reloader.generation}
+        # Keys that need a restart show what is in force, and the value waiting for it.
+        items, started = config_items(ops.runtime.config), config_items(ops.reloader.started)
+        pending = {k: v for k, v in items.items() if k.startswith(RESTART_KEYS) and started.get(k) != v}
+        items |= {k: started.get(k) for k in pending}
+        if args.get("sources"):
+            sources = config_sources(ops.runtime.config)
+            for key in pending:
+                sources[key] = f"in force since start; {sources[key]} has {pending[key]!r}, pending a restart"
+            return {k: {"value": v, "source": sources.get(k, "")} for k, v in items.items()}
+        return items | {"generation": ops.reloader.generation, "pending_restart": pending}
     if action == "diff":
         return ops.reloader.diff()
     raise ValueError(f"unknown config action {action!r} (show, diff)")

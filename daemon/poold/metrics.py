@@ -76,7 +76,8 @@ class PooldCollector(Collector):
             if not any(c.state == state for c in rt.clients):
                 clients.add_metric([state], 0)
         yield clients
-        servers = GaugeMetricFamily("poold_server_connections", "Server connections poold holds", labels=["pool"])
+        servers = GaugeMetricFamily("poold_server_connections", "Server connections poold holds leased from "
+                                    "psycopg_pool (db_pool_size's total counts all)", labels=["pool"])
         for p in pools:
             servers.add_metric([p.name], p.leased)
         yield servers

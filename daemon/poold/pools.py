@@ -213,6 +213,7 @@ class Pool(PoolCore):
         self._stopped: PooldError | None = None  # why the last _stop_leasing stopped the getconn calls
         # Every connection psycopg made for this pool, while it lives: which of them still work.
         self._conns: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self._born: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()  # monotonic
         self.clients = 0
         self.last_error = ""
         self.pressure_since = 0.0  # monotonic start of the current pressure, 0 when none
@@ -301,7 +302,8 @@ class Pool(PoolCore):
     def unavailable(self) -> PooldError:
         b = self.breaker
         retry = b.retry_in(time.monotonic())
-        reason = f": {b.last_error.strip().splitlines()[-1]}" if b.last_error.strip() else ""
+        cause = backend.error_cause(b.last_error)
+        reason = f": {cause}" if cause else ""
         return PooldError(
             "57P03",
             f"database {self.db.name!r} is unavailable (circuit breaker open after {b.consecutive} failed "
@@ -455,10 +457,33 @@ class Pool(PoolCore):
             self.pressure_since = 0.0
             self._pressure_warned = False
 
+    def open_connections(self) -> list[AsyncConnection[Any]]:
+        """Every server connection of this pool that is open, wherever it is: leased by
+        poold, idle in psycopg_pool, or being checked by it (each connect ends in
+        ``_on_connect_result``, which keeps them)."""
+        return [conn for conn in list(self._conns) if not conn.closed]
+
+    def servers(self, now: float) -> list[dict[str, Any]]:
+        """``open_connections``, one row each: pid, age, and state: ``active`` (a client
+        holds it), ``idle`` (poold's free list), ``held`` (kept back until a cancel for
+        it is delivered) or ``pool`` (psycopg_pool's: idle there, or being checked)."""
+        leased = {link.conn: (link, state) for state, links in (("active", self.active), ("idle", self.free),
+                                                                 ("held", self._held)) for link in links}
+        rows = []
+        for conn in self.open_connections():
+            link, state = leased.get(conn, (None, "pool"))
+            rows.append({
+                "pool": self.name,
+                "pid": backend.backend_pid(conn),
+                "state": state,
+                "tx_status": link.status.decode() if link is not None else "I",
+                "client": getattr(link.owner, "key", ("",))[0] if link is not None else "",
+                "age": round(now - self._born.get(conn, now), 1),
+            })
+        return rows
+
     def snapshot(self) -> dict[str, Any]:
-        pg = self._pg.get_stats()
-        available = pg.get("pool_available", 0)
-        total = self.leased + available
+        total = len(self.open_connections())
         active = len(self.active)
         return {
             "pool": self.name,
@@ -596,6 +621,7 @@ class Pool(PoolCore):
         b = self.breaker
         if exc is None:
             self._conns.add(conn)  # type: ignore[arg-type]
+            self._born[conn] = now  # type: ignore[index]
             self.stats.connects_ok += 1
             if b.state(now) != CLOSED:
                 log.info("breaker_closed", pool=self.name)

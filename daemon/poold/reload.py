@@ -78,6 +78,28 @@ class Plan:
         }
 
 
+def config_sources(config: Config) -> dict[str, str]:
+    """Where each of ``config_items``' values came from: the environment variable and
+    the env file or environment that set it, the TOML file, or the default; a
+    database's pool key not set for it is inherited from [pool]'s."""
+    def source(key: str) -> str:
+        if key in config.overrides:
+            return config.overrides[key]
+        if key in config.file_keys:
+            return config.path
+        return "default"
+
+    sources = {}
+    for key in config_items(config):
+        if key.startswith("databases.") and key not in config.overrides and key not in config.file_keys:
+            pool_key = "pool." + key.rsplit(".", 1)[1]
+            inherited = source(pool_key)
+            sources[key] = "default" if inherited == "default" else f"{pool_key} ({inherited})"
+        else:
+            sources[key] = source(key)
+    return sources
+
+
 def diff_items(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     a, b = config_items(old), config_items(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
@@ -115,6 +137,8 @@ class Reloader:
         self.rt = rt
         self.environ = without_env_file_copies(environ, rt.config.env_file)
         self.generation = 1
+        #: what poold started with: keys that need a restart stay in force from it
+        self.started = rt.config
         self.generations: list[tuple[int, Config]] = [(1, rt.config)]
         self._lock = asyncio.Lock()
 

@@ -70,6 +70,7 @@ def test_breaker_fails_fast_and_recovers(poold_factory: Callable[..., Poold], ow
                 text = str(exc)
                 assert "57P03" in text or "unavailable" in text, text
                 assert "retries in" in text
+                assert "Connection refused" in text and "Is the server running" not in text, text  # the cause
             else:
                 raise AssertionError("query worked while the database was down")
             assert time.monotonic() - query_start < 0.1  # failed fast: 57P03 within 100 ms
