@@ -8,7 +8,7 @@ kinds, each reported as a ``Note``:
   ``listen.port``, ``default_pool_size`` -> ``pool.max_size``, ...);
 - ``changed``: carried, but poold's meaning differs in a way worth knowing
   (``query_timeout``: PgBouncer closes the connection, poold cancels the query);
-- ``unsupported``: PgBouncer has it and poold does not (``auth_query``, the
+- ``unsupported``: PgBouncer has it and poold does not (``auth_dbname``, the
   admin console's ``admin_users``, ``reserve_pool_size``...): nothing is
   written for it, so that poold never meets a key it would reject;
 - ``not-applicable``: nothing to carry (``logfile``, ``pidfile``, ``user``:
@@ -42,6 +42,8 @@ PGBOUNCER_DEFAULTS = {
     "unix_socket_mode": "0777",
     "listen_backlog": "128",
     "auth_type": "md5",
+    "auth_query": "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid "
+                  "WHERE rolname=$1 AND rolcanlogin",
     "pool_mode": "session",
     "default_pool_size": "20",
     "min_pool_size": "0",
@@ -67,12 +69,10 @@ _SERVER_TLS = "poold connects to PostgreSQL without TLS: the relay cannot carry 
 UNSUPPORTED: dict[str, str] = {
     "admin_users": _ADMIN,
     "stats_users": _ADMIN,
-    "auth_hba_file": "poold has no HBA rules: every client authenticates with auth.type against auth.file",
     "auth_ident_file": "poold has no ident maps",
     "auth_ldap_options": "poold has no LDAP authentication",
-    "auth_query": "poold authenticates against auth.file only; it cannot look passwords up in the database",
-    "auth_user": "poold authenticates against auth.file only (no auth_query)",
-    "auth_dbname": "poold authenticates against auth.file only (no auth_query)",
+    "auth_dbname": "poold runs auth.query in the client's own database (PgBouncer's default); "
+                   "there is no auth_dbname",
     "reserve_pool_size": "poold has no reserve pool; add it to max_size to have the headroom all the time",
     "reserve_pool_timeout": "poold has no reserve pool",
     "max_db_connections": "poold caps server connections per (database, user) pool only (max_size)",
@@ -115,7 +115,6 @@ UNSUPPORTED: dict[str, str] = {
     "dns_nxdomain_ttl": _DNS,
     "dns_zone_check_period": _DNS,
     "resolv_conf": _DNS,
-    "client_tls_ca_file": "poold does not ask clients for certificates",
     "client_tls_ciphers": _TLS_OPT,
     "client_tls13_ciphers": _TLS_OPT,
     "client_tls_protocols": _TLS_OPT,
@@ -150,8 +149,9 @@ NOT_APPLICABLE: dict[str, str] = {
 #: global keys the converter writes (or notes) itself
 CARRIED = frozenset({
     "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "listen_backlog", "auth_type",
-    "auth_file", "max_client_conn", "client_login_timeout", "max_packet_size", "client_tls_sslmode",
-    "client_tls_key_file", "client_tls_cert_file", "verbose", "pool_mode", "default_pool_size",
+    "auth_file", "auth_hba_file", "auth_user", "auth_query", "max_client_conn", "client_login_timeout",
+    "max_packet_size", "client_tls_sslmode", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
+    "verbose", "pool_mode", "default_pool_size",
     "min_pool_size", "server_lifetime", "server_idle_timeout", "query_timeout", "query_wait_timeout",
     "server_connect_timeout", "server_tls_sslmode", "ignore_startup_parameters", "track_extra_parameters",
     "max_prepared_statements", "server_reset_query",
@@ -167,6 +167,10 @@ _DB_UNSUPPORTED = {
     "connect_query": "poold runs no query when it connects",
     "load_balance_hosts": "poold gives libpq the host list in order (no load balancing)",
     "reserve_pool": "poold has no reserve pool; add it to max_size to have the headroom all the time",
+    "auth_user": "poold has one auth_user for every database ([auth] user, from the global auth_user); "
+                 "a database's own is not carried",
+    "auth_query": "poold has one auth_query for every database ([auth] query, from the global auth_query); "
+                  "a database's own is not carried",
 }
 
 
@@ -311,6 +315,7 @@ def _listen(w: _Writer, settings: dict[str, str], get: Get) -> None:
 
 def _auth(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], str]) -> None:
     auth_type = get("auth_type").lower()
+    hba_file = settings.get("auth_hba_file", "")
     if auth_type in ("trust", "md5", "scram-sha-256"):
         w.set("auth", "type", auth_type, "auth_type")
         if auth_type == "trust":
@@ -320,12 +325,40 @@ def _auth(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], 
         w.set("auth", "type", "trust", "auth_type = any")
         w.note("auth_type", "changed", "'any' became trust: no password, and the client's own user name "
                "is kept (PgBouncer's any forgets it)")
+    elif auth_type == "hba":
+        if not hba_file:
+            # PgBouncer starts, but with no rules it refuses every login.
+            raise IniError("auth_type = hba needs auth_hba_file: without it PgBouncer refuses every login")
+        w.set("auth", "type", "hba", "auth_type")
+        w.set("auth", "hba_file", path(hba_file), "auth_hba_file (pg_hba.conf format)")
+        w.note("auth_hba_file", "changed", "poold reads the same pg_hba.conf format but refuses at load what it "
+               "cannot honour (peer, ldap, pam, map= and other options, +group, samerole, host names, "
+               "samehost/samenet): poold --check-config names each such line")
     else:
         w.set("auth", "type", "scram-sha-256", f"auth_type = {auth_type} is not supported")
         w.note("auth_type", "unsupported", f"poold has no {auth_type!r} authentication; wrote scram-sha-256 "
                "against auth.file (plain or SCRAM secrets; md5 hashes get md5)")
+    if auth_type != "hba" and "auth_hba_file" in settings:
+        w.note("auth_hba_file", "not-applicable", f"auth_type = {auth_type}: PgBouncer does not read it either")
     # PgBouncer without auth_file has no user list; poold's default would look for userlist.txt.
     w.set("auth", "file", path(settings.get("auth_file", "")), "auth_file (PgBouncer's userlist.txt format)")
+    _auth_query(w, settings, get)
+
+
+def _auth_query(w: _Writer, settings: dict[str, str], get: Get) -> None:
+    """The global auth_user and auth_query: users auth_file lacks, looked up in the client's database."""
+    user = settings.get("auth_user", "")
+    if not user:
+        if "auth_query" in settings:
+            w.note("auth_query", "not-applicable", "no global auth_user: PgBouncer runs it only for databases "
+                   "with their own auth_user, which poold does not carry")
+        return
+    query = get("auth_query")
+    if "$1" not in query:
+        raise IniError("auth_query: must take the user name as $1")
+    w.set("auth", "user", user, "auth_user (its password: auth.file's plain one, or the DSN's naming it)")
+    w.set("auth", "query", query, "auth_query" + ("" if "auth_query" in settings else " (PgBouncer's default)"))
+    w.set("auth", "query_ttl", 0.0, "auth_query: PgBouncer asks at every login")
 
 
 def _clients(w: _Writer, settings: dict[str, str], get: Get) -> None:
@@ -347,7 +380,7 @@ def _tls(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], s
     if mode == "disable":
         if "client_tls_sslmode" in settings:
             w.note("client_tls_sslmode", "carried", "disable: no [tls] table, poold answers SSLRequest with 'N'")
-        for k in ("client_tls_cert_file", "client_tls_key_file"):
+        for k in ("client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file"):
             if k in settings:
                 w.note(k, "not-applicable", "client_tls_sslmode = disable: PgBouncer does not use it either")
     elif not (cert and key):
@@ -356,9 +389,13 @@ def _tls(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], s
         w.set("tls", "cert_file", path(cert), "client_tls_cert_file")
         w.set("tls", "key_file", path(key), "client_tls_key_file")
         w.set("tls", "require", mode in ("require", "verify-ca", "verify-full"), f"client_tls_sslmode = {mode}")
+        ca = settings.get("client_tls_ca_file", "")
+        if ca:
+            w.set("tls", "ca_file", path(ca), "client_tls_ca_file (client certificates: asked for, verified "
+                  "when given)")
         if mode in ("verify-ca", "verify-full"):
-            w.note("client_tls_sslmode", "changed", f"{mode} became require: poold does not verify client "
-                   "certificates")
+            w.note("client_tls_sslmode", "changed", f"{mode} became require: poold verifies a client certificate "
+                   "against tls.ca_file when one is given, but requires one only where an hba cert rule does")
     server_mode = settings.get("server_tls_sslmode", "").lower()
     if server_mode in ("require", "verify-ca", "verify-full"):
         w.note("server_tls_sslmode", "unsupported", f"{server_mode}: {_SERVER_TLS}; the converted file "

@@ -62,6 +62,11 @@ def certs(tmp_path: Path) -> Path:
     return tmp_path
 
 
+#: PgBouncer 1.25.2's auth_query when the ini sets auth_user alone (src/main.c)
+PGBOUNCER_AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+                        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin")
+
+
 def test_every_pgbouncer_setting_has_a_fate() -> None:
     known = CARRIED | set(UNSUPPORTED) | set(NOT_APPLICABLE)
     assert sorted(set(PGBOUNCER_KEYS) - known) == []
@@ -103,9 +108,13 @@ def test_sample_with_every_example_enabled_accounts_for_every_key(tmp_path: Path
     assert settings - written - noted == set()
     got = notes(result)
     # the ones people ask about, each with its reason
-    for key in ("auth_query", "auth_hba_file", "admin_users", "stats_users", "reserve_pool_size",
+    for key in ("auth_dbname", "admin_users", "stats_users", "reserve_pool_size",
                 "max_db_connections", "client_idle_timeout", "idle_transaction_timeout", "server_check_query"):
         assert got[key] == ("unsupported", UNSUPPORTED[key])
+    # auth_type = md5: no hba file read; auth_query without a global auth_user: only foodb's would use it
+    assert got["auth_hba_file"][0] == got["auth_query"][0] == "not-applicable"
+    assert config.auth.user == "" and config.auth.hba_file == ""
+    assert got["client_tls_ca_file"][0] == "not-applicable"  # client_tls_sslmode = disable
     assert got["users.user1"][0] == "unsupported"
     assert got["databases.nondefaultdb.reserve_pool_size"][0] == "unsupported"
     assert got["databases.forcedb.connect_query"][0] == "unsupported"
@@ -149,10 +158,12 @@ def test_e2e_config_carries_each_setting(certs: Path) -> None:
     assert config.database("other") is not None and config.database("other").conninfo["dbname"] == "other"  # type: ignore[union-attr]
     got = notes(result)
     assert {k for k, (kind, _) in got.items() if kind == "unsupported"} == {
-        "auth_hba_file", "auth_user", "auth_query", "admin_users", "stats_users", "reserve_pool_size",
-        "max_prepared_statements", "client_tls_ciphers"}
+        "admin_users", "stats_users", "reserve_pool_size", "max_prepared_statements", "client_tls_ciphers"}
     assert {k for k, (kind, _) in got.items() if kind == "changed"} == {"query_timeout"}
-    assert {k for k, (kind, _) in got.items() if kind == "not-applicable"} == {"logfile", "pidfile"}
+    assert {k for k, (kind, _) in got.items() if kind == "not-applicable"} == {"logfile", "pidfile", "auth_hba_file"}
+    # auth_user and auth_query: users userlist.txt lacks are looked up, at every login as PgBouncer does
+    assert (config.auth.user, config.auth.query) == ("app", "SELECT usename, passwd FROM pg_shadow WHERE usename=$1")
+    assert config.auth.query_ttl == 0
     assert "named prepared statements" in got["max_prepared_statements"][1]
 
 
@@ -165,7 +176,14 @@ def test_e2e_config_carries_each_setting(certs: Path) -> None:
     ("verbose = 2", "daemon.log_level", "debug"),
     ("pool_mode = statement", "pool.mode", "transaction"),
     ("auth_type = any", "auth.type", "trust"),
-    ("auth_type = hba", "auth.type", "scram-sha-256"),
+    ("auth_type = hba\nauth_hba_file = /etc/pgbouncer/hba.conf", "auth.type", "hba"),
+    ("auth_type = hba\nauth_hba_file = /etc/pgbouncer/hba.conf", "auth.hba_file", "/etc/pgbouncer/hba.conf"),
+    ("auth_type = cert", "auth.type", "scram-sha-256"),
+    ("auth_user = pgbouncer", "auth.user", "pgbouncer"),
+    ("auth_user = pgbouncer", "auth.query", PGBOUNCER_AUTH_QUERY),
+    ("auth_user = pgbouncer\nauth_query = SELECT * FROM lookup($1)", "auth.query", "SELECT * FROM lookup($1)"),
+    ("auth_user = pgbouncer", "auth.query_ttl", 0.0),
+    ("auth_query = SELECT * FROM lookup($1)", "auth.query", None),
     ("default_pool_size = 2\nmin_pool_size = 5", "pool.min_size", 2),
     ("server_lifetime = 0", "pool.max_lifetime", None),
 ])
@@ -173,6 +191,56 @@ def test_single_settings(ini: str, key: str, expected: object) -> None:
     result = convert(f"[pgbouncer]\nlisten_addr = 127.0.0.1\n{ini}\n")
     table, name = key.split(".")
     assert tomllib.loads(result.toml).get(table, {}).get(name) == expected
+
+
+def test_hba_file_is_carried_and_read_by_check_config(tmp_path: Path) -> None:
+    (tmp_path / "userlist.txt").write_text('"app" "secret"\n')
+    (tmp_path / "hba.conf").write_text("local all all trust\nhost app app 127.0.0.1/32 scram-sha-256\n")
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text("[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_type = hba\nauth_hba_file = hba.conf\n"
+                   "auth_file = userlist.txt\n")
+    result = convert(ini.read_text(), str(tmp_path))
+    config = check(result, tmp_path)
+    assert (config.auth.type, config.auth.hba_file) == ("hba", str(tmp_path / "hba.conf"))
+    assert notes(result)["auth_hba_file"][0] == "changed"  # what poold refuses in it is named at load
+    out = tmp_path / "poold.toml"
+    checked = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(out)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    # PgBouncer's peer method is not poold's: --check-config names the line, as the note says
+    (tmp_path / "hba.conf").write_text("local all all peer\n")
+    checked = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(out)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode != 0 and "hba.conf" in checked.stderr and "peer" in checked.stderr
+
+
+def test_hba_without_a_file_is_refused() -> None:
+    # PgBouncer starts, and refuses every login: no poold configuration means that.
+    with pytest.raises(IniError, match="auth_hba_file"):
+        convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_type = hba\n")
+
+
+def test_auth_query_must_take_the_user_name() -> None:
+    with pytest.raises(IniError, match=r"\$1"):
+        convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_user = a\nauth_query = SELECT 'x', 'y'\n")
+
+
+def test_a_databases_own_auth_user_and_query_are_reported() -> None:
+    result = convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_user = a\n[databases]\n"
+                     "x = host=db auth_user=b auth_query='SELECT u, p FROM f($1)' auth_dbname=y\n")
+    got = notes(result)
+    assert [got[f"databases.x.{k}"][0] for k in ("auth_user", "auth_query", "auth_dbname")] == ["unsupported"] * 3
+    assert tomllib.loads(result.toml)["auth"]["user"] == "a"
+
+
+def test_client_ca_file_is_carried_with_tls(certs: Path, tmp_path: Path) -> None:
+    (certs / "ca.pem").write_text((certs / "server.crt").read_text())
+    result = convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nclient_tls_sslmode = verify-full\n"
+                     "client_tls_cert_file = server.crt\nclient_tls_key_file = server.key\n"
+                     "client_tls_ca_file = ca.pem\n", str(certs))
+    config = check(result, tmp_path)
+    assert (config.tls.ca_file, config.tls.require) == (str(certs / "ca.pem"), True)
+    assert notes(result)["client_tls_sslmode"][0] == "changed"  # a certificate is not required
 
 
 def test_trust_is_reported_as_more_permissive() -> None:
@@ -220,7 +288,8 @@ def test_cli_writes_the_file_and_prints_what_it_could_not_carry(certs: Path) -> 
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""
-    assert "auth_query: unsupported: poold authenticates against auth.file only" in run.stderr
+    assert "auth_hba_file: not-applicable: auth_type = scram-sha-256" in run.stderr
+    assert "auth_query" not in run.stderr and "auth_user" not in run.stderr  # carried
     assert "max_prepared_statements: unsupported" in run.stderr
     checked = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(out)],
                              capture_output=True, text=True, timeout=60)
