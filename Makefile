@@ -87,7 +87,7 @@ $(SAN_VENV)/.installed: $(SOURCES)
 
 test-sanitize: $(SAN_VENV)/.installed
 	$(SAN_BIN)/python scripts/pgcluster.py
-	$(SAN_ENV) $(SAN_BIN)/python -m pytest -p no:cacheprovider tests/unit tests/e2e
+	$(SAN_ENV) $(SAN_BIN)/python -m pytest -p no:cacheprovider -m "not rss" tests/unit tests/e2e
 
 clean:
 	rm -rf $(VENV) $(SAN_VENV) build *.egg-info daemon/*.egg-info ctl/*.egg-info

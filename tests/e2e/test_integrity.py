@@ -141,6 +141,7 @@ def _vm(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
+@pytest.mark.rss
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_large_request_streams_in_bounded_memory(poold_factory: Callable[..., Poold], core: dict[str, str],
                                                  mode: str) -> None:
@@ -187,6 +188,7 @@ def test_large_request_and_others_keep_going(poold_factory: Callable[..., Poold]
     assert small > 0
 
 
+@pytest.mark.rss
 def test_large_request_waiting_for_a_server_is_not_held_whole(poold_factory: Callable[..., Poold],
                                                               core: dict[str, str]) -> None:
     """A client that must wait for a server connection is read only as far as a few chunks:
