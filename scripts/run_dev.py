@@ -2,7 +2,9 @@
 
 Creates role and database "app" (password "app"), writes a configuration into a
 temporary directory, starts poold on 127.0.0.1:$POOLD_PORT (6432) and a Unix
-socket in that directory, and prints how to connect. Ctrl-C stops poold (which
+socket in that directory, and prints how to connect and the variables the
+documentation's runnable examples use (PGPORT, POOLD_HTTP_PORT, POOLD_DIR,
+POOLCTL_SOCKET). Ctrl-C stops poold (which
 closes its server connections) and then PostgreSQL, and removes the directory.
 """
 
@@ -65,6 +67,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     pgcluster.ensure_binaries()
     port = int(os.environ.get("POOLD_PORT", "6432"))
+    http_port = int(os.environ.get("POOLD_HTTP_PORT", "9127"))
     work = Path(tempfile.mkdtemp(prefix="poold-run-"))
     os.chmod(work, 0o755)
     cluster = pgcluster.Cluster(base=str(work / "pg"))
@@ -85,7 +88,7 @@ unix_socket_dir = "{work}"
 socket = "{work}/control.sock"
 
 [http]
-port = {os.environ.get("POOLD_HTTP_PORT", "9127")}
+port = {http_port}
 
 [auth]
 type = "scram-sha-256"
@@ -112,7 +115,11 @@ poold is running in transaction mode in front of a throwaway PostgreSQL.
   postgresql://app:app@127.0.0.1:{port}/app
 
   {poolctl} --socket {work}/control.sock pools
-  curl http://127.0.0.1:{os.environ.get("POOLD_HTTP_PORT", "9127")}/metrics
+  curl http://127.0.0.1:{http_port}/metrics
+
+The documentation's runnable examples use these (with .venv/bin on PATH):
+
+  export PGPORT={port} POOLD_HTTP_PORT={http_port} POOLD_DIR={work} POOLCTL_SOCKET={work}/control.sock
 
 Configuration: {work / 'poold.toml'}    Ctrl-C stops both.
 """

@@ -20,7 +20,7 @@
  * have one implementation.
  *
  * Why native, with numbers (bench/cpu_split.py, select-only, the same run as
- * PgBouncer; README, Performance): with these steps in Python poold spent
+ * PgBouncer; docs/performance.md): with these steps in Python poold spent
  * 6.2 us of user CPU per transaction at -c 16 and 7.0 us at -c 200, against
  * PgBouncer's 1.4-2.7 us and a 1:1 Python proxy's 2.3-4.3 us; here 3.4-4.0 us
  * at -c 16. In isolation the steps cost 2.46 us per transaction in Python,
@@ -1096,7 +1096,7 @@ Client_on_server(ClientCore *self, PyObject *link)
  * have sent: the same answer, the same error. This code never refuses a
  * client.
  *
- * Why native, with numbers (bench/login_cost.py, README, Performance): the
+ * Why native, with numbers (bench/login_cost.py, docs/performance.md): the
  * Python login's own work was 60-90 us of CPU per login, and a whole login
  * through poold 1.62-1.92 times PgBouncer's; with this, 1.36-1.48 times.
  */

@@ -18,7 +18,7 @@
  * socket is closed, as asyncio does. TLS is the event loop's: sockio.start_tls
  * hands the socket over (detach). Unix sockets of clients stay with the event loop.
  *
- * Why native, with numbers (README, Performance, the login): with pgbench -C a new
+ * Why native, with numbers (docs/performance.md, the login): with pgbench -C a new
  * connection per transaction cost poold 1.29-1.34 times PgBouncer's CPU, and an
  * event loop server doing nothing but a canned login already spent 65-68 us of user
  * CPU per connection (its transport, handles, call_soon callbacks, a weak reference

@@ -5,7 +5,7 @@ and runs TLS on the client connection (TLS 1.2 or newer). ``require = true``
 refuses clients that do not ask for TLS (FATAL 28000), as ``hostssl`` does.
 With ``ca_file`` set, a client may present a certificate, verified against it
 (a client without one still gets in); the hba file's ``cert`` method requires one.
-The server leg stays plain (see README: "no TLS on the server leg").
+The server leg stays plain (see docs/behaviour.md: "no TLS on the server leg").
 """
 
 from __future__ import annotations
