@@ -33,7 +33,7 @@
  *
  * ClientCore also reads the common login (client_login, below: a startup
  * packet and SCRAM against known keys), and hands every other login to the
- * Python one (client.py, _login_steps) by replaying the client's bytes there.
+ * Python one (login.py, _login_steps) by replaying the client's bytes there.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -1076,7 +1076,7 @@ Client_on_server(ClientCore *self, PyObject *link)
 }
 
 /* ------------------------------------------------------------------------ */
-/* The login, in C, for the common case: client.py's _login_steps            */
+/* The login, in C, for the common case: login.py's _login_steps             */
 /*
  * A StartupMessage (after one SSLRequest or GSSENCRequest answered 'N' where
  * no TLS is configured), then SCRAM-SHA-256 against keys already known (a

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from poold import auth
 from poold import client as client_module
+from poold import login as login_module
 from poold.auth import Secret, md5_secret
 from poold.client import ClientSession
 from poold.config import build_config
@@ -423,11 +424,11 @@ def test_the_kept_plans_are_bounded() -> None:
     rt = runtime()
     session = ClientSession(rt)
     session.connection_made(Transport())  # type: ignore[arg-type]
-    for i in range(client_module._LOGIN_PLANS_KEPT + 10):
+    for i in range(login_module._LOGIN_PLANS_KEPT + 10):
         assert session._native_login_plan(payload(user=f"nobody{i}", database="app")) is not None
-    assert len(rt.login_plans) == client_module._LOGIN_PLANS_KEPT
+    assert len(rt.login_plans) == login_module._LOGIN_PLANS_KEPT
     assert payload(user="nobody0", database="app") not in rt.login_plans  # the oldest went first
-    assert payload(user=f"nobody{client_module._LOGIN_PLANS_KEPT + 9}", database="app") in rt.login_plans
+    assert payload(user=f"nobody{login_module._LOGIN_PLANS_KEPT + 9}", database="app") in rt.login_plans
 
 
 def test_logins_after_the_first_run_on_the_kept_plan() -> None:
