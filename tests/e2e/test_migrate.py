@@ -51,7 +51,7 @@ def pgbouncer_binary() -> Path:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, pg: pgcluster.Cluster) -> Path:
+def workdir(tmp_path: Path, pg: pgcluster.Cluster, pgbouncer_binary: Path) -> Path:
     """The PgBouncer directory: its ini, auth file, HBA file, certificate; readable by its OS user."""
     d = tmp_path / "pgbouncer"
     d.mkdir()
@@ -60,8 +60,10 @@ def workdir(tmp_path: Path, pg: pgcluster.Cluster) -> Path:
     cert.private_key_pem.write_to_path(str(d / "server.key"))
     (d / "userlist.txt").write_text(f'"app" "{APP_PASSWORD}"\n')
     (d / "hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
-    (d / "pgbouncer.ini").write_text(FIXTURE.read_text().format(
-        pg_port=pg.port, port=pgcluster.free_port(), dir=d, password=APP_PASSWORD))
+    ini = FIXTURE.read_text().format(pg_port=pg.port, port=pgcluster.free_port(), dir=d, password=APP_PASSWORD)
+    if pgbouncer_ref.version(pgbouncer_binary) < (1, 21):  # the distribution's, where the reference is absent
+        ini = re.sub(r"(?m)^max_prepared_statements = .*\n", "", ini)  # a 1.21 key that 1.18 refuses
+    (d / "pgbouncer.ini").write_text(ini)
     (d / "bench.sql").write_text(SCRIPT)
     os.chmod(tmp_path, 0o755)
     if pg.os_user:
@@ -173,11 +175,16 @@ def test_pgbench_through_pgbouncer_then_poold_on_the_converted_file(
 def test_the_release_sample_converts_and_passes_check_config(tmp_path: Path) -> None:
     """PgBouncer 1.25.2's etc/pgbouncer.ini, taken from the release tarball itself (the unit
     tests' copy must be the same file), through the command line."""
-    with tarfile.open(pgbouncer_ref.reference_dir() / pgbouncer_ref.TARBALL) as tar:
-        member = tar.extractfile("pgbouncer-1.25.2/etc/pgbouncer.ini")
-        assert member is not None
-        sample = member.read().decode()
-    assert sample == (ROOT / "tests" / "fixtures" / "pgbouncer" / "sample-1.25.2.ini").read_text()
+    sample = (ROOT / "tests" / "fixtures" / "pgbouncer" / "sample-1.25.2.ini").read_text()
+    try:
+        tarball = pgbouncer_ref.reference_dir() / pgbouncer_ref.TARBALL
+    except pgbouncer_ref.PgBouncerMissing:
+        tarball = None  # a machine without the reference: the copy in the tree is the sample
+    if tarball is not None:
+        with tarfile.open(tarball) as tar:
+            member = tar.extractfile("pgbouncer-1.25.2/etc/pgbouncer.ini")
+            assert member is not None
+            assert member.read().decode() == sample
     ini, out = tmp_path / "pgbouncer.ini", tmp_path / "poold.toml"
     ini.write_text(sample)
     migrate = subprocess.run([sys.executable, "-m", "poold", "migrate", str(ini), "-o", str(out)],
