@@ -1398,6 +1398,8 @@ client_register(ClientCore *self, char *out)
         }
         p = (uint32_t)PyLong_AsUnsignedLongMask(next) & 0x7FFFFFFF;
         Py_DECREF(next);
+        if (p == 0)
+            continue;
         if (PyList_GET_SIZE(secrets) == 0) {
             PyObject *r = PyObject_CallMethodNoArgs(self->rt, s_draw_secrets);
             if (r == NULL)
@@ -1412,8 +1414,6 @@ client_register(ClientCore *self, char *out)
         secret = (uint32_t)PyLong_AsUnsignedLongMask(PyList_GET_ITEM(secrets, last)) & 0x7FFFFFFF;
         if (PyErr_Occurred() || PyList_SetSlice(secrets, last, last + 1, NULL) < 0)
             goto done;
-        if (p == 0)
-            continue;
         Py_XSETREF(key, Py_BuildValue("(kk)", (unsigned long)p, (unsigned long)secret));
         if (key == NULL)
             goto done;

@@ -257,7 +257,7 @@ class App:
 
     def _status_text(self) -> str:
         rt = self.runtime
-        servers = sum(len(p.open_connections()) for p in rt.pools.pools.values())
+        servers = rt.pools.server_connections()
         state = "draining" if rt.draining else "serving"
         text = (f"STATUS={state}: {len(rt.clients)} clients, {servers} server connections, "
                 f"{len(rt.pools.pools)} pools, generation {self.reloader.generation}")

@@ -425,10 +425,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         spelt, gets PostgreSQL's 55006 (after its 5 s), and on_server_in_use closes
         them then, so that the client's next try goes through."""
         name = messages.database_command(data)
-        if name is not None and self.pool is not None:
-            closed = self.rt.pools.close_idle(name, self.pool)
-            if closed:
-                log.info("idle_server_connections_closed", peer=self.peer, database=name, closed=closed)
+        if name is not None:
+            self._close_idle_to(name)
 
     def on_server_in_use(self, fields: dict[str, str]) -> None:
         """55006: a DROP DATABASE (or CREATE DATABASE ... TEMPLATE) that
@@ -436,12 +434,14 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         perhaps by poold's own idle server connections. The client gets the error
         (a request is never sent twice); those connections are closed, so that its
         next try meets only what a direct client would."""
-        found = _DATABASE_IN_USE.search(fields.get("M", "")) if fields.get("C") == "55006" else None
-        if found is None or self.pool is None:
-            return
-        closed = self.rt.pools.close_idle(found.group(1), self.pool)
-        if closed:
-            log.info("idle_server_connections_closed", peer=self.peer, database=found.group(1), closed=closed)
+        found = _DATABASE_IN_USE.search(fields.get("M", ""))
+        if found is not None:
+            self._close_idle_to(found.group(1))
+
+    def _close_idle_to(self, database: str) -> None:
+        """Close poold's idle server connections to ``database`` (on this pool's server)."""
+        if self.pool is not None and (closed := self.rt.pools.close_idle(database, self.pool)):
+            log.info("idle_server_connections_closed", peer=self.peer, database=database, closed=closed)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._self_paused:

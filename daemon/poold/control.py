@@ -61,7 +61,7 @@ async def _status(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
         "generation": ops.reloader.generation,
         "clients": len(rt.clients),
         "pools": len(rt.pools.pools),
-        "server_connections": sum(len(p.open_connections()) for p in rt.pools.pools.values()),
+        "server_connections": rt.pools.server_connections(),
         "draining": rt.draining,
     }
 

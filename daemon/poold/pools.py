@@ -409,7 +409,7 @@ class Pool(PoolCore):
         idle_timeout; cancel queries past query_timeout; report pressure."""
         self._watch_pressure(now)
         hold = self.hold_time
-        excess = self._pg.get_stats().get("pool_size", 0) - self.settings.min_size if self.free else 0
+        excess = len(self.open_connections()) - self.settings.min_size if self.free else 0
         while self.free and now - self.free[0].idle_since > hold:  # oldest first
             if excess <= 0:
                 self._give_back(self.free.pop(0))
@@ -852,6 +852,10 @@ class PoolRegistry:
         if not name:
             return list(self.pools.values())
         return [p for p in self.pools.values() if name in (p.name, p.db.name)]
+
+    def server_connections(self) -> int:
+        """Open server connections of every pool (Pool.open_connections)."""
+        return sum(len(p.open_connections()) for p in self.pools.values())
 
     def maintain(self, now: float) -> None:
         for pool in list(self.pools.values()) + self.retiring:

@@ -39,8 +39,6 @@ log = structlog.get_logger("poold.relay")
 _Z = messages.READY_FOR_QUERY
 _S = messages.PARAMETER_STATUS
 _E = messages.ERROR_RESPONSE
-#: SQLSTATE 55006 object_in_use, as it appears in an ErrorResponse body
-_IN_USE = b"C55006\0"
 
 #: settings a client gets back at every hand-off, as PgBouncer's varcache does
 TRACKED_PARAMETERS = frozenset(
@@ -254,9 +252,6 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if owner is None:
             self._idle_frames(frames)
             return
-        for t, _start, _end, body in frames:
-            if t == _E and body is not None and _IN_USE in body:
-                owner.on_server_in_use(messages.parse_error_fields(body))
         if data:
             owner.on_server_data(data)
             self.stats.bytes_out += len(data)
@@ -278,9 +273,12 @@ class ServerLink(ServerCore, asyncio.Protocol):
             self._track(name, value, owner)
         elif t == _E and body is not None:
             fields = messages.parse_error_fields(body)
-            self.stats.server_errors[fields.get("C", "XX000")] += 1
+            sqlstate = fields.get("C", "XX000")
+            self.stats.server_errors[sqlstate] += 1
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                 self.told = True
+            elif sqlstate == "55006":  # object in use: perhaps by poold's own idle connections
+                owner.on_server_in_use(fields)
 
     def _track(self, name: str, value: str, owner: ServerOwner | None) -> None:
         canon = canonical_parameter(name)
