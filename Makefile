@@ -23,6 +23,7 @@ run: venv
 test: venv
 	$(BIN)/python scripts/pgcluster.py
 	$(BIN)/python scripts/pgbouncer_ref.py
+	$(BIN)/python scripts/node_pg.py
 	$(BIN)/python -m pytest tests
 
 unit: venv
