@@ -10,8 +10,10 @@ rounds (poold, PgBouncer, direct, the order rotated each round so that no
 target always runs in the same place, e.g. always right after direct's heavier
 load; 5 rounds, --rounds to change), runs pgbench -n:
 
-  select-only (-S) and TPC-B-like, each at -c 16 and -c 200, -M simple and
-  -M extended; and select-only -C (a new connection, with SCRAM, per
+  select-only (-S) and TPC-B-like, each at -c 16 and -c 200, -M simple,
+  -M extended and -M prepared (named statements carried across server
+  connections: PgBouncer 1.21+ with max_prepared_statements, or the row has no
+  PgBouncer figure); and select-only -C (a new connection, with SCRAM, per
   transaction), once for a user whose SCRAM verifier is in the auth files and
   once ("-C plain") for one whose plain-text password is, so that the pooler
   derives the SCRAM keys itself;
@@ -91,7 +93,7 @@ def workloads() -> list[Workload]:
     out = []
     for script, flag in (("select-only", ["-S"]), ("tpcb", [])):
         for clients in (16, 200):
-            for mode in ("simple", "extended"):
+            for mode in ("simple", "extended", "prepared"):
                 out.append(Workload(f"{script} c{clients} {mode}", [*flag, "-M", mode, "-c", str(clients)], clients))
     out.append(Workload("select-only c16 -C", ["-S", "-C", "-c", "16"], 16))
     out.append(Workload("select-only c16 -C plain", ["-S", "-C", "-c", "16"], 16, PLAIN_USER))
@@ -159,6 +161,19 @@ def pgbouncer_version() -> str:
     """``pgbouncer --version``'s first line, e.g. "PgBouncer 1.25.2"."""
     out = subprocess.run([ensure_pgbouncer(), "--version"], capture_output=True, text=True).stdout
     return out.splitlines()[0] if out else "PgBouncer (unknown version)"
+
+
+def pgbouncer_prepares() -> bool:
+    """Whether this PgBouncer carries named prepared statements (1.21 and newer)."""
+    found = re.search(r"(\d+)\.(\d+)", pgbouncer_version())
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= (1, 21)
+
+
+def targets_for(w: Workload) -> tuple[str, ...]:
+    """Who runs a workload: ``-M prepared`` breaks a PgBouncer older than 1.21."""
+    if "-M" in w.args and w.args[w.args.index("-M") + 1] == "prepared" and not pgbouncer_prepares():
+        return tuple(t for t in TARGETS if t != "pgbouncer")
+    return TARGETS
 
 
 def raise_nofile() -> None:
@@ -263,6 +278,7 @@ max_client_conn = 12000
 logfile = {bdir}/pgbouncer.log
 log_connections = 0
 log_disconnections = 0
+{"max_prepared_statements = 200" if pgbouncer_prepares() else ""}
 """)
         if pg.os_user:
             for p in [bdir, *bdir.iterdir()]:
@@ -588,7 +604,7 @@ def main() -> int:
             rig.start_poolers()
             for r in range(rounds):
                 for w in workloads():
-                    for target in round_order(r):
+                    for target in round_order(r, targets_for(w)):
                         s = run_pgbench(rig, target, w, seconds, logdir)
                         res.runs.setdefault(w.name, {}).setdefault(target, []).append(s.__dict__)
                         print(f"round {r + 1}/{rounds} {w.name:<24} {target:<10} tps={s.tps:>9.0f} "
