@@ -109,7 +109,6 @@ class App:
         log.info("shutting_down", clients=len(rt.clients))
         await self.drain()
         await self._wait_clients(rt.config.daemon.shutdown_timeout)
-        self.console.close()
         control.close()
         if http is not None:
             await http.cleanup()
@@ -222,6 +221,7 @@ class App:
             await asyncio.sleep(0.02)
         for client in list(clients):
             client.terminate_now("57P01", "terminating connection: poold shutdown_timeout reached")
+        self.console.close()  # the admin console's sessions watched until now; they linger too
         # Each connection lingers until its client has read the error and closed, or
         # sockio.LINGER has passed: exiting sooner would reset it.
         lingering = self.runtime.lingering

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,10 @@ def test_numbers_agree_with_poolctl_over_tcp_and_the_unix_socket(admin_poold: Po
             assert row["pool_mode"] == ctl["mode"] == "transaction"
             assert sorted(int(r["remote_pid"]) for r in servers) == sorted(r["pid"] for r in ctl_servers)
             assert len(servers) == ctl["total"] == status["server_connections"]
+            ages = {r["pid"]: r["age"] for r in ctl_servers}  # connect_time is whole seconds, local time
+            for r in servers:
+                connected = time.mktime(time.strptime(r["connect_time"][:19], "%Y-%m-%d %H:%M:%S"))
+                assert abs(time.time() - connected - ages[int(r["remote_pid"])]) < 3, (r, ages)
             assert sorted(r["state"] for r in servers if r["state"] == "active") == ["active"]
             assert busy_pid in {int(r["remote_pid"]) for r in servers if r["state"] == "active"}
             app_clients = [r for r in clients if r["database"] == "app"]
