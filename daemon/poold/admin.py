@@ -8,7 +8,8 @@ auth file, hba rules, login_timeout), and is then handed over (``Console.enter``
 to a ``ConsoleSession``: a protocol of its own on the same transport, which
 leases no server connection. Only ``auth.admin_users`` may run every command and
 ``auth.stats_users`` the SHOW commands; anyone else is refused at login, as
-PgBouncer does.
+PgBouncer does. As in PgBouncer, the user ``pgbouncer`` connecting over the Unix
+socket from poold's own OS user is an admin without a password.
 
 The console speaks the simple query protocol only, as PgBouncer's does; a
 command is a word and an optional argument, in any case, with an optional ``;``.
@@ -32,7 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +61,8 @@ log = structlog.get_logger("poold.admin")
 
 #: the database names that reach the console
 CONSOLE_DATABASES = frozenset({"pgbouncer", "poold"})
+#: the user that is an admin without a password over the Unix socket from poold's own OS user
+ADMIN_USER = "pgbouncer"
 #: seconds between the samples SHOW STATS' averages are computed against (PgBouncer's stats_period)
 STATS_PERIOD = 60.0
 #: the largest query the console reads (its commands are a few words)
@@ -90,7 +96,7 @@ def _unquote(word: str | None) -> str:
         return ""
     if word.startswith('"'):
         return word[1:-1].replace('""', '"')
-    return word.lower()
+    return word  # as typed: a database name keeps its case, as in PgBouncer
 
 
 class Console:
@@ -117,11 +123,27 @@ class Console:
             return "stats"
         return None
 
+    def own_user(self, client: ClientSession) -> bool:
+        """PgBouncer's rule: the user ``pgbouncer`` over the Unix socket from poold's own
+        OS user (SO_PEERCRED) is an admin, without a password."""
+        if client.user != ADMIN_USER or client.transport is None:
+            return False
+        sock = client.transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            return False
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return bool(struct.unpack("3i", creds)[1] == os.getuid())
+
+    def auth_method(self, client: ClientSession) -> str:
+        """How a client of a console database authenticates: as any client does (the
+        auth type, or the hba rules for its database), but see ``own_user``."""
+        return "trust" if self.own_user(client) else client._auth_method()
+
     def enter(self, client: ClientSession, startup: messages.StartupMessage, authenticated: bytes) -> None:
         """A client of a console database has authenticated: welcome it, and hand its
         connection over to a ConsoleSession. ``authenticated``: what goes before
         AuthenticationOk (the SASL final message, NegotiateProtocolVersion)."""
-        role = self.role(client.user)
+        role = self.role(client.user) or ("admin" if self.own_user(client) else None)
         if role is None:
             raise PooldError("28000", f'not allowed: "{client.user}" is in neither admin_users nor stats_users')
         transport = client.transport
@@ -168,7 +190,7 @@ class Console:
             raise ConsoleError("42601", f"invalid command '{sql}', use SHOW HELP;")
         word, arg = found.group(1).lower(), _unquote(found.group(2))
         if word in ("show", "select"):
-            return self._show(session, arg, sql)
+            return self._show(session, arg.lower(), sql)
         command = _COMMANDS.get(word)
         if command is None:
             raise ConsoleError("42601", f"invalid command '{sql}', use SHOW HELP;")
@@ -336,7 +358,7 @@ async def _reload(console: Console, arg: str) -> str:
 
 
 async def _shutdown(console: Console, arg: str) -> str:
-    if arg not in ("", "wait_for_servers", "wait_for_clients"):
+    if arg.lower() not in ("", "wait_for_servers", "wait_for_clients"):
         raise ConsoleError("42601", f"invalid command 'SHUTDOWN {arg}', use SHOW HELP;")
     console.ops.request_shutdown()  # poold's shutdown: each client finishes its transaction first
     return "SHUTDOWN"

@@ -182,7 +182,8 @@ class LoginSteps(_Session):
             return
         db, wanted = self._admit(startup)
         rt = self.rt
-        method = self._auth_method()
+        # The admin console's login has one rule of its own (Console.auth_method).
+        method = self._auth_method() if db is not None else rt.console.auth_method(self)  # type: ignore[union-attr,arg-type]
         secret = rt.users.get(self.user)
         if secret is None and rt.auth_query is not None and method != "trust" and db is not None:
             secret = yield rt.auth_query.lookup(db, self.user)  # None: refused as a wrong password is

@@ -397,3 +397,15 @@ def test_console_names_without_the_setting_are_ordinary_databases(tmp_path: Path
             console(p.port)
     finally:
         p.stop()
+
+
+def test_the_pgbouncer_user_from_poolds_own_uid_on_the_unix_socket_is_an_admin(admin_poold: Poold) -> None:
+    """PgBouncer's rule: user pgbouncer, over the Unix socket, from the OS user poold runs as
+    (this test's), needs no password and may run every command; over TCP it is any user."""
+    p = admin_poold
+    with psycopg.connect(host=str(p.sockdir), port=p.port, user="pgbouncer", dbname="pgbouncer",
+                         autocommit=True) as admin:
+        assert run(admin, "PAUSE app").tag == "PAUSE"
+        assert run(admin, "RESUME app").tag == "RESUME"
+    with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+        console(p.port, user="pgbouncer", password="any")
