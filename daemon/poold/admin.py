@@ -100,12 +100,11 @@ def _unquote(word: str | None) -> str:
 
 
 class Console:
-    """The console's state: its sessions, the global pause, the stats sample."""
+    """The console's state: its sessions and the stats sample."""
 
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
         self.sessions: set[ConsoleSession] = set()
-        self.paused = False  # PAUSE without a database, until RESUME
         #: (monotonic time, per database totals) SHOW STATS' averages are computed since
         self.older_stats: tuple[float, dict[str, dict[str, int]]] = (time.monotonic(), {})
         self._ids = iter(range(1, 1 << 31))
@@ -113,6 +112,11 @@ class Console:
     @property
     def rt(self) -> Runtime:
         return self.ops.runtime
+
+    @property
+    def paused(self) -> bool:
+        """PAUSE without a database (or poolctl pause), until RESUME: SHOW STATE's."""
+        return self.rt.pools.paused
 
     def role(self, user: str) -> str | None:
         """"admin", "stats" or None: what ``user`` may do here (auth.admin_users, auth.stats_users)."""
@@ -277,24 +281,18 @@ _HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\t
 async def _pause(console: Console, arg: str) -> str:
     if console.paused:
         raise ConsoleError("55000", "already suspended/paused")
-    pools = console.selected(arg)
-    if not arg:
-        console.paused = True
-    await operations.pause(pools, math.inf)  # answered once no client holds a server connection
+    if not arg or console.known(arg):
+        await operations.pause(console.rt, arg or None, math.inf)  # answered once no client holds a server connection
     return "PAUSE"
 
 
 async def _resume(console: Console, arg: str) -> str:
     if not arg:
-        paused = [p for p in console.rt.pools.pools.values() if p.paused]
-        if not console.paused and not paused:
+        if not console.paused and not any(p.paused for p in console.rt.pools.pools.values()):
             raise ConsoleError("55000", "pooler is not paused/suspended")
-        console.paused = False
-    else:
-        paused = [p for p in console.known(arg) if p.paused]
-        if not paused:
-            raise ConsoleError("55000", f"database {arg} is not paused")
-    operations.resume(paused)
+    elif not any(p.paused for p in console.known(arg)):
+        raise ConsoleError("55000", f"database {arg} is not paused")
+    operations.resume(console.rt, arg or None)
     return "RESUME"
 
 

@@ -73,11 +73,11 @@ async def _rollback(ops: Operations, args: dict[str, Any]) -> Any:
 
 
 async def _pause(ops: Operations, args: dict[str, Any]) -> Any:
-    return await operations.pause(operations.select(ops.runtime, args.get("pool")), float(args.get("timeout", 30)))
+    return await operations.pause(ops.runtime, args.get("pool"), float(args.get("timeout", 30)))
 
 
 async def _resume(ops: Operations, args: dict[str, Any]) -> Any:
-    return operations.resume(operations.select(ops.runtime, args.get("pool")))
+    return operations.resume(ops.runtime, args.get("pool"))
 
 
 async def _reconnect(ops: Operations, args: dict[str, Any]) -> Any:

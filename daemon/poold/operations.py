@@ -102,9 +102,13 @@ def select(rt: Runtime, name: str | None) -> list[Pool]:
     return found
 
 
-async def pause(selected: list[Pool], timeout: float) -> dict[str, Any]:
-    """Pause the pools: no new leases; wait up to ``timeout`` for their clients to
-    give back the server connections they hold (at the end of their transactions)."""
+async def pause(rt: Runtime, name: str | None, timeout: float) -> dict[str, Any]:
+    """Pause the pools ``name`` names, or all (and those made later, until resume): no
+    new leases; wait up to ``timeout`` for their clients to give back the server
+    connections they hold (at the end of their transactions)."""
+    selected = select(rt, name)
+    if not name:
+        rt.pools.paused = True
     for p in selected:
         p.pause()
     deadline = time.monotonic() + timeout
@@ -113,7 +117,10 @@ async def pause(selected: list[Pool], timeout: float) -> dict[str, Any]:
     return {"paused": [p.name for p in selected], "still_active": sum(len(p.active) for p in selected)}
 
 
-def resume(selected: list[Pool]) -> dict[str, Any]:
+def resume(rt: Runtime, name: str | None) -> dict[str, Any]:
+    selected = select(rt, name)
+    if not name:
+        rt.pools.paused = False
     for p in selected:
         p.resume()
     return {"resumed": [p.name for p in selected]}

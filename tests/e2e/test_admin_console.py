@@ -409,3 +409,25 @@ def test_the_pgbouncer_user_from_poolds_own_uid_on_the_unix_socket_is_an_admin(a
         assert run(admin, "RESUME app").tag == "RESUME"
     with pytest.raises(psycopg.OperationalError, match="authentication failed"):
         console(p.port, user="pgbouncer", password="any")
+
+
+def test_pause_without_a_database_holds_pools_made_after_it(request: pytest.FixtureRequest, tmp_path: Path,
+                                                             pg: pgcluster.Cluster) -> None:
+    """PAUSE with no database pauses poold, as PgBouncer's: a pool made afterwards (a new
+    database through the '*' entry) hands out nothing until RESUME either."""
+    (tmp_path / "p").mkdir()
+    wild = f'[databases."*"]\ndsn = "host={pg.host} port={pg.port} user=app password={APP_PASSWORD}"\n'
+    p = Poold(tmp_path / "p", pg, raw=wild, environ={"POOLD_AUTH__ADMIN_USERS": "app"})
+    p.start()
+    try:
+        with console(p.port) as admin:
+            assert run(admin, "PAUSE").tag == "PAUSE"
+            with psycopg.connect(p.dsn(dbname="postgres"), autocommit=True) as later:
+                querying, answer = _in_thread(lambda: later.execute("SELECT 7").fetchone())
+                wait_until(lambda: int(_pool(admin, "postgres")["cl_waiting"]) == 1, timeout=10)
+                assert querying.is_alive()
+                assert run(admin, "RESUME").tag == "RESUME"
+                querying.join(10)
+                assert answer == [(7,)]
+    finally:
+        p.stop()
