@@ -107,7 +107,6 @@ class Console:
         self.sessions: set[ConsoleSession] = set()
         #: (monotonic time, per database totals) SHOW STATS' averages are computed since
         self.older_stats: tuple[float, dict[str, dict[str, int]]] = (time.monotonic(), {})
-        self._ids = iter(range(1, 1 << 31))
 
     @property
     def rt(self) -> Runtime:
@@ -152,8 +151,9 @@ class Console:
             raise PooldError("28000", f'not allowed: "{client.user}" is in neither admin_users nor stats_users')
         transport = client.transport
         assert transport is not None
-        session = ConsoleSession(self, transport, client.user, role, next(self._ids))
-        transport.write(authenticated + messages.auth_ok() + _WELCOME + _READY)
+        session = ConsoleSession(self, transport, client.user, role)
+        key = self.rt.register(session)  # type: ignore[arg-type]  # its cancel key: a CancelRequest reaches on_cancel
+        transport.write(authenticated + messages.auth_ok() + _WELCOME + key + _READY)
         rest = client.reader.take_rest()
         # As sockio.linger hands a connection over: the client session ends here, the console's begins.
         client.transport = sockio.Ended(transport.get_extra_info("peername"))  # type: ignore[assignment]
@@ -252,6 +252,7 @@ def _result(columns: adminviews.Columns, rows: list[list[Any]]) -> bytes:
 
 
 _EMPTY_QUERY = b"I\0\0\0\4"  # EmptyQueryResponse
+_CANCELED = messages.error_response("57014", "canceling statement due to user request", severity="ERROR") + _READY
 
 _VIEWS: dict[str, Callable[[Console], adminviews.Table]] = {
     "pools": adminviews.pools,
@@ -282,7 +283,11 @@ async def _pause(console: Console, arg: str) -> str:
     if console.paused:
         raise ConsoleError("55000", "already suspended/paused")
     if not arg or console.known(arg):
-        await operations.pause(console.rt, arg or None, math.inf)  # answered once no client holds a server connection
+        try:
+            await operations.pause(console.rt, arg or None, math.inf)  # answered once no client holds a server connection
+        except asyncio.CancelledError:  # the admin's cancel (ConsoleSession.on_cancel): undone
+            operations.resume(console.rt, arg or None)
+            raise
     return "PAUSE"
 
 
@@ -384,14 +389,19 @@ _COMMANDS: dict[str, Callable[[Console, str], Any]] = {
 class ConsoleSession(asyncio.Protocol):
     """One console connection after its login: queries in, one at a time, replies out."""
 
-    def __init__(self, console: Console, transport: asyncio.Transport, user: str, role: str, id: int) -> None:
-        self.console, self.transport, self.user, self.role, self.id = console, transport, user, role, id
+    #: what Runtime.cancel and unregister read of a client: no server connection to cancel
+    server = pool = None
+
+    def __init__(self, console: Console, transport: asyncio.Transport, user: str, role: str) -> None:
+        self.console, self.transport, self.user, self.role = console, transport, user, role
+        self.key = (0, 0)  # its cancel key, from Runtime.register
         self.connected_at = time.time()
         self.address = adminviews.address(transport.get_extra_info("peername"))  # (addr, port) for SHOW CLIENTS
         self.local = adminviews.address(transport.get_extra_info("sockname"))
         self._reader = MessageReader(MAX_QUERY)
         self._queries: deque[str] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._command: asyncio.Task[None] | None = None  # the query running now
         self.closed = False
         self._ending = False  # its last message, an error, is written (fail)
         console.sessions.add(self)
@@ -421,9 +431,17 @@ class ConsoleSession(asyncio.Protocol):
         """The queries, in order: a PAUSE answers only when it is done, as PgBouncer's."""
         try:
             while self._queries and not self._ending:
-                reply = await self.console.execute(self, self._queries.popleft())
-                if not self._ending:
-                    self.transport.write(reply)
+                command = self._command = asyncio.get_running_loop().create_task(
+                    self._answer(self._queries.popleft()))
+                try:
+                    await command
+                except asyncio.CancelledError:
+                    if self.closed or not command.cancelled():
+                        raise  # the connection is gone
+                    if not self._ending:
+                        self.transport.write(_CANCELED)
+                finally:
+                    self._command = None
         except Exception:  # task boundary: one broken command must not hurt the daemon
             log.exception("console_failed", user=self.user)
             self.fail("XX000", "internal error in the admin console")
@@ -440,6 +458,24 @@ class ConsoleSession(asyncio.Protocol):
         self.transport.write(error if fatal else error + _READY)
         sockio.linger(self.transport, self, self.console.rt.lingering)
 
+    async def _answer(self, sql: str) -> None:
+        """Run one query and write its reply, in the same step as the command ends: a
+        SHUTDOWN's answer goes out before the shutdown it starts can end this session."""
+        reply = await self.console.execute(self, sql)
+        if not self._ending:
+            self.transport.write(reply)
+
+    @property
+    def id(self) -> int:
+        """What SHOW CLIENTS and KILL_CLIENT call it: its cancel key's pid, as a client's."""
+        return self.key[0]
+
+    def on_cancel(self) -> None:
+        """A CancelRequest with this session's key (Runtime.cancel): the running command
+        ends with 57014, as a cancelled statement does (a waiting PAUSE is undone)."""
+        if self._command is not None:
+            self._command.cancel()
+
     def eof_received(self) -> bool:
         return False
 
@@ -448,5 +484,6 @@ class ConsoleSession(asyncio.Protocol):
             return
         self.closed = self._ending = True
         self.console.sessions.discard(self)
+        self.console.rt.unregister(self)  # type: ignore[arg-type]  # its cancel key
         if self._task is not None:
             self._task.cancel()

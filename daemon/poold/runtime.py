@@ -154,6 +154,9 @@ class Runtime:
         client = self.by_key.get((pid, secret))
         if client is None:
             return None
+        if client.pool is None and (on_cancel := getattr(client, "on_cancel", None)) is not None:
+            on_cancel()  # an admin console session's (admin.py): its running command ends
+            return None
         server, pool = client.server, client.pool
         if server is None or pool is None:
             return None

@@ -431,3 +431,21 @@ def test_pause_without_a_database_holds_pools_made_after_it(request: pytest.Fixt
                 assert answer == [(7,)]
     finally:
         p.stop()
+
+
+def test_a_cancel_ends_a_waiting_pause_and_resumes(admin_poold: Poold) -> None:
+    """Ctrl-C in psql during a PAUSE that waits (a CancelRequest with the console's key):
+    the PAUSE ends with PostgreSQL's 57014 and poold is not left paused."""
+    p = admin_poold
+    with console(p.port) as admin, psycopg.connect(p.dsn()) as inside:
+        inside.execute("SELECT 1")  # a transaction holds a server connection: the PAUSE waits
+        pausing, paused = _in_thread(lambda: run(admin, "PAUSE"))
+        wait_until(lambda: poolctl(p, "pools")[0]["paused"], timeout=10)
+        assert pausing.is_alive()
+        admin.cancel()
+        pausing.join(10)
+        assert len(paused) == 1 and isinstance(paused[0], psycopg.errors.QueryCanceled), paused
+        assert run(admin, "SHOW STATE").rows[0] == {"key": "active", "value": "yes"}
+        assert not poolctl(p, "pools")[0]["paused"]
+        assert inside.execute("SELECT 2").fetchone() == (2,)
+        inside.commit()
