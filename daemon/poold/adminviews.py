@@ -292,13 +292,45 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+#: PgBouncer's names of poold's settings (``poold migrate`` maps them the other way), for
+#: the tools that read SHOW CONFIG by PgBouncer's key (e.g. max_client_conn)
+_PGBOUNCER_KEYS = {
+    "listen_addr": "listen.host", "listen_port": "listen.port", "unix_socket_dir": "listen.unix_socket_dir",
+    "auth_type": "auth.type", "auth_file": "auth.file", "auth_hba_file": "auth.hba_file", "auth_user": "auth.user",
+    "auth_query": "auth.query", "admin_users": "auth.admin_users", "stats_users": "auth.stats_users",
+    "max_client_conn": "clients.max_client_conn", "client_login_timeout": "clients.login_timeout",
+    "max_packet_size": "clients.max_message_size", "pool_mode": "pool.mode", "default_pool_size": "pool.max_size",
+    "min_pool_size": "pool.min_size", "query_wait_timeout": "pool.acquire_timeout",
+    "server_idle_timeout": "pool.idle_timeout", "server_lifetime": "pool.max_lifetime",
+    "query_timeout": "pool.query_timeout",
+}
+#: PgBouncer's caps that poold does not have: 0, PgBouncer's "no limit"
+_PGBOUNCER_UNLIMITED = ("max_db_connections", "max_user_connections", "max_db_client_connections",
+                        "max_user_client_connections")
+
+
+def _pgbouncer_text(value: Any) -> str:
+    """A value as PgBouncer prints it: whole seconds and numbers without ".0"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return _text(value)
+
+
 def config(console: Console) -> Table:
     """poold's settings (``poolctl config show``'s, in force), with their defaults;
-    changeable: "no" for those that need a restart."""
+    changeable: "no" for those that need a restart. First, those that PgBouncer has,
+    under PgBouncer's names."""
     items, _ = operations.config_in_force(console.ops)
     defaults = _defaults()
-    rows = [[key, _text(value), _text(defaults.get(key, "")), "no" if key.startswith(RESTART_KEYS) else "yes"]
-            for key, value in items.items()]
+
+    def row(name: str, key: str) -> list[str]:
+        text = _pgbouncer_text if name != key else _text
+        return [name, text(items.get(key)), text(defaults.get(key, "")),
+                "no" if key.startswith(RESTART_KEYS) else "yes"]
+
+    rows = [row(name, key) for name, key in _PGBOUNCER_KEYS.items()]
+    rows += [[name, "0", "0", "yes"] for name in _PGBOUNCER_UNLIMITED]
+    rows += [row(key, key) for key in items]
     return columns("ssss", "key", "value", "default", "changeable"), rows
 
 

@@ -204,6 +204,14 @@ def test_numbers_agree_with_poolctl_over_tcp_and_the_unix_socket(admin_poold: Po
             assert (int(db["pool_size"]), int(db["current_connections"])) == (ctl["max_size"], ctl["total"])
             assert int(db["current_client_connections"]) == ctl["clients"]
             items = {r["list"]: int(r["items"]) for r in lists}
+            if dbname == "pgbouncer":  # SHOW CONFIG: PgBouncer's names first, then poold's own
+                with console(p.port) as admin:
+                    shown = {r["key"]: r["value"] for r in run(admin, "SHOW CONFIG").rows}
+                in_force = poolctl(p, "config", "show")
+                assert shown["max_client_conn"] == str(in_force["clients.max_client_conn"]) == "1000"
+                assert shown["default_pool_size"] == shown["pool.max_size"] == str(in_force["pool.max_size"]) == "3"
+                assert shown["listen_port"] == str(p.port) and shown["max_user_connections"] == "0"
+                assert shown["admin_users"] == shown["auth.admin_users"] == "app"
             assert items["used_servers"] == status["server_connections"]
             assert items["pools"] == status["pools"] + 1  # and the console's own, as PgBouncer lists it
             (st,) = [r for r in stats if r["database"] == "app"]
