@@ -285,7 +285,7 @@ async def _pause(console: Console, arg: str) -> str:
     if not arg or console.known(arg):
         try:
             await operations.pause(console.rt, arg or None, math.inf)  # answered once no client holds a server connection
-        except asyncio.CancelledError:  # the admin's cancel (ConsoleSession.on_cancel): undone
+        except asyncio.CancelledError:  # the admin's cancel (ConsoleSession.on_cancel), or it left: undone
             operations.resume(console.rt, arg or None)
             raise
     return "PAUSE"
