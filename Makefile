@@ -20,7 +20,17 @@ $(VENV)/.installed: $(SOURCES)
 run: venv
 	$(BIN)/python scripts/run_dev.py
 
-test: venv
+# Debian's exporter for PgBouncer, which tests/e2e/test_admin_console.py points at poold:
+# installed with apt-get when we are root (.ci/run does the same); else that test says what to install.
+EXPORTER := /usr/bin/prometheus-pgbouncer-exporter
+
+$(EXPORTER):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-pgbouncer-exporter >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-pgbouncer-exporter >/dev/null; }; \
+	else echo "missing: prometheus-pgbouncer-exporter (apt-get install prometheus-pgbouncer-exporter)" >&2; fi
+
+test: venv $(EXPORTER)
 	$(BIN)/python scripts/pgcluster.py
 	$(BIN)/python scripts/pgbouncer_ref.py
 	$(BIN)/python scripts/node_pg.py
@@ -32,7 +42,7 @@ unit: venv
 integration: venv
 	$(BIN)/python -m pytest tests/integration
 
-e2e: venv
+e2e: venv $(EXPORTER)
 	$(BIN)/python -m pytest tests/e2e
 
 bench: venv
@@ -86,7 +96,7 @@ $(SAN_VENV)/.installed: $(SOURCES)
 	done
 	touch $@
 
-test-sanitize: $(SAN_VENV)/.installed
+test-sanitize: $(SAN_VENV)/.installed $(EXPORTER)
 	$(SAN_BIN)/python scripts/pgcluster.py
 	$(SAN_ENV) $(SAN_BIN)/python -m pytest -p no:cacheprovider -m "not rss" tests/unit tests/e2e
 

@@ -1,6 +1,7 @@
 """`make run`: a throwaway PostgreSQL and poold in front of it, until Ctrl-C.
 
-Creates role and database "app" (password "app"), writes a configuration into a
+Creates role and database "app" (password "app"; also an admin of the admin
+console, database pgbouncer), writes a configuration into a
 temporary directory, starts poold on 127.0.0.1:$POOLD_PORT (6432) and a Unix
 socket in that directory, and prints how to connect and the variables the
 documentation's runnable examples use (PGPORT, POOLD_HTTP_PORT, POOLD_DIR,
@@ -93,6 +94,7 @@ port = {http_port}
 [auth]
 type = "scram-sha-256"
 file = "userlist.txt"
+admin_users = "app"
 
 [pool]
 mode = "transaction"
@@ -113,6 +115,7 @@ poold is running in transaction mode in front of a throwaway PostgreSQL.
   psql -h 127.0.0.1 -p {port} -U app app          (password: app)
   psql -h {work} -p {port} -U app app
   postgresql://app:app@127.0.0.1:{port}/app
+  psql -h 127.0.0.1 -p {port} -U app pgbouncer    (the admin console: SHOW POOLS; SHOW HELP)
 
   {poolctl} --socket {work}/control.sock pools
   curl http://127.0.0.1:{http_port}/metrics

@@ -33,6 +33,7 @@ import structlog
 from aiohttp import web
 
 from . import relaycore, sockio
+from .admin import Console
 from .auth import AuthFiles
 from .client import ClientSession
 from .config import Config
@@ -56,6 +57,7 @@ class App:
         self.environ = environ
         self.runtime = Runtime(config, files.users, files.hba)
         self.reloader = Reloader(self.runtime, environ)
+        self.console = self.runtime.console = Console(self)  # the admin console (database pgbouncer or poold)
         self.notifier = Notifier(environ)
         self.refused: str | None = None  # why the last reload was refused, until one is applied
         self._stop = asyncio.Event()
@@ -219,6 +221,7 @@ class App:
             await asyncio.sleep(0.02)
         for client in list(clients):
             client.terminate_now("57P01", "terminating connection: poold shutdown_timeout reached")
+        self.console.close()  # the admin console's sessions watched until now; they linger too
         # Each connection lingers until its client has read the error and closed, or
         # sockio.LINGER has passed: exiting sooner would reset it.
         lingering = self.runtime.lingering
@@ -234,6 +237,7 @@ class App:
                 self.runtime.pools.maintain(now)
                 self.runtime.expire_logins(now)
                 self.runtime.guard.sweep(now)
+                self.console.sample(now)
             except Exception:  # task boundary: the janitor must keep running
                 log.exception("janitor_failed")
 

@@ -72,6 +72,8 @@ class AuthSettings:
     user: str = ""  # auth_user: looks up users the auth file lacks with ``query``; "" = off
     query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"  # $1: the user name
     query_ttl: float = 30.0  # seconds an answer (found or not) is kept
+    admin_users: str = ""  # comma-separated: may run every admin console command (PgBouncer's admin_users)
+    stats_users: str = ""  # comma-separated: may run the admin console's SHOW commands (stats_users)
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,16 @@ import json
 import os
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import structlog
 
+from . import operations
 from .config import ControlSettings
 from .listener import listening_as
-from .reload import RESTART_KEYS, ReloadRejected, config_items, config_sources
-
-if TYPE_CHECKING:
-    from .pools import Pool
-    from .reload import Reloader
-    from .runtime import Runtime
+from .operations import Operations
+from .reload import ReloadRejected, config_sources
 
 log = structlog.get_logger("poold.control")
 
@@ -37,68 +33,26 @@ MAX_REQUEST = 64 * 1024
 Command = Callable[["Operations", dict[str, Any]], Awaitable[Any]]
 
 
-class Operations(Protocol):
-    """What control commands act on (the App)."""
-
-    runtime: Runtime
-    reloader: Reloader
-
-    async def reload(self, *, dry_run: bool = False) -> dict[str, Any]: ...
-    async def rollback(self) -> dict[str, Any]: ...
-    async def drain(self) -> None: ...
-    def request_shutdown(self) -> None: ...
-
-
 async def _status(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
-
-    rt = ops.runtime
-    return {
-        "pid": os.getpid(),
-        "version": __version__,
-        "uptime": round(time.monotonic() - rt.started, 1),
-        "config": rt.config.path,
-        "generation": ops.reloader.generation,
-        "clients": len(rt.clients),
-        "pools": len(rt.pools.pools),
-        "server_connections": rt.pools.server_connections(),
-        "draining": rt.draining,
-    }
+    return operations.status(ops)
 
 
 async def _pools(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p.snapshot() for p in ops.runtime.pools.pools.values()]
+    return operations.pools(ops.runtime)
 
 
 async def _clients(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
-    now = time.time()
-    return [
-        {
-            "id": c.key[0],
-            "peer": c.peer,
-            "database": c.database,
-            "user": c.user,
-            "state": c.state,
-            "server_pid": c.server.pid if c.server is not None else "",
-            "transactions": c.transactions,
-            "age": round(now - c.connected_at, 1),
-        }
-        for c in sorted(ops.runtime.clients, key=lambda c: c.connected_at)
-    ]
+    return operations.clients(ops.runtime)
 
 
 async def _servers(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]]:
-    now = time.monotonic()
-    return [row for p in ops.runtime.pools.pools.values() for row in p.servers(now)]
+    return operations.servers(ops.runtime)
 
 
 async def _config(ops: Operations, args: dict[str, Any]) -> Any:
     action = args.get("action", "show")
     if action == "show":
-        # Keys that need a restart show what is in force, and the value waiting for it.
-        items, started = config_items(ops.runtime.config), config_items(ops.reloader.started)
-        pending = {k: v for k, v in items.items() if k.startswith(RESTART_KEYS) and started.get(k) != v}
-        items |= {k: started.get(k) for k in pending}
+        items, pending = operations.config_in_force(ops)
         if args.get("sources"):
             sources = config_sources(ops.runtime.config)
             for key in pending:
@@ -118,36 +72,16 @@ async def _rollback(ops: Operations, args: dict[str, Any]) -> Any:
     return await ops.rollback()
 
 
-def _select(ops: Operations, args: dict[str, Any]) -> list[Pool]:
-    name = args.get("pool")
-    pools = ops.runtime.pools.select(name)
-    if name and not pools:
-        raise ValueError(f"no pool named {name!r}")
-    return pools
-
-
 async def _pause(ops: Operations, args: dict[str, Any]) -> Any:
-    pools = _select(ops, args)
-    for p in pools:
-        p.pause()
-    deadline = time.monotonic() + float(args.get("timeout", 30))
-    while any(p.active for p in pools) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return {"paused": [p.name for p in pools], "still_active": sum(len(p.active) for p in pools)}
+    return await operations.pause(ops.runtime, args.get("pool"), float(args.get("timeout", 30)))
 
 
 async def _resume(ops: Operations, args: dict[str, Any]) -> Any:
-    pools = _select(ops, args)
-    for p in pools:
-        p.resume()
-    return {"resumed": [p.name for p in pools]}
+    return operations.resume(ops.runtime, args.get("pool"))
 
 
 async def _reconnect(ops: Operations, args: dict[str, Any]) -> Any:
-    pools = _select(ops, args)
-    for p in pools:
-        await p.reconnect()
-    return {"reconnecting": [p.name for p in pools]}
+    return await operations.reconnect(operations.select(ops.runtime, args.get("pool")))
 
 
 async def _drain(ops: Operations, args: dict[str, Any]) -> Any:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from . import auth, hba, sockio
+from .admin import CONSOLE_DATABASES
 from .errors import PooldError, ServerRefusal
 from .loginguard import Pause
 from .pools import PoolRegistry
@@ -181,9 +182,10 @@ class LoginSteps(_Session):
             return
         db, wanted = self._admit(startup)
         rt = self.rt
-        method = self._auth_method()
+        # The admin console's login has one rule of its own (Console.auth_method).
+        method = self._auth_method() if db is not None else rt.console.auth_method(self)  # type: ignore[union-attr,arg-type]
         secret = rt.users.get(self.user)
-        if secret is None and rt.auth_query is not None and method != "trust":
+        if secret is None and rt.auth_query is not None and method != "trust" and db is not None:
             secret = yield rt.auth_query.lookup(db, self.user)  # None: refused as a wrong password is
         send = self.transport.write if not muted else _Muted(self.transport.write, muted)  # type: ignore[union-attr]
         try:
@@ -192,6 +194,10 @@ class LoginSteps(_Session):
         except auth.AuthFailed:
             yield from self._delay_failure()
             raise
+        if db is None:  # the admin console's database: no pool, no server (admin.py)
+            assert rt.console is not None
+            rt.console.enter(self, startup, _authenticated(startup, sasl_final))  # type: ignore[arg-type]  # a ClientSession
+            return
         yield from self._enter_pool(startup, db, wanted, sasl_final)
 
     def _hold_proof(self) -> auth.Steps[None]:
@@ -210,14 +216,19 @@ class LoginSteps(_Session):
         if delay > 0:
             yield Pause(delay)
 
-    def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
-        """The startup packet's checks: room for a client, the database, the parameters."""
+    def _admit(self, startup: messages.StartupMessage) -> tuple[DatabaseSettings | None, dict[str, str]]:
+        """The startup packet's checks: room for a client, the database, the parameters.
+        No database for the admin console's (admin.py)."""
         rt = self.rt
         self.user, self.database = startup.user, startup.database
         if rt.logged_in() >= rt.config.clients.max_client_conn or rt.draining:
             if rt.draining:
                 raise PooldError("57P01", "poold is shutting down")
             raise PooldError("53300", "sorry, too many clients already (max_client_conn)")
+        if startup.database in CONSOLE_DATABASES and rt.console is not None:
+            return None, {}
+        if startup.database in rt.disabled:
+            raise PooldError("55000", f'database "{startup.database}" is not currently accepting connections (DISABLE)')
         return _database_and_settings(rt.config, startup)
 
     def _origin(self) -> hba.Origin:
@@ -511,6 +522,8 @@ def _login_plan(rt: Runtime, payload: bytes, origin: hba.Origin | None) -> Login
         startup = messages.parse_startup(payload)
         if not isinstance(startup, messages.StartupMessage) or startup.minor or startup.protocol_options:
             return None
+        if startup.database in CONSOLE_DATABASES or startup.database in rt.disabled:
+            return None  # the admin console's login, or a refusal: _login_steps'
         if "replication" in startup.params:
             return None
         db, wanted = _database_and_settings(rt.config, startup)

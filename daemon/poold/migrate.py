@@ -8,8 +8,8 @@ kinds, each reported as a ``Note``:
   ``listen.port``, ``default_pool_size`` -> ``pool.max_size``, ...);
 - ``changed``: carried, but poold's meaning differs in a way worth knowing
   (``query_timeout``: PgBouncer closes the connection, poold cancels the query);
-- ``unsupported``: PgBouncer has it and poold does not (``auth_dbname``, the
-  admin console's ``admin_users``, ``reserve_pool_size``...): nothing is
+- ``unsupported``: PgBouncer has it and poold does not (``auth_dbname``,
+  ``stats_period``, ``reserve_pool_size``...): nothing is
   written for it, so that poold never meets a key it would reject;
 - ``not-applicable``: nothing to carry (``logfile``, ``pidfile``, ``user``:
   poold logs to stderr / journald and systemd picks its user).
@@ -58,7 +58,6 @@ PGBOUNCER_DEFAULTS = {
     "client_tls_sslmode": "disable",
 }
 
-_ADMIN = "poold has no admin console database; use poolctl over the control socket (control.allowed_uids) and /metrics"
 _TCP = "poold sets TCP_NODELAY and leaves the other TCP options (keepalive, buffers) at the kernel's defaults"
 _DNS = "poold resolves server host names through libpq at each connect, with the system resolver"
 _LOG = "poold logs structured lines to stderr / journald (daemon.log_format, daemon.log_level)"
@@ -67,8 +66,6 @@ _SERVER_TLS = "poold connects to PostgreSQL without TLS: the relay cannot carry 
 
 #: global keys poold has no counterpart for: key -> why
 UNSUPPORTED: dict[str, str] = {
-    "admin_users": _ADMIN,
-    "stats_users": _ADMIN,
     "auth_ident_file": "poold has no ident maps",
     "auth_ldap_options": "poold has no LDAP authentication",
     "auth_dbname": "poold runs auth.query in the client's own database (PgBouncer's default); "
@@ -154,7 +151,7 @@ CARRIED = frozenset({
     "verbose", "pool_mode", "default_pool_size",
     "min_pool_size", "server_lifetime", "server_idle_timeout", "query_timeout", "query_wait_timeout",
     "server_connect_timeout", "server_tls_sslmode", "ignore_startup_parameters", "track_extra_parameters",
-    "max_prepared_statements", "server_reset_query",
+    "max_prepared_statements", "server_reset_query", "admin_users", "stats_users",
 })
 
 #: [databases] connection-string keys that go into the libpq DSN as they are
@@ -343,6 +340,10 @@ def _auth(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], 
     # PgBouncer without auth_file has no user list; poold's default would look for userlist.txt.
     w.set("auth", "file", path(settings.get("auth_file", "")), "auth_file (PgBouncer's userlist.txt format)")
     _auth_query(w, settings, get)
+    for key in ("admin_users", "stats_users"):  # the admin console's (database pgbouncer, or poold)
+        if key in settings:
+            names = ",".join(n.strip() for n in settings[key].split(",") if n.strip())
+            w.set("auth", key, names, key)
 
 
 def _auth_query(w: _Writer, settings: dict[str, str], get: Get) -> None:

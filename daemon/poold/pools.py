@@ -796,6 +796,7 @@ class PoolRegistry:
     def __init__(self) -> None:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.retiring: list[Pool] = []  # databases removed by a reload, closed once unused
+        self.paused = False  # every pool paused, those made from now on too (pause without a pool name)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @staticmethod
@@ -818,6 +819,8 @@ class PoolRegistry:
             # Without a password in the DSN, the server user's own: the auth file's
             # plain password (PgBouncer does the same), or SCRAM pass-through.
             pool = Pool(db, server_user, credentials(db, server_user))
+            if self.paused:
+                pool.pause()
             self.pools[key] = pool
             await pool.open()
         return pool

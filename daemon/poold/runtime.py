@@ -25,6 +25,7 @@ from .stats import DaemonStats
 from .tls import server_context
 
 if TYPE_CHECKING:
+    from .admin import Console
     from .client import ClientSession
 
 _SECRETS = struct.Struct("1024I")
@@ -53,6 +54,8 @@ class Runtime:
         #: connections ended after an error, still reading the client's last bytes (sockio.linger)
         self.lingering: set[Any] = set()
         self.draining = False  # no new clients; each closes at its next boundary
+        self.disabled: set[str] = set()  # databases whose new clients are refused (the console's DISABLE)
+        self.console: Console | None = None  # the admin console (admin.py), once the App has one
         self.listening = False
         self.started = time.monotonic()
         self.stats = DaemonStats()
@@ -150,6 +153,9 @@ class Runtime:
         like PostgreSQL does."""
         client = self.by_key.get((pid, secret))
         if client is None:
+            return None
+        if client.pool is None and (on_cancel := getattr(client, "on_cancel", None)) is not None:
+            on_cancel()  # an admin console session's (admin.py): its running command ends
             return None
         server, pool = client.server, client.pool
         if server is None or pool is None:

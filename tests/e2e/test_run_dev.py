@@ -34,16 +34,18 @@ def test_printed_commands_work_and_ctrl_c_under_a_pipe_cleans_up(tmp_path: Path)
         lines = [line.strip() for line in text.splitlines()]
         commands = [line.split("  (")[0].strip() for line in lines
                     if line.startswith(("psql ", "curl ")) or "poolctl " in line.split("  (")[0]]
-        assert len(commands) == 4, text  # psql over TCP and the socket, poolctl, curl
+        assert len(commands) == 5, text  # psql over TCP and the socket, the admin console, poolctl, curl
         run_env = dict(os.environ, PGPASSWORD="app")
         for command in commands:
             argv = shlex.split(command)
+            console = argv[0] == "psql" and argv[-1] == "pgbouncer"
             if argv[0] == "psql":
-                argv = [pgcluster.client_tool("psql"), *argv[1:], "-X", "-At", "-c", "SELECT 40 + 2"]
+                sql = "SHOW VERSION" if console else "SELECT 40 + 2"
+                argv = [pgcluster.client_tool("psql"), *argv[1:], "-X", "-At", "-c", sql]
             out = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=30)
             assert out.returncode == 0, (command, out.stdout, out.stderr)
             if argv[0].endswith("psql"):
-                assert out.stdout.strip() == "42"
+                assert out.stdout.strip().startswith("poold ") if console else out.stdout.strip() == "42"
         # Ctrl-C: SIGINT to the whole foreground group (the script and tee both).
         os.killpg(shell.pid, signal.SIGINT)
         shell.wait(timeout=60)

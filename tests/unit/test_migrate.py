@@ -108,7 +108,7 @@ def test_sample_with_every_example_enabled_accounts_for_every_key(tmp_path: Path
     assert settings - written - noted == set()
     got = notes(result)
     # the ones people ask about, each with its reason
-    for key in ("auth_dbname", "admin_users", "stats_users", "reserve_pool_size",
+    for key in ("auth_dbname", "reserve_pool_size",
                 "max_db_connections", "client_idle_timeout", "idle_transaction_timeout", "server_check_query"):
         assert got[key] == ("unsupported", UNSUPPORTED[key])
     # auth_type = md5: no hba file read; auth_query without a global auth_user: only foodb's would use it
@@ -158,12 +158,13 @@ def test_e2e_config_carries_each_setting(certs: Path) -> None:
     assert config.database("other") is not None and config.database("other").conninfo["dbname"] == "other"  # type: ignore[union-attr]
     got = notes(result)
     assert {k for k, (kind, _) in got.items() if kind == "unsupported"} == {
-        "admin_users", "stats_users", "reserve_pool_size", "max_prepared_statements", "client_tls_ciphers"}
+        "reserve_pool_size", "max_prepared_statements", "client_tls_ciphers"}
     assert {k for k, (kind, _) in got.items() if kind == "changed"} == {"query_timeout"}
     assert {k for k, (kind, _) in got.items() if kind == "not-applicable"} == {"logfile", "pidfile", "auth_hba_file"}
     # auth_user and auth_query: users userlist.txt lacks are looked up, at every login as PgBouncer does
     assert (config.auth.user, config.auth.query) == ("app", "SELECT usename, passwd FROM pg_shadow WHERE usename=$1")
     assert config.auth.query_ttl == 0
+    assert (config.auth.admin_users, config.auth.stats_users) == ("app", "app,stats")  # the admin console's
     assert "named prepared statements" in got["max_prepared_statements"][1]
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .errors import FeatureNotSupported, ProtocolError
 
@@ -204,6 +205,45 @@ def negotiate_protocol_version(minor: int, unsupported: tuple[str, ...]) -> byte
 
 def query(sql: str) -> bytes:
     return _msg(b"Q", _cstr(sql))
+
+
+#: type OID and size of the column types a result set of poold's own has (RowDescription)
+COLUMN_TYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {"text": (25, -1), "int4": (23, 4), "int8": (20, 8), "numeric": (1700, -1), "bytea": (17, -1)}
+)
+_COLUMN = struct.Struct("!IhIhih")
+_I16 = struct.Struct("!h")
+
+
+def row_description(columns: Iterable[tuple[str, str]]) -> bytes:
+    """RowDescription of (name, type) columns (a COLUMN_TYPES key), in text format."""
+    cols = list(columns)
+    body = b"".join(_cstr(name) + _COLUMN.pack(0, 0, *COLUMN_TYPES[kind], -1, 0) for name, kind in cols)
+    return _msg(b"T", _I16.pack(len(cols)) + body)
+
+
+def data_row(values: Iterable[object]) -> bytes:
+    """DataRow of values in text format; None is NULL."""
+    vals = list(values)
+    out = [_I16.pack(len(vals))]
+    for v in vals:
+        if v is None:
+            out.append(_I32.pack(-1))
+        else:
+            data = str(v).encode()
+            out.append(_I32.pack(len(data)) + data)
+    return _msg(b"D", b"".join(out))
+
+
+def command_complete(tag: str) -> bytes:
+    return _msg(b"C", _cstr(tag))
+
+
+def notice_response(message: str, *, detail: str | None = None, sqlstate: str = "00000") -> bytes:
+    body = b"SNOTICE\0VNOTICE\0C" + _cstr(sqlstate) + b"M" + _cstr(message)
+    if detail:
+        body += b"D" + _cstr(detail)
+    return _msg(b"N", body + b"\0")
 
 
 def terminate() -> bytes:
