@@ -82,6 +82,7 @@ async def _clients(ops: Operations, args: dict[str, Any]) -> list[dict[str, Any]
             "server_pid": c.server.pid if c.server is not None else "",
             "transactions": c.transactions,
             "age": round(now - c.connected_at, 1),
+            "pinned": c.pinned or "",
         }
         for c in sorted(ops.runtime.clients, key=lambda c: c.connected_at)
     ]
