@@ -2123,11 +2123,28 @@ static PyTypeObject ClientCoreType = {
 
 /* ------------------------------------------------------------------------ */
 
+/* may_carry_state(data): settings.may_carry_state, for the differential test of the pair */
+static PyObject *
+Module_may_carry_state(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "may_carry_state takes bytes");
+        return NULL;
+    }
+    return PyBool_FromLong(may_carry_state(data));
+}
+
+static PyMethodDef relaycore_functions[] = {
+    {"may_carry_state", (PyCFunction)Module_may_carry_state, METH_O, "settings.may_carry_state in C."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef relaycore_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "poold._relaycore",
     .m_doc = "The relay's per-transaction path in C (see the Python reference classes named in each type).",
     .m_size = -1,
+    .m_methods = relaycore_functions,
 };
 
 #define INTERN(var, text)                                \
