@@ -191,6 +191,35 @@ def test_set_role_does_not_leak(poold_factory: Callable[..., Poold], pg: pgclust
         assert one(a, "SELECT current_user") == "app"
 
 
+def test_set_session_authorization_does_not_leak(poold_factory: Callable[..., Poold], pg: pgcluster.Cluster,
+                                                  core: dict[str, str]) -> None:
+    """A pool whose server user is a superuser, so that SET SESSION AUTHORIZATION may change it."""
+    poold = poold_factory(max_size=1, min_size=1, environ=core,
+                          raw=f'[databases.su]\ndsn = "host={pg.host} port={pg.port} dbname=app user=postgres"\n')
+    with (psycopg.connect(poold.dsn(dbname="su"), autocommit=True, prepare_threshold=None) as a,
+          psycopg.connect(poold.dsn(dbname="su"), autocommit=True, prepare_threshold=None) as b):
+        a.execute("SET SESSION AUTHORIZATION app")
+        a.execute("SET work_mem = '5MB'")
+        for _ in range(3):
+            assert (one(b, "SELECT session_user"), one(b, "SELECT current_user")) == ("postgres", "postgres")
+            assert show(b, "work_mem") == "4MB"
+            assert (one(a, "SELECT session_user"), one(a, "SELECT current_user")) == ("app", "app")
+            assert show(a, "work_mem") == "5MB"
+        a.execute("RESET SESSION AUTHORIZATION")
+        assert one(a, "SELECT session_user") == "postgres"
+
+
+def test_simple_query_protocol(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
+    """psql's protocol: SET, then another client, then the first again (as the issue found it)."""
+    poold = poold_factory(max_size=1, min_size=1, environ=core)
+    with (psycopg.connect(poold.dsn(), autocommit=True, cursor_factory=psycopg.ClientCursor) as a,
+          psycopg.connect(poold.dsn(), autocommit=True, cursor_factory=psycopg.ClientCursor) as b):
+        a.execute("SET statement_timeout = 0")
+        a.execute("  -- a comment first\n  set work_mem to '7MB'")
+        assert (show(b, "statement_timeout"), show(b, "work_mem")) == (POOL_TIMEOUT, "4MB")
+        assert (show(a, "statement_timeout"), show(a, "work_mem")) == ("0", "7MB")
+
+
 # -- what cannot be carried pins, or errors ----------------------------------------------------
 
 #: statements that leave state on the server connection, and a query that finds that state (0: none)

@@ -100,13 +100,16 @@ def test_common_requests_are_not_looked_at(data: bytes) -> None:
 
 
 @given(st.binary(max_size=64), st.sampled_from([b"Q", b"P", b"B"]), st.sampled_from(
-    [b"", b"set ", b"SeT\t", b"reset", b"listen x", b"Prepare p", b"create", b"select 1", b" ", b"--", b"settings"]))
+    [b"", b"set ", b"SeT\t", b"reset", b"listen x", b"Prepare p", b"create", b"select 1", b" ", b"--", b"settings",
+     b"select pg_advisory_lock(", b"SELECT PG_ADVISORY_LOCK", b"select set_config", b"x_set_config_", b"_",
+     b"advisory_loc", b"et_config"]))
 @hsettings(max_examples=500, deadline=None)
 def test_may_carry_state_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes) -> None:
     """The C core's test (_relaycore.c, may_carry_state) and the reference agree on any bytes."""
     native = relaycore.native
     assert native is not None, "the C core was not built"
-    for data in (kind + b"\0\0\0\0" + head + tail, kind + b"\0\0\0\0name\0" + head + tail, kind + head + tail):
+    for data in (kind + b"\0\0\0\0" + head + tail, kind + b"\0\0\0\0name\0" + head + tail, kind + head + tail,
+                 kind + b"\0\0\0\0select " + tail + head, kind + b"\0\0\0\0" + head + b"_lock" + tail):
         assert native.may_carry_state(data) == settings.may_carry_state(data), data
 
 
