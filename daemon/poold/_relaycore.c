@@ -1002,7 +1002,8 @@ may_be_database_command(PyObject *data)
 
 /* settings.may_carry_state: a chunk whose first message is a Query or Parse whose
  * text starts with SET, RESET, DISCARD, LISTEN, PREPARE, DECLARE or CREATE (any
- * case, a whole word), or with white space or a comment; or a chunk that names
+ * case, a whole word), or with white space or a comment, or a Query of more than
+ * one statement; or a chunk that names
  * advisory_lock or set_config (lower or upper case). The first bytes of a
  * request, and one memchr pass over a Query's or Parse's chunk. */
 static const char *const CARRY_KEYWORDS[] = {"set", "reset", "discard", "listen", "prepare", "declare", "create"};
@@ -1046,6 +1047,16 @@ may_carry_state(PyObject *data)
         for (i = 1; i < len && (p[start + i] | 0x20) == word[i]; i++)
             ;
         if (i == len && (start + len >= n || !is_ident_char(p[start + len])))
+            return 1;
+    }
+    if (p[0] == 'Q') { /* more than one statement (a ';' before the last words): each is looked at */
+        const char *text = p + start, *text_end = memchr(text, 0, (size_t)(n - start));
+        if (text_end == NULL)
+            text_end = p + n;
+        while (text_end > text && (text_end[-1] == ';' || text_end[-1] == ' ' || text_end[-1] == '\t' ||
+                                   text_end[-1] == '\r' || text_end[-1] == '\n'))
+            text_end--;
+        if (text_end > text && memchr(text, ';', (size_t)(text_end - text)) != NULL)
             return 1;
     }
     /* each name has one '_': one memchr pass finds the few places to compare */

@@ -16,9 +16,9 @@ settings, but no one else's bytes ever run under them: each client's first
 request on it is preceded by the difference.
 
 What a client's statements did is not parsed: the first bytes of each Query or
-Parse that starts a client's chunk tell whether it may change a setting
-(``may_carry_state``, the same test as ``_relaycore.c``'s; a Query or Parse that
-does not start its chunk is not seen: see docs/behaviour.md); then, at the
+Parse that starts a client's chunk (each statement of a Query) tell whether it
+may change a setting (``may_carry_state``, the same test as ``_relaycore.c``'s;
+a Parse that does not start its chunk is not seen: see docs/behaviour.md); then, at the
 release after that transaction, one internal query (``SETTLE_SQL``) asks the
 server which settings the session holds. That answer is PostgreSQL's own: a SET
 in a block rolled back is gone, SET LOCAL ended with its transaction, RESET ALL
@@ -206,6 +206,10 @@ def may_carry_state(data: bytes) -> bool:
         end = start + len(word)
         if data[start:end].lower() == word and (end >= len(data) or data[end] not in _IDENT):
             return True
+    if data[0] == messages.QUERY:  # more than one statement: each is looked at
+        end = data.find(b"\0", start)
+        if b";" in data[start : end if end >= 0 else len(data)].rstrip(b"; \t\r\n"):
+            return True
     return any(w in data for w in _ANYWHERE)
 
 
@@ -214,22 +218,32 @@ def classify(data: bytes) -> tuple[bool, str | None]:
     setting, what it makes that cannot be carried or None)."""
     start = statement_start(data)
     text = data[start : data.find(b"\0", start)] if start >= 0 else b""
+    # A Query's statements, split at each ';' (one inside a string or a comment splits it too: the
+    # worst that does is a round trip or a pin of too many)
+    statements = text.split(b";") if data[:1] == b"Q" else [text]
+    touched = b"set_config" in data or b"SET_CONFIG" in data
+    reason = "advisory lock" if b"advisory_lock" in data or b"ADVISORY_LOCK" in data else None
+    for statement in statements:
+        word_touched, word_reason = _classify_statement(statement)
+        touched = touched or word_touched
+        reason = reason or word_reason
+    return touched, reason
+
+
+def _classify_statement(text: bytes) -> tuple[bool, str | None]:
+    """One statement's first word, as ``classify`` reads it."""
     at = _SKIP.match(text).end()  # type: ignore[union-attr]  # always matches
     found = _WORD.match(text, at)
     word = found.group().lower() if found is not None else b""
-    touched = word in (b"set", b"reset", b"discard") or b"set_config" in data or b"SET_CONFIG" in data
-    reason: str | None = None
     if word == b"listen":
-        reason = "LISTEN"
-    elif word == b"prepare" and not _PREPARE_TRANSACTION.match(text, at):
-        reason = "PREPARE"
-    elif word == b"declare" and _WITH_HOLD.search(text):
-        reason = "DECLARE ... WITH HOLD"
-    elif word == b"create" and _TEMP.match(text, at):
-        reason = "CREATE TEMPORARY"
-    elif b"advisory_lock" in data or b"ADVISORY_LOCK" in data:
-        reason = "advisory lock"
-    return touched, reason
+        return False, "LISTEN"
+    if word == b"prepare" and not _PREPARE_TRANSACTION.match(text, at):
+        return False, "PREPARE"
+    if word == b"declare" and _WITH_HOLD.search(text):
+        return False, "DECLARE ... WITH HOLD"
+    if word == b"create" and _TEMP.match(text, at):
+        return False, "CREATE TEMPORARY"
+    return word in (b"set", b"reset", b"discard"), None
 
 
 def refused(data: bytes, reason: str) -> bytes:

@@ -218,6 +218,9 @@ def test_simple_query_protocol(poold_factory: Callable[..., Poold], core: dict[s
         a.execute("  -- a comment first\n  set work_mem to '7MB'")
         assert (show(b, "statement_timeout"), show(b, "work_mem")) == (POOL_TIMEOUT, "4MB")
         assert (show(a, "statement_timeout"), show(a, "work_mem")) == ("0", "7MB")
+        a.execute("BEGIN; SET lock_timeout = '8s'; COMMIT")  # a statement after the first
+        assert show(b, "lock_timeout") == "0"
+        assert show(a, "lock_timeout") == "8s"
 
 
 # -- what cannot be carried pins, or errors ----------------------------------------------------

@@ -76,6 +76,8 @@ def test_startup_settings() -> None:
     (query("create global temporary table t (i int)"), False, "CREATE TEMPORARY"),
     (query("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), False, "DECLARE ... WITH HOLD"),
     (query("PREPARE p AS SELECT 1"), False, "PREPARE"),
+    (query("BEGIN; SET work_mem = '1MB'; COMMIT"), True, None),
+    (query("select 1;listen x;"), False, "LISTEN"),
 ])
 def test_classify(data: bytes, touched: bool, reason: str | None) -> None:
     assert settings.may_carry_state(data)
@@ -92,7 +94,7 @@ def test_what_does_not_carry_state(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("data", [
-    query("SELECT abalance FROM pgbench_accounts WHERE aid = 1"), parse("SELECT 1") + SYNC,
+    query("SELECT abalance FROM pgbench_accounts WHERE aid = 1"), query("SELECT 1; \n"), parse("SELECT 1") + SYNC,
     b"B\0\0\0\x0c\0\0\0\0\0\0\0\0" + SYNC, query("INSERT INTO t VALUES (1)"), query("UPDATE t SET i = 1"),
 ])
 def test_common_requests_are_not_looked_at(data: bytes) -> None:
@@ -102,7 +104,7 @@ def test_common_requests_are_not_looked_at(data: bytes) -> None:
 @given(st.binary(max_size=64), st.sampled_from([b"Q", b"P", b"B"]), st.sampled_from(
     [b"", b"set ", b"SeT\t", b"reset", b"listen x", b"Prepare p", b"create", b"select 1", b" ", b"--", b"settings",
      b"select pg_advisory_lock(", b"SELECT PG_ADVISORY_LOCK", b"select set_config", b"x_set_config_", b"_",
-     b"advisory_loc", b"et_config"]))
+     b"advisory_loc", b"et_config", b"select 1;", b"; ", b"select 1; select 2", b";\0x;"]))
 @hsettings(max_examples=500, deadline=None)
 def test_may_carry_state_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes) -> None:
     """The C core's test (_relaycore.c, may_carry_state) and the reference agree on any bytes."""
