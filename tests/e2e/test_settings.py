@@ -162,6 +162,11 @@ def test_set_in_a_block_follows_postgresql(poold_factory: Callable[..., Poold], 
 
 def test_reset_returns_to_the_startup_values(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
     poold = poold_factory(max_size=1, min_size=1, environ=core)
+    for _ in range(3):  # the first login asks the server, the next are planned, the third by the C login alone
+        check_reset_all(poold)
+
+
+def check_reset_all(poold: Poold) -> None:
     with connect(poold, options="-c work_mem=3MB") as a, connect(poold) as b:
         a.execute("SET work_mem = '5MB'")
         a.execute("SET lock_timeout = '9s'")
