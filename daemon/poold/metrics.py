@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .settings import PIN_REASONS
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
@@ -68,8 +70,8 @@ class PooldCollector(Collector):
             wait.add_metric([p.name], s.wait.cumulative(), s.wait.sum)
             xact_time.add_metric([p.name], s.xact.cumulative(), s.xact.sum)
             server_errors.update(s.server_errors)
-            for reason, n in sorted(s.pins.items()):
-                pins.add_metric([p.name, reason], n)
+            for reason in PIN_REASONS:
+                pins.add_metric([p.name, reason], s.pins[reason])
             pinned.add_metric([p.name], pinned_now[p.name])
         for code, n in sorted(rt.stats.errors.items()):
             errors.add_metric([code, "poold"], n)

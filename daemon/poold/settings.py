@@ -73,6 +73,9 @@ SETTLE_SQL = (
     " UNION ALL SELECT 'role', current_setting('role')"
 )
 
+#: what pins a client (``classify``'s reasons), as the metrics name them
+PIN_REASONS = ("LISTEN", "advisory lock", "CREATE TEMPORARY", "DECLARE ... WITH HOLD", "PREPARE")
+
 #: a link whose client left with settings not learned yet (settings.Settle) is given back clean
 RESET_SQL = "RESET role; RESET session_authorization; RESET ALL"
 
