@@ -1000,12 +1000,7 @@ may_be_database_command(PyObject *data)
     return 0;
 }
 
-/* settings.may_carry_state: a chunk whose first message is a Query or Parse whose
- * text starts with SET, RESET, DISCARD, LISTEN, PREPARE, DECLARE or CREATE (any
- * case, a whole word), or with white space or a comment, or a Query of more than
- * one statement; or a chunk that names
- * advisory_lock or set_config (lower or upper case). The first bytes of a
- * request, and one memchr pass over a Query's or Parse's chunk. */
+/* the words settings.may_carry_state looks for */
 static const char *const CARRY_KEYWORDS[] = {"set", "reset", "discard", "listen", "prepare", "declare", "create"};
 static const char *const CARRY_ANYWHERE[] = {"advisory_lock", "ADVISORY_LOCK", "set_config", "SET_CONFIG"};
 
@@ -1015,50 +1010,85 @@ is_ident_char(char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '$';
 }
 
+/* settings._may_carry: one Query or Parse (its type at p, avail bytes of it in the chunk) */
 static int
-may_carry_state(PyObject *data)
+request_may_carry(const char *p, Py_ssize_t avail)
 {
-    if (!PyBytes_CheckExact(data))
-        return 0;
-    Py_ssize_t n = PyBytes_GET_SIZE(data), start;
-    const char *p = PyBytes_AS_STRING(data);
-    if (n < 6)
-        return 0;
+    Py_ssize_t start;
     if (p[0] == 'Q') {
         start = 5;
     }
-    else if (p[0] == 'P') {
-        const char *end = memchr(p + 5, 0, (size_t)(n - 5));
-        if (end == NULL || end - p + 1 >= n)
+    else {
+        const char *end = memchr(p + 5, 0, (size_t)(avail - 5)); /* after the statement's name */
+        if (end == NULL || end - p + 1 >= avail)
             return 0;
         start = end - p + 1;
     }
-    else {
+    if (start >= avail)
         return 0;
-    }
     char first = p[start];
     if (first == '-' || first == '/' || first == ' ' || first == '\t' || first == '\r' || first == '\n')
         return 1;
     for (size_t k = 0; k < sizeof CARRY_KEYWORDS / sizeof CARRY_KEYWORDS[0]; k++) {
         const char *word = CARRY_KEYWORDS[k];
         Py_ssize_t len = (Py_ssize_t)strlen(word), i;
-        if ((first | 0x20) != word[0] || start + len > n)
+        if ((first | 0x20) != word[0] || start + len > avail)
             continue;
         for (i = 1; i < len && (p[start + i] | 0x20) == word[i]; i++)
             ;
-        if (i == len && (start + len >= n || !is_ident_char(p[start + len])))
+        if (i == len && (start + len >= avail || !is_ident_char(p[start + len])))
             return 1;
     }
     if (p[0] == 'Q') { /* more than one statement (a ';' before the last words): each is looked at */
-        const char *text = p + start, *text_end = memchr(text, 0, (size_t)(n - start));
+        const char *text = p + start, *text_end = memchr(text, 0, (size_t)(avail - start));
         if (text_end == NULL)
-            text_end = p + n;
+            text_end = p + avail;
         while (text_end > text && (text_end[-1] == ';' || text_end[-1] == ' ' || text_end[-1] == '\t' ||
                                    text_end[-1] == '\r' || text_end[-1] == '\n'))
             text_end--;
         if (text_end > text && memchr(text, ';', (size_t)(text_end - text)) != NULL)
             return 1;
     }
+    return 0;
+}
+
+/* settings.may_carry_state: a chunk (starting at a message boundary) with a Query or
+ * Parse whose text starts with SET, RESET, DISCARD, LISTEN, PREPARE, DECLARE or CREATE
+ * (any case, a whole word), or with white space or a comment, or a Query of more than
+ * one statement; or a chunk with a Query or Parse that names advisory_lock or
+ * set_config (lower or upper case). A walk over the chunk's message headers, the first
+ * bytes of each Query and Parse, and one memchr pass. */
+static int
+may_carry_state(PyObject *data)
+{
+    if (!PyBytes_CheckExact(data))
+        return 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
+    const char *p = PyBytes_AS_STRING(data);
+    int seen = 0;
+    while (pos + 5 <= n) {
+        const unsigned char *h = (const unsigned char *)p + pos;
+        Py_ssize_t length = (Py_ssize_t)((uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 8 | h[4]);
+        if (length < 4)
+            return 0;
+        Py_ssize_t avail = n - pos < 1 + length ? n - pos : 1 + length;
+        int is_request = 0; /* with some text in the chunk: settings.requests */
+        if (p[pos] == 'Q') {
+            is_request = avail > 5;
+        }
+        else if (p[pos] == 'P' && avail > 5) {
+            const char *nul = memchr(p + pos + 5, 0, (size_t)(avail - 5));
+            is_request = nul != NULL && nul - (p + pos) + 1 < avail;
+        }
+        if (is_request) {
+            seen = 1;
+            if (request_may_carry(p + pos, avail))
+                return 1;
+        }
+        pos += 1 + length;
+    }
+    if (!seen)
+        return 0;
     /* each name has one '_': one memchr pass finds the few places to compare */
     const char *end = p + n, *u = p;
     while ((u = memchr(u, '_', (size_t)(end - u))) != NULL) {

@@ -496,9 +496,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         if touched:
             self.settle = True
         if reason is not None:
-            if self.pool.settings.session_state == "error":
+            if self.pool.settings.session_state == "error" and (replaced := settings.refused(data)) is not None:
                 log.info("session_state_refused", peer=self.peer, db=self.database, user=self.user, reason=reason)
-                return settings.refused(data, reason)
+                return replaced
             self.session_mode = True
             self.pinned = reason
             self.pool.stats.pins[reason] += 1

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -182,54 +182,79 @@ def _split_options(options: str) -> list[str]:
 # -- the client's requests ---------------------------------------------------------
 
 
-def statement_start(data: bytes) -> int:
-    """Where the text of a chunk's first message starts, if it is a Query or a Parse; else -1."""
-    if len(data) < 6:
-        return -1
-    if data[0] == messages.QUERY:
-        return 5
-    if data[0] == messages.PARSE:
-        end = data.find(b"\0", 5)
-        return end + 1 if 0 < end < len(data) - 1 else -1
-    return -1
+def requests(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """The Queries and Parses of a chunk that starts at a message boundary: (where the
+    message starts, where its text starts, where it ends in this chunk), each with some
+    text in the chunk. The walk stops at a length below 4 (the relay refuses it)."""
+    n, pos = len(data), 0
+    while pos + 5 <= n:
+        t = data[pos]
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if length < 4:
+            return
+        end = min(n, pos + 1 + length)
+        if t == messages.QUERY and pos + 5 < end:
+            yield pos, pos + 5, end
+        elif t == messages.PARSE:
+            name_end = data.find(b"\0", pos + 5, end)
+            if name_end >= 0 and name_end + 1 < end:
+                yield pos, name_end + 1, end
+        pos += 1 + length
 
 
 def may_carry_state(data: bytes) -> bool:
-    """Whether a chunk (starting at a message boundary) must be looked at: its first
-    Query's or Parse's text starts with one of the keywords, or with white space or
-    a comment, or the chunk names a session advisory lock or set_config. Cheap, for
-    every request; _relaycore.c, may_carry_state."""
-    start = statement_start(data)
-    if start < 0:
-        return False
-    first = data[start]
-    if first in _LEAD:
+    """Whether a chunk (starting at a message boundary) must be looked at: the text of one
+    of its Queries or Parses starts with one of the keywords, or with white space or a
+    comment, or is a Query of more than one statement; or the chunk has a Query or Parse
+    and names a session advisory lock or set_config. Cheap, for every request: the first
+    bytes of each; _relaycore.c, may_carry_state."""
+    seen = False
+    for pos, start, end in requests(data):
+        seen = True
+        if _may_carry(data, data[pos] == messages.QUERY, start, end):
+            return True
+    return seen and any(w in data for w in _ANYWHERE)
+
+
+def _may_carry(data: bytes, is_query: bool, start: int, end: int) -> bool:
+    """may_carry_state for one Query or Parse, whose text starts at ``start``."""
+    if data[start] in _LEAD:
         return True
     for word in _KEYWORDS:
-        end = start + len(word)
-        if data[start:end].lower() == word and (end >= len(data) or data[end] not in _IDENT):
+        after = start + len(word)
+        if after <= end and data[start:after].lower() == word and (after >= end or data[after] not in _IDENT):
             return True
-    if data[0] == messages.QUERY:  # more than one statement: each is looked at
-        end = data.find(b"\0", start)
-        if b";" in data[start : end if end >= 0 else len(data)].rstrip(b"; \t\r\n"):
-            return True
-    return any(w in data for w in _ANYWHERE)
+    if is_query:  # more than one statement: each is looked at
+        nul = data.find(b"\0", start, end)
+        return b";" in data[start : nul if nul >= 0 else end].rstrip(b"; \t\r\n")
+    return False
 
 
 def classify(data: bytes) -> tuple[bool, str | None]:
     """What a chunk that ``may_carry_state`` does to its session: (it may change a
     setting, what it makes that cannot be carried or None)."""
-    start = statement_start(data)
-    text = data[start : data.find(b"\0", start)] if start >= 0 else b""
-    # A Query's statements, split at each ';' (one inside a string or a comment splits it too: the
-    # worst that does is a round trip or a pin of too many)
-    statements = text.split(b";") if data[:1] == b"Q" else [text]
     touched = b"set_config" in data or b"SET_CONFIG" in data
     reason = "advisory lock" if b"advisory_lock" in data or b"ADVISORY_LOCK" in data else None
-    for statement in statements:
-        word_touched, word_reason = _classify_statement(statement)
-        touched = touched or word_touched
-        reason = reason or word_reason
+    for pos, start, end in requests(data):
+        one_touched, one_reason = _classify_request(data, pos, start, end)
+        touched = touched or one_touched
+        reason = reason or one_reason
+    return touched, reason
+
+
+def _classify_request(data: bytes, pos: int, start: int, end: int) -> tuple[bool, str | None]:
+    """One Query's or Parse's statements, by their first words. A Query's are split at each
+    ';' (one inside a string or a comment splits it too: the worst that does is a round
+    trip or a pin of too many)."""
+    nul = data.find(b"\0", start, end)
+    text = data[start : nul if nul >= 0 else end]
+    touched, reason = False, None
+    for statement in text.split(b";") if data[pos] == messages.QUERY else [text]:
+        one_touched, one_reason = _classify_statement(statement)
+        touched = touched or one_touched
+        reason = reason or one_reason
+    if b"advisory_lock" in text or b"ADVISORY_LOCK" in text:
+        reason = reason or "advisory lock"
     return touched, reason
 
 
@@ -249,24 +274,39 @@ def _classify_statement(text: bytes) -> tuple[bool, str | None]:
     return word in (b"set", b"reset", b"discard"), None
 
 
-def refused(data: bytes, reason: str) -> bytes:
-    """The chunk with its first message (a Query or Parse) replaced by one that fails
-    with 0A000 on the server: so that the error takes its place in the client's
-    transaction as the statement's own would (a block is aborted, a pipeline skips
-    to its Sync), and nothing else is touched."""
-    length = struct.unpack_from("!i", data, 1)[0]
-    rest = data[1 + length :]
+def refused(data: bytes) -> bytes | None:
+    """The chunk with each Query or Parse that makes what cannot be carried replaced by one
+    that fails with 0A000 on the server: so that the error takes the statement's place in
+    the client's transaction as its own would (a block is aborted, a pipeline skips to its
+    Sync), and nothing else is touched. None when such a message does not end in this
+    chunk (it cannot be replaced: the caller pins instead), or when the chunk names an
+    advisory lock only outside its Queries and Parses."""
+    out, done, found = [], 0, False
+    for pos, start, end in requests(data):
+        reason = _classify_request(data, pos, start, end)[1]
+        if reason is None:
+            continue
+        length = struct.unpack_from("!i", data, pos + 1)[0]
+        if pos + 1 + length > len(data):
+            return None
+        out.append(data[done:pos])
+        out.append(_refusal(data, pos, start, pos + 1 + length, reason))
+        done, found = pos + 1 + length, True
+    return b"".join(out) + data[done:] if found else None
+
+
+def _refusal(data: bytes, pos: int, start: int, end: int, reason: str) -> bytes:
+    """The Query or Parse at ``pos`` (ending at ``end``) made to fail with 0A000."""
     message = (f"poold: {reason} cannot be carried across server connections in transaction mode "
                "(the pool's session_state is \"error\")")
     hint = 'Use a pool in session mode, or set session_state = "pin" for this pool.'
     sql = (f"DO $poold$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {quote_literal(message)}, "
            f"HINT = {quote_literal(hint)}; END$poold$")
-    if data[0] == messages.QUERY:
-        return messages.query(sql) + rest
-    name_end = data.index(b"\0", 5)
-    text_end = data.index(b"\0", name_end + 1)
-    body = data[5 : name_end + 1] + sql.encode() + b"\0" + data[text_end + 1 : 1 + length]
-    return b"P" + struct.pack("!i", len(body) + 4) + body + rest
+    if data[pos] == messages.QUERY:
+        return messages.query(sql)
+    text_end = data.index(b"\0", start)
+    body = data[pos + 5 : start] + sql.encode() + b"\0" + data[text_end + 1 : end]
+    return b"P" + struct.pack("!i", len(body) + 4) + body
 
 
 # -- a server connection's settings ---------------------------------------------------

@@ -141,6 +141,20 @@ def test_set_does_not_leak(poold_factory: Callable[..., Poold], core: dict[str, 
         assert show(a, "work_mem") == "9MB"
 
 
+def test_set_in_a_pipeline(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
+    """A SET that is not the first request of what the client sends at once (psycopg's pipeline mode)."""
+    poold = poold_factory(max_size=1, min_size=1, environ=core)
+    with connect(poold) as a, connect(poold) as b:
+        with a.pipeline():
+            a.execute("SELECT 1")
+            a.execute("SET work_mem = '6MB'")
+            a.execute("SELECT 2")
+        # (psycopg sends a Flush after its pipeline's Sync: poold holds the server connection to the next Sync)
+        a.execute("SELECT 3")
+        assert show(b, "work_mem") == "4MB"
+        assert show(a, "work_mem") == "6MB"
+
+
 def test_set_in_a_block_follows_postgresql(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
     poold = poold_factory(max_size=1, min_size=1, environ=core)
     with connect(poold) as a, connect(poold) as b:

@@ -93,6 +93,13 @@ def test_what_does_not_carry_state(data: bytes) -> None:
     assert settings.classify(data) == (False, None) or not settings.may_carry_state(data)
 
 
+def test_every_request_of_a_chunk_is_looked_at() -> None:
+    pipeline = parse("SELECT 1") + b"B\0\0\0\x0c\0\0\0\0\0\0\0\0" + parse("SET work_mem = 1") + SYNC
+    assert settings.may_carry_state(pipeline)
+    assert settings.classify(pipeline) == (True, None)
+    assert settings.classify(parse("SELECT 1") + parse("LISTEN x") + SYNC) == (False, "LISTEN")
+
+
 @pytest.mark.parametrize("data", [
     query("SELECT abalance FROM pgbench_accounts WHERE aid = 1"), query("SELECT 1; \n"), parse("SELECT 1") + SYNC,
     b"B\0\0\0\x0c\0\0\0\0\0\0\0\0" + SYNC, query("INSERT INTO t VALUES (1)"), query("UPDATE t SET i = 1"),
@@ -110,20 +117,28 @@ def test_may_carry_state_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes)
     """The C core's test (_relaycore.c, may_carry_state) and the reference agree on any bytes."""
     native = relaycore.native
     assert native is not None, "the C core was not built"
+    one = query("select 1") + b"B\0\0\0\x04"
+    framed = kind + struct.pack("!i", len(head) + 5) + head + b"\0"
     for data in (kind + b"\0\0\0\0" + head + tail, kind + b"\0\0\0\0name\0" + head + tail, kind + head + tail,
-                 kind + b"\0\0\0\0select " + tail + head, kind + b"\0\0\0\0" + head + b"_lock" + tail):
+                 kind + b"\0\0\0\0select " + tail + head, kind + b"\0\0\0\0" + head + b"_lock" + tail,
+                 one + framed + tail, framed + one + tail, one + kind + struct.pack("!i", 40) + b"n\0" + head + tail,
+                 kind + struct.pack("!i", 9) + head + tail):
         assert native.may_carry_state(data) == settings.may_carry_state(data), data
 
 
 def test_refused_keeps_the_rest_of_the_chunk() -> None:
     rest = b"B\0\0\0\x0c\0\0\0\0\0\0\0\0" + SYNC
-    out = settings.refused(parse("LISTEN x", "s1", (23,)) + rest, "LISTEN")
-    assert out.endswith(rest) and out.startswith(b"P")
+    out = settings.refused(parse("LISTEN x", "s1", (23,)) + rest)
+    assert out is not None and out.endswith(rest) and out.startswith(b"P")
     length = struct.unpack_from("!i", out, 1)[0]
     body = out[5 : 1 + length]
     name, sql, tail = body.split(b"\0", 2)
     assert name == b"s1" and sql.startswith(b"DO $poold$") and b"0A000" in sql and tail == struct.pack("!hi", 1, 23)
-    assert settings.refused(query("LISTEN x") + SYNC, "LISTEN").endswith(SYNC)
+    # the one that makes it, wherever it is in the chunk; the others as they were
+    first = parse("SELECT 1") + rest
+    out = settings.refused(first + query("LISTEN x") + SYNC)
+    assert out is not None and out.startswith(first) and out.endswith(SYNC) and b"0A000" in out
+    assert settings.refused(query("LISTEN x")[:-3]) is None  # does not end in the chunk: pinned instead
 
 
 def test_sync_sql() -> None:
