@@ -28,7 +28,7 @@ DEFAULT_SOCKET = "/run/poold/control.sock"
 TABLES = {
     "pools": ["pool", "mode", "clients", "active", "idle", "waiting", "total", "min_size", "max_size", "paused",
               "breaker", "last_error"],
-    "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age"],
+    "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age", "pinned"],
     "servers": ["pool", "pid", "state", "tx_status", "client", "age"],
 }
 

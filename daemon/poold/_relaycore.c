@@ -59,6 +59,7 @@ static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
+    *s_settle, *s_session_statement,
     *s_give_back, *s_retire, *s_set_aside, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
     *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
@@ -405,9 +406,11 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *transport, *write, *scanner, *pool, *server, *buffered, *wanted, *rt;
+    PyObject *startup, *pinned; /* settings.py: the startup settings (or None), what pins it (or None) */
     Py_ssize_t buffered_syncs, transactions;
     double xact_start, wait_start;
     char relaying, waiting, terminating, closed, in_batch, session_mode, server_paused;
+    char settle; /* a request may have changed a setting: ClientSession._settle at the release */
     /* the C login (see client_login): */
     char native_login;    /* set by ClientSession.connection_made: the client's login bytes come here */
     int login_sent;       /* messages it wrote: 0, 1 (AuthenticationSASL), 2 (and SASLContinue) */
@@ -997,6 +1000,109 @@ may_be_database_command(PyObject *data)
     return 0;
 }
 
+/* the words settings.may_carry_state looks for */
+static const char *const CARRY_KEYWORDS[] = {"set", "reset", "discard", "listen", "prepare", "declare", "create"};
+static const char *const CARRY_ANYWHERE[] = {"advisory_lock", "ADVISORY_LOCK", "set_config", "SET_CONFIG"};
+
+static int
+is_ident_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '$';
+}
+
+/* settings._may_carry: one Query or Parse (its type at p, avail bytes of it in the chunk) */
+static int
+request_may_carry(const char *p, Py_ssize_t avail)
+{
+    Py_ssize_t start;
+    if (p[0] == 'Q') {
+        start = 5;
+    }
+    else {
+        const char *end = memchr(p + 5, 0, (size_t)(avail - 5)); /* after the statement's name */
+        if (end == NULL || end - p + 1 >= avail)
+            return 0;
+        start = end - p + 1;
+    }
+    if (start >= avail)
+        return 0;
+    char first = p[start];
+    if (first == '-' || first == '/' || first == ' ' || first == '\t' || first == '\r' || first == '\n')
+        return 1;
+    for (size_t k = 0; k < sizeof CARRY_KEYWORDS / sizeof CARRY_KEYWORDS[0]; k++) {
+        const char *word = CARRY_KEYWORDS[k];
+        Py_ssize_t len = (Py_ssize_t)strlen(word), i;
+        if ((first | 0x20) != word[0] || start + len > avail)
+            continue;
+        for (i = 1; i < len && (p[start + i] | 0x20) == word[i]; i++)
+            ;
+        if (i == len && (start + len >= avail || !is_ident_char(p[start + len])))
+            return 1;
+    }
+    if (p[0] == 'Q') { /* more than one statement (a ';' before the last words): each is looked at */
+        const char *text = p + start, *text_end = memchr(text, 0, (size_t)(avail - start));
+        if (text_end == NULL)
+            text_end = p + avail;
+        while (text_end > text && (text_end[-1] == ';' || text_end[-1] == ' ' || text_end[-1] == '\t' ||
+                                   text_end[-1] == '\r' || text_end[-1] == '\n'))
+            text_end--;
+        if (text_end > text && memchr(text, ';', (size_t)(text_end - text)) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+/* settings.may_carry_state: a chunk (starting at a message boundary) with a Query or
+ * Parse whose text starts with SET, RESET, DISCARD, LISTEN, PREPARE, DECLARE or CREATE
+ * (any case, a whole word), or with white space or a comment, or a Query of more than
+ * one statement; or a chunk with a Query or Parse that names advisory_lock or
+ * set_config (lower or upper case). A walk over the chunk's message headers, the first
+ * bytes of each Query and Parse, and one memchr pass. */
+static int
+may_carry_state(PyObject *data)
+{
+    if (!PyBytes_CheckExact(data))
+        return 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
+    const char *p = PyBytes_AS_STRING(data);
+    int seen = 0;
+    while (pos + 5 <= n) {
+        const unsigned char *h = (const unsigned char *)p + pos;
+        Py_ssize_t length = (Py_ssize_t)((uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 8 | h[4]);
+        if (length < 4)
+            return 0;
+        Py_ssize_t avail = n - pos < 1 + length ? n - pos : 1 + length;
+        int is_request = 0; /* with some text in the chunk: settings.requests */
+        if (p[pos] == 'Q') {
+            is_request = avail > 5;
+        }
+        else if (p[pos] == 'P' && avail > 5) {
+            const char *nul = memchr(p + pos + 5, 0, (size_t)(avail - 5));
+            is_request = nul != NULL && nul - (p + pos) + 1 < avail;
+        }
+        if (is_request) {
+            seen = 1;
+            if (request_may_carry(p + pos, avail))
+                return 1;
+        }
+        pos += 1 + length;
+    }
+    if (!seen)
+        return 0;
+    /* each name has one '_': one memchr pass finds the few places to compare */
+    const char *end = p + n, *u = p;
+    while ((u = memchr(u, '_', (size_t)(end - u))) != NULL) {
+        for (size_t k = 0; k < sizeof CARRY_ANYWHERE / sizeof CARRY_ANYWHERE[0]; k++) {
+            const char *name = CARRY_ANYWHERE[k];
+            size_t len = strlen(name), at = (size_t)(strchr(name, '_') - name);
+            if ((size_t)(u - p) >= at && (size_t)(end - (u - at)) >= len && memcmp(u - at, name, len) == 0)
+                return 1;
+        }
+        u++;
+    }
+    return 0;
+}
+
 /* _lease_and_send: a free link at once, else wait for one (Pool._acquire_wait queues). */
 static int
 client_lease_and_send(ClientCore *self, PyObject *data, Py_ssize_t syncs)
@@ -1514,6 +1620,7 @@ client_welcome(ClientCore *self, PyObject *sasl_final, PyObject *rest)
         if (copy == NULL)
             goto done;
         Py_XSETREF(self->wanted, copy);
+        Py_XSETREF(self->startup, Py_NewRef(own)); /* read, never changed: RESET ALL returns to it */
     }
     Py_ssize_t n_final = PyBytes_GET_SIZE(sasl_final), n_settings = PyBytes_GET_SIZE(settings);
     message = PyBytes_FromStringAndSize(NULL, n_final + n_settings + 13 + (Py_ssize_t)sizeof READY_IDLE);
@@ -1647,6 +1754,12 @@ Client_data_received(ClientCore *self, PyObject *data)
         return PyObject_CallMethodOneArg((PyObject *)self, s_relay, data);
     Py_ssize_t syncs, stop_at;
     int last;
+    /* a Query or Parse that starts the chunk and may change the session's state (settings.py) */
+    int look = may_carry_state(data);
+    if (look)
+        look = scanner_at_boundary(self->scanner);
+    if (look < 0)
+        return NULL;
     if (scanner_tally(self->scanner, data, &syncs, &stop_at, &last) < 0) {
         if (!PyErr_ExceptionMatches(ProtocolError))
             return NULL;
@@ -1671,6 +1784,16 @@ Client_data_received(ClientCore *self, PyObject *data)
     }
     if (chunk == NULL)
         return NULL;
+    if (look && PyBytes_GET_SIZE(chunk)) { /* ClientSession._session_statement: what goes to the server */
+        Py_SETREF(chunk, PyObject_CallMethodOneArg((PyObject *)self, s_session_statement, chunk));
+        if (chunk == NULL)
+            return NULL;
+        if (!PyBytes_CheckExact(chunk)) {
+            Py_DECREF(chunk);
+            PyErr_SetString(PyExc_TypeError, "_session_statement returns bytes");
+            return NULL;
+        }
+    }
     Py_ssize_t n = PyBytes_GET_SIZE(chunk);
     stats->bytes_in += n;
     stats->queries += syncs;
@@ -1748,7 +1871,9 @@ client_server_ready(ClientCore *self, PyObject *status)
     int rc = 0;
     if (self->server_paused)
         rc = call_done(PyObject_CallMethodOneArg((PyObject *)self, s_unpause, link));
-    if (rc == 0) {
+    if (rc == 0 && self->settle) /* learn the settings first: ClientSession._settle */
+        rc = call_done(PyObject_CallMethodOneArg((PyObject *)self, s_settle, link));
+    else if (rc == 0) {
         if (is_core(link, &ServerCoreType))
             rc = pool_release(pool, (ServerCore *)link, now);
         else {
@@ -1794,6 +1919,8 @@ Client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->key = Py_NewRef(NO_KEY);
     self->user = Py_NewRef(EMPTY_STR);
     self->database = Py_NewRef(EMPTY_STR);
+    self->startup = Py_NewRef(Py_None);
+    self->pinned = Py_NewRef(Py_None);
     if (self->buffered == NULL || self->wanted == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -1930,6 +2057,8 @@ Client_traverse(ClientCore *self, visitproc visit, void *arg)
     Py_VISIT(self->server);
     Py_VISIT(self->buffered);
     Py_VISIT(self->wanted);
+    Py_VISIT(self->startup);
+    Py_VISIT(self->pinned);
     Py_VISIT(self->rt);
     Py_VISIT(self->login_buf);
     Py_VISIT(self->login);
@@ -1950,6 +2079,8 @@ Client_clear(ClientCore *self)
     Py_CLEAR(self->server);
     Py_CLEAR(self->buffered);
     Py_CLEAR(self->wanted);
+    Py_CLEAR(self->startup);
+    Py_CLEAR(self->pinned);
     Py_CLEAR(self->rt);
     login_reset(self);
     Py_CLEAR(self->login);
@@ -1987,6 +2118,9 @@ static PyMemberDef Client_members[] = {
     {"server", T_OBJECT, offsetof(ClientCore, server), 0, NULL},
     {"buffered", T_OBJECT, offsetof(ClientCore, buffered), 0, NULL},
     {"wanted", T_OBJECT, offsetof(ClientCore, wanted), 0, NULL},
+    {"startup", T_OBJECT, offsetof(ClientCore, startup), 0, NULL},
+    {"pinned", T_OBJECT, offsetof(ClientCore, pinned), 0, NULL},
+    {"settle", T_BOOL, offsetof(ClientCore, settle), 0, NULL},
     {"rt", T_OBJECT, offsetof(ClientCore, rt), 0, NULL},
     {"buffered_syncs", T_PYSSIZET, offsetof(ClientCore, buffered_syncs), 0, NULL},
     {"transactions", T_PYSSIZET, offsetof(ClientCore, transactions), 0, NULL},
@@ -2037,11 +2171,28 @@ static PyTypeObject ClientCoreType = {
 
 /* ------------------------------------------------------------------------ */
 
+/* may_carry_state(data): settings.may_carry_state, for the differential test of the pair */
+static PyObject *
+Module_may_carry_state(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "may_carry_state takes bytes");
+        return NULL;
+    }
+    return PyBool_FromLong(may_carry_state(data));
+}
+
+static PyMethodDef relaycore_functions[] = {
+    {"may_carry_state", (PyCFunction)Module_may_carry_state, METH_O, "settings.may_carry_state in C."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef relaycore_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "poold._relaycore",
     .m_doc = "The relay's per-transaction path in C (see the Python reference classes named in each type).",
     .m_size = -1,
+    .m_methods = relaycore_functions,
 };
 
 #define INTERN(var, text)                                \
@@ -2069,6 +2220,8 @@ PyInit__relaycore(void)
     INTERN(s_resume_reading, "resume_reading");
     INTERN(s_fatal, "_fatal");
     INTERN(s_unpause, "_unpause");
+    INTERN(s_settle, "_settle");
+    INTERN(s_session_statement, "_session_statement");
     INTERN(s_give_back, "_give_back");
     INTERN(s_retire, "_retire");
     INTERN(s_set_aside, "_set_aside");

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, relaycore, sockio
+from . import auth, relaycore, settings, sockio
 from .errors import PooldError, ServerRefusal
 from .login import LoginPlan, LoginSteps
 from .protocol import messages
@@ -56,6 +56,7 @@ _READY_IDLE = messages.ready_for_query()
 
 _P = messages.PARSE
 _Q_OR_P = frozenset((_Q, _P))
+_Q_OR_P_BYTE = frozenset((b"Q", b"P"))
 #: the first letters of CREATE and DROP, and of what may come before them (white space, a comment)
 _DATABASE_COMMAND_FIRST = frozenset(b"CcDd-/ \t\r\n")
 _DATABASE_COMMAND_LEAD = frozenset(b"-/ \t\r\n")
@@ -65,8 +66,6 @@ _DATABASE_COMMAND_START = frozenset((b"crea", b"drop"))
 #: a 55006 of DROP DATABASE or CREATE DATABASE ... TEMPLATE (the database it names)
 _DATABASE_IN_USE = re.compile(r'database "(.+)" is being accessed by other users')
 
-#: startup parameters that are not settings
-_STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
 
 class ClientCorePy:
@@ -83,10 +82,9 @@ class ClientCorePy:
 
     # Slots: one of these lives per client connection, idle ones included.
     __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
-                 "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pool",
-                 "relaying", "rt", "scanner", "server",
-                 "session_mode", "terminating", "tls", "transactions", "transport", "user", "wait_start", "waiting",
-                 "wanted", "xact_start")
+                 "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pinned",
+                 "pool", "relaying", "rt", "scanner", "server", "session_mode", "settle", "startup", "terminating",
+                 "tls", "transactions", "transport", "user", "wait_start", "waiting", "wanted", "xact_start")
 
     scanner_type: type[PyFrameScanner]  # the class's: ClientSession.scanner_type
 
@@ -97,7 +95,10 @@ class ClientCorePy:
     rt: Runtime
     buffered: list[bytes]
     buffered_syncs: int
-    wanted: dict[str, str]  # tracked settings differing from defaults
+    wanted: dict[str, str]  # the client's settings beyond its pool's defaults (settings.py)
+    startup: dict[str, str] | None  # those its startup packet set (read, never changed)
+    settle: bool  # a request may have changed a setting: learn them at the release (settings.Settle)
+    pinned: str | None  # what pins its server connection to it in transaction mode (settings.classify)
     transactions: int
     xact_start: float  # when the current transaction's first request went out
     wait_start: float  # when the current wait for a server connection began
@@ -134,6 +135,8 @@ class ClientCorePy:
         self.transport = self.pool = self.server = None
         self.buffered = []
         self.wanted = {}
+        self.startup = self.pinned = None
+        self.settle = False
         self.buffered_syncs = self.transactions = 0
         self.xact_start = self.wait_start = 0.0
         self.relaying = self.waiting = self.terminating = self.closed = self.in_batch = False
@@ -192,7 +195,10 @@ class ClientCorePy:
             if link is not None:
                 if self._server_paused:
                     self._unpause(link)
-                pool.release(link, now)  # type: ignore[union-attr]
+                if self.settle:
+                    self._settle(link)
+                else:
+                    pool.release(link, now)  # type: ignore[union-attr]
 
     def on_server(self, link: ServerLink) -> None:
         if self.wait_start:
@@ -229,6 +235,12 @@ class ClientCorePy:
         raise NotImplementedError
 
     def _unpause(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+    def _settle(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+    def _session_statement(self, data: bytes) -> bytes:
         raise NotImplementedError
 
     def _start_login(self) -> None:
@@ -314,6 +326,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     # -- relay: client -> server (hot path) ----------------------------------
 
     def _relay(self, data: bytes) -> None:
+        # A Query or Parse that starts the chunk and may change the session's state (settings.py)
+        look = data[:1] in _Q_OR_P_BYTE and self.scanner.at_boundary and settings.may_carry_state(data)
         try:
             # Query, Sync and FunctionCall each owe one ReadyForQuery; Terminate ends it.
             syncs, stop_at, last = self.scanner.tally(data, _SYNC_POINTS, _X)
@@ -325,6 +339,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         if stop_at is not None:
             data = data[:stop_at] if stop_at > 0 else b""
             self.terminating = True
+        if look and data:
+            data = self._session_statement(data)
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)
@@ -470,6 +486,31 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             link.transport.resume_reading()
         self._server_paused = False
 
+    def _session_statement(self, data: bytes) -> bytes:
+        """A request that may change the session's state (settings.may_carry_state): note a
+        setting to learn at the release, or pin, or refuse what cannot be carried. Returns
+        what goes to the server."""
+        if self.session_mode or self.pool is None:  # the server connection is the client's anyway
+            return data
+        touched, reason = settings.classify(data)
+        if touched:
+            self.settle = True
+        if reason is not None:
+            if self.pool.settings.session_state == "error" and (replaced := settings.refused(data)) is not None:
+                log.info("session_state_refused", peer=self.peer, db=self.database, user=self.user, reason=reason)
+                return replaced
+            self.session_mode = True
+            self.pinned = reason
+            self.pool.stats.pins[reason] += 1
+            log.warning("client_pinned", peer=self.peer, db=self.database, user=self.user, reason=reason,
+                        server_pid=self.server.pid if self.server is not None else None)
+        return data
+
+    def _settle(self, link: ServerLink) -> None:
+        """The release after requests that may have changed settings: learn them first."""
+        self.settle = False
+        settings.Settle(self).start(link)  # type: ignore[arg-type]  # self is a ClientSession
+
     def terminate_now(self, sqlstate: str, message: str) -> None:
         self._fatal(sqlstate, message)
 
@@ -480,11 +521,15 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary:
             log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
             pool.discard(link, cancel=bool(link.pending))
+        elif self.session_mode:  # session mode, or pinned in transaction mode
+            link.params = {}
+            link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + ["DISCARD ALL"], pool.release_if_idle)
+        elif self.settle:  # its last requests may have changed settings: none stays on the link
+            link.params = {}
+            link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + [settings.RESET_SQL],
+                              pool.release_if_idle)
         elif link.status != b"I":
-            sqls = ["ROLLBACK", "DISCARD ALL"] if self.session_mode else ["ROLLBACK"]
-            link.run_internal(sqls, pool.release_if_idle)
-        elif self.session_mode:
-            link.run_internal(["DISCARD ALL"], pool.release_if_idle)
+            link.run_internal(["ROLLBACK"], pool.release_if_idle)
         else:
             pool.release(link)
 

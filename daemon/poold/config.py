@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 POOL_MODES = ("session", "transaction")
+SESSION_STATES = ("pin", "error")
 AUTH_TYPES = ("trust", "md5", "scram-sha-256", "hba")
 ENV_PREFIX = "POOLD_"
 
@@ -83,6 +84,11 @@ class ClientSettings:
     max_message_size: int = 64 * 1024 * 1024  # client frames above this are refused
     max_login_conn: int = 1000  # logins in progress; a new one pushes out the oldest (loginguard)
     auth_failure_delay: float = 0.5  # seconds per failed authentication of a (user, address); 0 disables
+    ignore_startup_parameters: str = ""  # comma-separated startup parameters dropped, as PgBouncer's list
+
+    @property
+    def ignored_startup_parameters(self) -> frozenset[str]:
+        return frozenset(n.strip().lower() for n in self.ignore_startup_parameters.split(",") if n.strip())
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class PoolSettings:
     breaker_failures: int = 5
     breaker_reset: float = 30.0
     pressure_threshold: float = 0.90
+    session_state: str = "pin"  # transaction mode: what cannot follow a client (LISTEN, ...) pins or errors
 
 
 @dataclass(frozen=True)
@@ -308,6 +315,8 @@ def _validate_pool(p: PoolSettings, table: Mapping[str, Any], prefix: str, error
 
     if p.mode not in POOL_MODES:
         bad("mode", f"must be one of {', '.join(POOL_MODES)}, got {p.mode!r}")
+    if p.session_state not in SESSION_STATES:
+        bad("session_state", f"must be one of {', '.join(SESSION_STATES)}, got {p.session_state!r}")
     if p.db_cpu_count < 1:
         bad("db_cpu_count", "must be >= 1")
     if p.max_size < 1:

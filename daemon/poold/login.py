@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, hba, sockio
+from . import auth, hba, settings, sockio
 from .admin import CONSOLE_DATABASES
 from .errors import PooldError, ServerRefusal
 from .loginguard import Pause
@@ -33,7 +33,7 @@ from .pools import PoolRegistry
 from .protocol import messages
 from .protocol.errors import ProtocolError, StartupLengthInvalid
 from .protocol.framing import MessageReader
-from .relay import ServerLink, canonical_parameter
+from .relay import ServerLink
 
 if TYPE_CHECKING:
     from .client import ClientCorePy as _Session  # the state these steps use
@@ -47,9 +47,6 @@ log = structlog.get_logger("poold.login")
 
 _AUTH_OK = messages.auth_ok()
 _READY_IDLE = messages.ready_for_query()
-
-#: startup parameters that are not settings
-_STARTUP_KEYS = frozenset({"user", "database", "replication"})
 
 
 class LoginSteps(_Session):
@@ -273,7 +270,8 @@ class LoginSteps(_Session):
         spelled = pool.spellings.spell(wanted, defaults)
         if spelled is None:  # a value the pool's server has not spelled yet: ask it (spellings.py)
             try:
-                spelled = yield pool.spellings.ask(pool, wanted, startup.params)
+                written = settings.startup_settings(startup.params, rt.config.clients.ignored_startup_parameters)
+                spelled = yield pool.spellings.ask(pool, wanted, written)
             except ServerRefusal:
                 # As PostgreSQL refuses a startup parameter: once authenticated.
                 self.transport.write(_authenticated(startup, sasl_final) + _AUTH_OK)  # type: ignore[union-attr]
@@ -308,6 +306,7 @@ class LoginSteps(_Session):
         self.session_mode = link is not None
         if own:
             self.wanted = dict(own)  # the session's own copy: on_server_parameter changes it
+            self.startup = own  # RESET ALL returns to these (settings.Settle)
         if link is not None:
             self._attach(link, b"", 0)  # the client's settings go first, if it has its own
         sasl_final = _authenticated(startup, sasl_final)
@@ -549,18 +548,13 @@ def _login_plan(rt: Runtime, payload: bytes, origin: hba.Origin | None) -> Login
 
 
 def _database_and_settings(config: Config, startup: messages.StartupMessage) -> tuple[DatabaseSettings, dict[str, str]]:
-    """The database a startup packet asks for, and the tracked settings it sets."""
+    """The database a startup packet asks for, and the settings it sets (settings.startup_settings):
+    any setting is the client's; PostgreSQL's refusal of one is the server's to give (spellings.py)."""
     db = config.database(startup.database)
     if db is None:
         raise PooldError("3D000", f'database "{startup.database}" does not exist')
-    wanted = {}
-    for name, value in startup.params.items():
-        canon = canonical_parameter(name)
-        if canon is not None:
-            wanted[canon] = value
-        elif name not in _STARTUP_KEYS and not (name == "options" and not value.strip()):
-            raise PooldError("08P01", f"unsupported startup parameter: {name}")
-    return db, wanted
+    written = settings.startup_settings(startup.params, config.clients.ignored_startup_parameters)
+    return db, {settings.setting_name(name): value for name, value in written.items()}
 
 
 class _Muted:

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .settings import PIN_REASONS
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
@@ -45,6 +47,11 @@ class PooldCollector(Collector):
                                        labels=["pool", "result"])
         breaker = GaugeMetricFamily("poold_breaker_open", "1 while the pool's circuit breaker is open or half-open",
                                     labels=["pool"])
+        pins = CounterMetricFamily("poold_client_pins", "Clients pinned to their server connection in transaction "
+                                   "mode, by what pinned them", labels=["pool", "reason"])
+        pinned = GaugeMetricFamily("poold_pinned_clients", "Clients pinned to their server connection now",
+                                   labels=["pool"])
+        pinned_now = Counter(c.pool.name for c in rt.clients if c.pinned is not None and c.pool is not None)
         server_errors: Counter[str] = Counter()
         for p in pools:
             snap = p.snapshot()
@@ -63,11 +70,15 @@ class PooldCollector(Collector):
             wait.add_metric([p.name], s.wait.cumulative(), s.wait.sum)
             xact_time.add_metric([p.name], s.xact.cumulative(), s.xact.sum)
             server_errors.update(s.server_errors)
+            for reason in PIN_REASONS:
+                pins.add_metric([p.name, reason], s.pins[reason])
+            pinned.add_metric([p.name], pinned_now[p.name])
         for code, n in sorted(rt.stats.errors.items()):
             errors.add_metric([code, "poold"], n)
         for code, n in sorted(server_errors.items()):
             errors.add_metric([code, "server"], n)
-        yield from (size, pressure, maximum, xacts, queries, nbytes, wait, xact_time, errors, breaker, connects)
+        yield from (size, pressure, maximum, xacts, queries, nbytes, wait, xact_time, errors, breaker, connects, pins,
+                    pinned)
 
         clients = GaugeMetricFamily("poold_clients", "Client connections by state", labels=["state"])
         for state, n in sorted(Counter(c.state for c in rt.clients).items()):

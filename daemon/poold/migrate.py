@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .pgbouncer_ini import IniError, int_value, parse_connstr, parse_ini, seconds
-from .relay import TRACKED_PARAMETERS
 
 __all__ = ["CARRIED", "NOT_APPLICABLE", "UNSUPPORTED", "IniError", "Migration", "Note", "convert", "parse_connstr"]
 
@@ -469,19 +468,15 @@ def _prepared_statements(w: _Writer, settings: dict[str, str], get: Get) -> None
 
 
 def _parameters(w: _Writer, key: str, value: str) -> None:
-    tracked = {p.lower() for p in TRACKED_PARAMETERS}
-    for name in filter(None, (p.strip() for p in value.split(","))):
-        if name.lower() in tracked:
-            w.note(f"{key}: {name}", "carried", "poold accepts it in the startup packet and keeps it per client")
-        elif key == "track_extra_parameters":
-            w.note(f"{key}: {name}", "unsupported", f"poold keeps only {', '.join(sorted(TRACKED_PARAMETERS))} "
-                   "per client")
-        elif name.lower() == "options":
-            w.note(f"{key}: {name}", "unsupported", "poold accepts an empty options only; one with -c switches "
-                   "gets 08P01")
+    names = [p for p in (p.strip() for p in value.split(",")) if p]
+    if key == "ignore_startup_parameters" and names:
+        w.set("clients", key, ", ".join(names), key)
+    for name in names:
+        if key == "ignore_startup_parameters":
+            w.note(f"{key}: {name}", "carried", "poold drops it unread too; without the list poold would give "
+                   "it to the client as a setting of its own")
         else:
-            w.note(f"{key}: {name}", "unsupported", f"poold refuses the startup parameter {name} (08P01) and "
-                   "cannot be told to ignore it")
+            w.note(f"{key}: {name}", "carried", "poold keeps every setting per client")
 
 
 def _mode(w: _Writer, key: str, mode: str) -> str:

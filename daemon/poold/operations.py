@@ -83,6 +83,7 @@ def clients(rt: Runtime) -> list[dict[str, Any]]:
             "server_pid": c.server.pid if c.server is not None else "",
             "transactions": c.transactions,
             "age": round(now - c.connected_at, 1),
+            "pinned": c.pinned or "",
         }
         for c in sorted(rt.clients, key=lambda c: c.connected_at)
     ]

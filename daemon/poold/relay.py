@@ -126,7 +126,8 @@ else:
 class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
-    __slots__ = ("_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults", "pid", "told")
+    __slots__ = ("_on_internal_data", "_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults", "pid",
+                 "told")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport = None
@@ -137,7 +138,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.pending = 0  # ReadyForQuery messages still owed to the owner
         self.swallow = 0  # ReadyForQuery messages owed to internal queries
         self.status = b"I"  # transaction status from the last ReadyForQuery
-        self.params = {}  # tracked settings differing from defaults
+        self.params = {}  # settings beyond the pool's defaults (settings.py)
         self.defaults: dict[str, str] = {}
         self.busy_since = 0.0  # monotonic time the oldest pending request began
         self.idle_since = 0.0
@@ -152,6 +153,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self._on_lost = on_lost
         self._on_internal_done: Callable[[ServerLink], None] | None = None
         self._on_internal_error: Callable[[bytes], None] | None = None
+        self._on_internal_data: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -169,6 +171,8 @@ class ServerLink(ServerCore, asyncio.Protocol):
             return
         # Part (or all) of this chunk answers internal queries.
         owner = self.owner
+        if self._on_internal_data is not None:
+            self._on_internal_data(data)
         for i, (t, _start, end, body) in enumerate(frames):
             if t == _S and body is not None:
                 self._track(*messages.parse_parameter_status(body), owner)
@@ -188,7 +192,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
                 if not self.swallow:
                     rest, later = data[end:], frames[i + 1 :]
                     done, self._on_internal_done = self._on_internal_done, None
-                    self._on_internal_error = None
+                    self._on_internal_error = self._on_internal_data = None
                     if done is not None:
                         done(self)
                     self._deliver(rest, later)
@@ -218,23 +222,28 @@ class ServerLink(ServerCore, asyncio.Protocol):
             self.transport.write(data)
 
     def run_internal(self, sqls: list[str], done: Callable[[ServerLink], None] | None = None,
-                     refused: Callable[[bytes], None] | None = None) -> None:
+                     refused: Callable[[bytes], None] | None = None,
+                     capture: Callable[[bytes], None] | None = None) -> None:
         """Send internal queries; their replies are consumed, then ``done`` runs.
 
         An ErrorResponse among them is logged, or given to ``refused`` (its body)
-        when the caller wants to know what the server refused."""
+        when the caller wants to know what the server refused. ``capture`` is given
+        the raw chunks that carry their replies (those may go on with what follows)."""
         self.swallow += len(sqls)
         self._on_internal_done = done
         self._on_internal_error = refused
+        self._on_internal_data = capture
         self.write(b"".join(messages.query(sql) for sql in sqls))
 
     def sync_parameters(self, wanted: dict[str, str]) -> None:
-        """Give this server connection a client's settings before its traffic."""
-        sets = [f"SET {name} TO {quote_literal(v)}" for name, v in wanted.items() if self.params.get(name) != v]
-        sets += [f"RESET {name}" for name in self.params if name not in wanted]
-        if sets:
-            self.run_internal(["; ".join(sets)])
-            self.params = dict(wanted)
+        """Give this server connection a client's settings before its traffic: one
+        round trip, for the difference (settings.sync_sql)."""
+        from .settings import sync_sql  # settings.py builds on this module
+
+        sql = sync_sql(self.params, wanted)
+        if sql:
+            self.run_internal([sql])
+        self.params = dict(wanted)
 
     def close(self) -> None:
         if self.transport is not None:

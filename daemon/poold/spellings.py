@@ -11,7 +11,8 @@ once per (setting, value), and keeps the answer (``Spellings``, bounded).
 The question (``_Question``) is asked on a link leased from the pool like any
 client's, in two internal queries:
 
-    BEGIN; SET LOCAL name TO 'value'; ...   the server reports (ParameterStatus,
+    BEGIN; SELECT set_config('name', 'value', true), ...
+                                            the server reports (ParameterStatus,
                                             before its ReadyForQuery) each setting
                                             whose value changed, spelled its way
     ROLLBACK                                every setting is as it was
@@ -34,13 +35,15 @@ import structlog
 
 from .errors import PooldError, ServerRefusal
 from .protocol import messages
-from .relay import canonical_parameter, quote_literal
+from .relay import quote_literal
+from .settings import setting_name
 
 if TYPE_CHECKING:
     from .pools import Pool
     from .relay import ServerLink
 
 log = structlog.get_logger("poold.spellings")
+
 
 #: (setting, value) answers a pool keeps; beyond, the oldest is dropped
 KEPT = 1000
@@ -80,7 +83,7 @@ class Spellings:
         missing = {n: v for n, v in wanted.items() if defaults.get(n) != v and (n, v) not in self._known}
         learned: dict[str, str] = {}
         if missing:
-            names = {canonical_parameter(k): k for k in sent}
+            names = {setting_name(k): k for k in sent}
             key = frozenset((n, names.get(n, n), v) for n, v in missing.items())
             question = self._asking.get(key)
             if question is None:
@@ -110,7 +113,7 @@ class _Question:
 
     __slots__ = ("_answer", "_asked", "_before", "_names", "_pool", "_refusal", "_reported", "_spellings")
 
-    def __init__(self, spellings: Spellings, pool: Pool, asked: dict[str, str], names: Mapping[str | None, str],
+    def __init__(self, spellings: Spellings, pool: Pool, asked: dict[str, str], names: Mapping[str, str],
                  answer: asyncio.Future[dict[str, str]]) -> None:
         self._spellings, self._pool, self._asked, self._answer = spellings, pool, asked, answer
         self._names = names  # the names as the client wrote them
@@ -136,8 +139,10 @@ class _Question:
         self._before = {n: params.get(n, defaults[n]) for n in self._asked if n in defaults}
         self._reported = {}
         names = self._names
-        sets = "; ".join(f"SET LOCAL {quote_ident(names.get(n, n))} TO {quote_literal(v)}" for n, v in self._asked.items())
-        link.run_internal([f"BEGIN; {sets}"], self._rollback, self._refused)
+        # set_config() reads a value as a startup packet's is read (a list such as search_path too)
+        sets = ", ".join(f"set_config({quote_literal(names.get(n, n))}, {quote_literal(v)}, true)"
+                         for n, v in self._asked.items())
+        link.run_internal([f"BEGIN; SELECT {sets}"], self._rollback, self._refused)
 
     def on_acquire_failed(self, error: PooldError) -> None:
         if not self._answer.done():

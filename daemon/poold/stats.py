@@ -68,7 +68,7 @@ class Histogram(HistogramCore):
 class PoolStats(StatsCore):
     """Counters of one pool; they outlive a reload that keeps the pool."""
 
-    __slots__ = ("connects_failed", "connects_ok", "server_errors")
+    __slots__ = ("connects_failed", "connects_ok", "pins", "server_errors")
 
     def __init__(self) -> None:
         self.transactions = 0
@@ -80,6 +80,7 @@ class PoolStats(StatsCore):
         self.server_errors: Counter[str] = Counter()  # SQLSTATE -> count
         self.connects_ok = 0  # server connects, poold's and psycopg_pool's
         self.connects_failed = 0
+        self.pins: Counter[str] = Counter()  # clients pinned to their server connection, by reason (settings.py)
 
 
 class DaemonStats:

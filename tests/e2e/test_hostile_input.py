@@ -71,7 +71,7 @@ CASES = {
     "no terminator": (startup(b"user\0app"), "08P01"),
     "replication": (startup(b"user\0app\0replication\0true\0\0"), "0A000"),
     "bad utf-8": (startup(b"user\0\xff\xfe\0\0"), "08P01"),
-    "unsupported option": (startup(b"user\0app\0database\0app\0options\0-c work_mem=1GB\0\0"), "08P01"),
+    "options postgres cannot read": (startup(b"user\0app\0database\0app\0options\0-x\0\0"), "42601"),
     "long cancel request": (struct.pack("!III", 20, 80877102, 1) + b"\0" * 8, "08P01"),
 }
 

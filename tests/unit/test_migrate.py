@@ -120,6 +120,7 @@ def test_sample_with_every_example_enabled_accounts_for_every_key(tmp_path: Path
     assert got["databases.forcedb.connect_query"][0] == "unsupported"
     assert got["databases.foodb.auth_user"][0] == "unsupported"
     assert got["ignore_startup_parameters: extra_float_digits"][0] == "carried"
+    assert "extra_float_digits" in config.clients.ignored_startup_parameters  # dropped unread, as PgBouncer does
     assert got["track_extra_parameters: IntervalStyle"][0] == "carried"
     assert got["server_tls_sslmode"][0] == "changed"  # prefer: poold's server leg is plain
     # the databases, as libpq will read them

@@ -380,7 +380,8 @@ def test_the_plan_declines_what_only_the_python_login_answers() -> None:
     assert plan(payload(user="", database="app")) is None  # 28000
     assert plan(payload(user="app", replication="false")) is None
     assert plan(payload(user="app", DateStyle="ISO")) is not None
-    assert plan(payload(user="app", work_mem="1MB")) is None  # 08P01, unsupported
+    assert plan(payload(user="app", work_mem="1MB")) is not None  # any setting is the client's (settings.py)
+    assert plan(payload(user="app", options="-x")) is None  # an options PostgreSQL cannot read: 42601
     assert plan(payload(user="app", _pq_x="1").replace(b"_pq_x", b"_pq_.x")) is None  # protocol options
     assert plan(struct.pack("!I", 3 << 16 | 1) + b"user\0app\0\0") is None  # 3.1: NegotiateProtocolVersion
     assert plan(payload(user="app").replace(b"app", b"\xff")) is None  # not UTF-8

@@ -230,7 +230,7 @@ def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
     assert steps["a ParameterStatus in c3's reply"]["links"]["s1"][3] == {"application_name": "batch"}
     batch = steps["an extended batch in two chunks, on s1: RESET first"]
     assert batch["clients"]["c1"][:3] == ["s1", False, False]
-    assert bytes.fromhex(batch["writes"][0][1]) == query("RESET application_name")
+    assert bytes.fromhex(batch["writes"][0][1]) == query('RESET "application_name"')
     swallowed = steps["the RESET's reply is swallowed, the batch's delivered"]
     assert [bytes.fromhex(w[1]) for w in swallowed["writes"]] == [
         msg(b"1") + msg(b"2") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")]
@@ -243,7 +243,7 @@ def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
     assert error["clients"]["c1"][0] is None  # released
     own = steps["c3's setting goes first; its reply is swallowed"]
     assert [w[0] for w in own["writes"]] == ["s1", "s1", "c3"]
-    assert bytes.fromhex(own["writes"][0][1]) == query("SET application_name TO 'batch'")
+    assert bytes.fromhex(own["writes"][0][1]) == query("SELECT set_config('application_name', 'batch', false)")
     assert bytes.fromhex(own["writes"][2][1]) == reply()
     assert steps["terminate"]["writes"] == [["c3", "close"]]
     assert steps["terminate"]["stats"][:2] == [8, 10]  # transactions; queries (each Query and Sync)

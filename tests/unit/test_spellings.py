@@ -115,8 +115,8 @@ def test_the_server_is_asked_once_and_its_link_put_back() -> None:
                                                                 "datestyle": "iso, dmy", "search_path": "app"}))
         await asyncio.sleep(0)
         assert queries(transport) == [
-            """BEGIN; SET LOCAL "client_encoding" TO 'utf8'; SET LOCAL "timezone" TO 'europe/paris'; """
-            """SET LOCAL "datestyle" TO 'iso, dmy'; SET LOCAL "search_path" TO 'app'"""]
+            """BEGIN; SELECT set_config('client_encoding', 'utf8', true), set_config('timezone', 'europe/paris', """
+            """true), set_config('datestyle', 'iso, dmy', true), set_config('search_path', 'app', true)"""]
         # Only DateStyle changed: client_encoding was UTF8 already, TimeZone Europe/Paris (the link's own).
         link.data_received(msg(b"C", b"BEGIN\0") + msg(b"C", b"SET\0") * 4 + status("DateStyle", "ISO, DMY")
                            + msg(b"Z", b"T"))

@@ -1,0 +1,428 @@
+"""A client's own session state in transaction mode: its settings, and what pins it.
+
+In transaction mode a client's transactions run on whichever server connection
+is free, so what PostgreSQL keeps per session must follow the client, or stay
+with its server connection, and never reach another client.
+
+Settings (any GUC) follow the client. They come from its startup packet (a
+parameter given directly, or ``options`` with ``-c name=value`` and
+``--name=value``: ``startup_settings``) and from its own SET, RESET, RESET ALL,
+SET ROLE, SET SESSION AUTHORIZATION, set_config() and DISCARD ALL. A session's
+``wanted`` holds them; a link's ``params`` holds what its server connection
+carries beyond the pool's defaults. At hand-off, a link whose ``params`` differ
+gets the client's in one round trip (``sync_sql``); the same client on the same
+link costs nothing. So a link may sit in the pool with its last client's
+settings, but no one else's bytes ever run under them: each client's first
+request on it is preceded by the difference.
+
+What a client's statements did is not parsed: the first bytes of each Query or
+Parse that starts a client's chunk (each statement of a Query) tell whether it
+may change a setting (``may_carry_state``, the same test as ``_relaycore.c``'s;
+a Parse that does not start its chunk is not seen: see docs/behaviour.md); then, at the
+release after that transaction, one internal query (``SETTLE_SQL``) asks the
+server which settings the session holds. That answer is PostgreSQL's own: a SET
+in a block rolled back is gone, SET LOCAL ended with its transaction, RESET ALL
+dropped everything (and the client's startup settings are given back, as
+PostgreSQL's RESET ALL returns to them), and a set_config() in a function
+counts.
+
+What cannot be carried (a LISTEN, a session advisory lock, a temporary table, a
+cursor WITH HOLD, a prepared statement made with SQL PREPARE) pins the client
+to its server connection until it disconnects (``session_state = "pin"``), or
+is refused with 0A000 before it runs (``"error"``): ``pin_reason``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .errors import ServerRefusal
+from .protocol import messages
+from .protocol.framing import PyFrameScanner
+from .relay import canonical_parameter, quote_literal
+
+if TYPE_CHECKING:
+    from .client import ClientSession
+    from .relay import ServerLink
+
+log = structlog.get_logger("poold.settings")
+
+_DATA_ROW = ord("D")
+
+#: startup parameters that are not settings
+NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
+
+#: the single-letter server switches of ``options`` that name a setting (postgres --help)
+_SWITCHES = {"B": "shared_buffers", "S": "work_mem", "N": "max_connections", "p": "port",
+             "h": "listen_addresses", "k": "unix_socket_directories", "W": "post_auth_delay"}
+
+#: settings the session's identity hangs on: applied after the others, reset before them
+_IDENTITY = ("session_authorization", "role")
+
+#: what a session holds beyond its server connection's startup: the settings it
+#: set (pg_settings hides role and session_authorization: asked for apart; the
+#: transaction_* settings belong to a transaction, never to the session)
+SETTLE_SQL = (
+    "SELECT name, setting FROM pg_settings WHERE source = 'session' AND name NOT LIKE 'transaction\\_%'"
+    " UNION ALL SELECT 'session_authorization', current_setting('session_authorization')"
+    " UNION ALL SELECT 'role', current_setting('role')"
+)
+
+#: what pins a client (``classify``'s reasons), as the metrics name them
+PIN_REASONS = ("LISTEN", "advisory lock", "CREATE TEMPORARY", "DECLARE ... WITH HOLD", "PREPARE")
+
+#: a link whose client left with settings not learned yet (settings.Settle) is given back clean
+RESET_SQL = "RESET role; RESET session_authorization; RESET ALL"
+
+#: the keywords a chunk's first Query or Parse may start with to be looked at (lower case)
+_KEYWORDS = (b"set", b"reset", b"discard", b"listen", b"prepare", b"declare", b"create")
+#: or, anywhere in the chunk: a session advisory lock, a setting changed by a function
+_ANYWHERE = (b"advisory_lock", b"ADVISORY_LOCK", b"set_config", b"SET_CONFIG")
+#: white space or a comment first: the statement is found past them
+_LEAD = frozenset(b"-/ \t\r\n")
+_IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
+_SKIP = re.compile(rb"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
+_WORD = re.compile(rb"[A-Za-z_]+")
+_WITH_HOLD = re.compile(rb"\bwith\s+hold\b", re.I)
+_TEMP = re.compile(rb"create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?temp(?:orary)?\s", re.I)
+_PREPARE_TRANSACTION = re.compile(rb"prepare\s+transaction\b", re.I)
+
+
+# -- startup parameters ------------------------------------------------------------
+
+
+def setting_name(name: str) -> str:
+    """The key a setting is kept under: a reported one's canonical spelling, else lower case
+    (as pg_settings names them)."""
+    return canonical_parameter(name) or name.lower()
+
+
+def startup_settings(params: Mapping[str, str], ignored: Iterable[str] = ()) -> dict[str, str]:
+    """The settings a startup packet asks for, by name as the client wrote them: each
+    parameter that is not a connection's (user, database, replication), and each
+    ``-c name=value`` or ``--name=value`` of ``options``. A parameter in ``ignored``
+    (ignore_startup_parameters) is dropped, as PgBouncer does. ServerRefusal 42601 for an
+    ``options`` PostgreSQL would refuse, in its words."""
+    skip = {n.lower() for n in ignored}
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        if name.lower() in skip:
+            continue
+        if name == "options":
+            out.update((n, v) for n, v in parse_options(value) if n.lower() not in skip)
+        elif name not in NOT_SETTINGS:
+            out[name] = value
+    return out
+
+
+def parse_options(options: str) -> list[tuple[str, str]]:
+    """``options`` as PostgreSQL reads it (pg_split_opts, then its switches): words
+    split at white space, a backslash keeping the next character; ``-c name=value``,
+    ``-cname=value``, ``--name=value`` (dashes in the name are underscores) and the
+    single-letter switches that set one setting (``-S 1MB`` is work_mem)."""
+    words = _split_options(options)
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--"):
+            pair = word[2:]
+        elif len(word) >= 2 and word[0] == "-" and (word[1] == "c" or word[1] in _SWITCHES):
+            arg = word[2:]
+            if not arg:
+                if i >= len(words):
+                    raise _invalid_argument(word)
+                arg, i = words[i], i + 1
+            if word[1] != "c":
+                out.append((_SWITCHES[word[1]], arg))
+                continue
+            pair = arg
+        else:
+            raise _invalid_argument(word)
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise ServerRefusal("42601", f"{word if word.startswith('--') else '-c ' + pair} requires a value")
+        out.append((name.replace("-", "_"), value))
+    return out
+
+
+def _invalid_argument(word: str) -> ServerRefusal:
+    return ServerRefusal("42601", f"invalid command-line argument for server process: {word}",
+                         hint='Try "postgres --help" for more information.')
+
+
+def _split_options(options: str) -> list[str]:
+    words: list[str] = []
+    word: list[str] = []
+    escaped = False
+    for ch in options:
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(ch)
+    if word:
+        words.append("".join(word))
+    return words
+
+
+# -- the client's requests ---------------------------------------------------------
+
+
+def requests(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """The Queries and Parses of a chunk that starts at a message boundary: (where the
+    message starts, where its text starts, where it ends in this chunk), each with some
+    text in the chunk. The walk stops at a length below 4 (the relay refuses it)."""
+    n, pos = len(data), 0
+    while pos + 5 <= n:
+        t = data[pos]
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if length < 4:
+            return
+        end = min(n, pos + 1 + length)
+        if t == messages.QUERY and pos + 5 < end:
+            yield pos, pos + 5, end
+        elif t == messages.PARSE:
+            name_end = data.find(b"\0", pos + 5, end)
+            if name_end >= 0 and name_end + 1 < end:
+                yield pos, name_end + 1, end
+        pos += 1 + length
+
+
+def may_carry_state(data: bytes) -> bool:
+    """Whether a chunk (starting at a message boundary) must be looked at: the text of one
+    of its Queries or Parses starts with one of the keywords, or with white space or a
+    comment, or is a Query of more than one statement; or the chunk has a Query or Parse
+    and names a session advisory lock or set_config. Cheap, for every request: the first
+    bytes of each; _relaycore.c, may_carry_state."""
+    seen = False
+    for pos, start, end in requests(data):
+        seen = True
+        if _may_carry(data, data[pos] == messages.QUERY, start, end):
+            return True
+    return seen and any(w in data for w in _ANYWHERE)
+
+
+def _may_carry(data: bytes, is_query: bool, start: int, end: int) -> bool:
+    """may_carry_state for one Query or Parse, whose text starts at ``start``."""
+    if data[start] in _LEAD:
+        return True
+    for word in _KEYWORDS:
+        after = start + len(word)
+        if after <= end and data[start:after].lower() == word and (after >= end or data[after] not in _IDENT):
+            return True
+    if is_query:  # more than one statement: each is looked at
+        nul = data.find(b"\0", start, end)
+        return b";" in data[start : nul if nul >= 0 else end].rstrip(b"; \t\r\n")
+    return False
+
+
+def classify(data: bytes) -> tuple[bool, str | None]:
+    """What a chunk that ``may_carry_state`` does to its session: (it may change a
+    setting, what it makes that cannot be carried or None)."""
+    touched = b"set_config" in data or b"SET_CONFIG" in data
+    reason = "advisory lock" if b"advisory_lock" in data or b"ADVISORY_LOCK" in data else None
+    for pos, start, end in requests(data):
+        one_touched, one_reason = _classify_request(data, pos, start, end)
+        touched = touched or one_touched
+        reason = reason or one_reason
+    return touched, reason
+
+
+def _classify_request(data: bytes, pos: int, start: int, end: int) -> tuple[bool, str | None]:
+    """One Query's or Parse's statements, by their first words. A Query's are split at each
+    ';' (one inside a string or a comment splits it too: the worst that does is a round
+    trip or a pin of too many)."""
+    nul = data.find(b"\0", start, end)
+    text = data[start : nul if nul >= 0 else end]
+    touched, reason = False, None
+    for statement in text.split(b";") if data[pos] == messages.QUERY else [text]:
+        one_touched, one_reason = _classify_statement(statement)
+        touched = touched or one_touched
+        reason = reason or one_reason
+    if b"advisory_lock" in text or b"ADVISORY_LOCK" in text:
+        reason = reason or "advisory lock"
+    return touched, reason
+
+
+def _classify_statement(text: bytes) -> tuple[bool, str | None]:
+    """One statement's first word, as ``classify`` reads it."""
+    at = _SKIP.match(text).end()  # type: ignore[union-attr]  # always matches
+    found = _WORD.match(text, at)
+    word = found.group().lower() if found is not None else b""
+    if word == b"listen":
+        return False, "LISTEN"
+    if word == b"prepare" and not _PREPARE_TRANSACTION.match(text, at):
+        return False, "PREPARE"
+    if word == b"declare" and _WITH_HOLD.search(text):
+        return False, "DECLARE ... WITH HOLD"
+    if word == b"create" and _TEMP.match(text, at):
+        return False, "CREATE TEMPORARY"
+    return word in (b"set", b"reset", b"discard"), None
+
+
+def refused(data: bytes) -> bytes | None:
+    """The chunk with each Query or Parse that makes what cannot be carried replaced by one
+    that fails with 0A000 on the server: so that the error takes the statement's place in
+    the client's transaction as its own would (a block is aborted, a pipeline skips to its
+    Sync), and nothing else is touched. None when such a message does not end in this
+    chunk (it cannot be replaced: the caller pins instead), or when the chunk names an
+    advisory lock only outside its Queries and Parses."""
+    out, done, found = [], 0, False
+    for pos, start, end in requests(data):
+        reason = _classify_request(data, pos, start, end)[1]
+        if reason is None:
+            continue
+        length = struct.unpack_from("!i", data, pos + 1)[0]
+        if pos + 1 + length > len(data):
+            return None
+        out.append(data[done:pos])
+        out.append(_refusal(data, pos, start, pos + 1 + length, reason))
+        done, found = pos + 1 + length, True
+    return b"".join(out) + data[done:] if found else None
+
+
+def _refusal(data: bytes, pos: int, start: int, end: int, reason: str) -> bytes:
+    """The Query or Parse at ``pos`` (ending at ``end``) made to fail with 0A000."""
+    message = (f"poold: {reason} cannot be carried across server connections in transaction mode "
+               "(the pool's session_state is \"error\")")
+    hint = 'Use a pool in session mode, or set session_state = "pin" for this pool.'
+    sql = (f"DO $poold$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {quote_literal(message)}, "
+           f"HINT = {quote_literal(hint)}; END$poold$")
+    if data[pos] == messages.QUERY:
+        return messages.query(sql)
+    text_end = data.index(b"\0", start)
+    body = data[pos + 5 : start] + sql.encode() + b"\0" + data[text_end + 1 : end]
+    return b"P" + struct.pack("!i", len(body) + 4) + body
+
+
+# -- a server connection's settings ---------------------------------------------------
+
+
+def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> str:
+    """One query that takes a server connection from the settings ``have`` to ``want``
+    (each beyond the pool's defaults); "" when they are the same.
+
+    Values go through set_config(), which reads them as a startup packet's are (a
+    list such as search_path included). Role and session authorization are reset
+    first and set last, so that the other settings are set by the pool's user."""
+    identity = any(have.get(n) != want.get(n) for n in _IDENTITY)
+    parts = [f"RESET {n}" for n in _IDENTITY if identity and n in have]
+    parts += [f"RESET {quote_ident(n)}" for n in have if n not in want and n not in _IDENTITY]
+    calls = [f"set_config({quote_literal(n)}, {quote_literal(v)}, false)"
+             for n, v in want.items() if n not in _IDENTITY and have.get(n) != v]
+    if identity:
+        calls += [f"set_config({quote_literal(n)}, {quote_literal(want[n])}, false)" for n in _IDENTITY if n in want]
+    if calls:
+        parts.append("SELECT " + ", ".join(calls))
+    return "; ".join(parts)
+
+
+def session_settings(rows: Iterable[tuple[str, str]], defaults: Mapping[str, str]) -> dict[str, str]:
+    """SETTLE_SQL's answer as a link's ``params``: role 'none' and a session
+    authorization that is the pool's own are no settings of the client's."""
+    out = {}
+    for name, value in rows:
+        key = setting_name(name)
+        if (key == "role" and value == "none") or (key == "session_authorization" and defaults.get(key) == value):
+            continue
+        out[key] = value
+    return out
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Settle:
+    """The release of a link after a transaction that may have changed settings: ask the
+    server which settings the session holds (SETTLE_SQL), make them the client's and the
+    link's, then give the link back, or to the same client's waiting requests.
+
+    While it runs the client holds no link and ``waiting`` is set, so its requests are
+    buffered as while it waits for one (both cores do so)."""
+
+    __slots__ = ("_client", "_rows", "_scanner")
+
+    def __init__(self, client: ClientSession) -> None:
+        self._client = client
+        self._scanner = PyFrameScanner(b"DZ")
+        self._rows: list[tuple[str, str]] = []
+
+    def start(self, link: ServerLink) -> None:
+        client = self._client
+        client.server = None
+        client.waiting = True
+        link.owner = self
+        link.run_internal([SETTLE_SQL], self._done, capture=self._data)
+
+    def _data(self, data: bytes) -> None:
+        for t, _start, _end, body in self._scanner.feed(data):
+            if t == _DATA_ROW and body is not None:
+                self._rows.append(_row(body))
+
+    def _done(self, link: ServerLink) -> None:
+        client = self._client
+        pool = client.pool
+        assert pool is not None
+        if not link.dirty:
+            link.params = session_settings(self._rows, link.defaults)
+            # RESET ALL, and RESET of one, return to the client's startup values, as PostgreSQL's
+            client.wanted = {**(client.startup or {}), **link.params}
+        link.owner = None
+        client.waiting = False
+        if not client.closed and client.buffered:
+            client.on_server(link)
+        else:
+            pool.release(link)
+
+    # -- relay.ServerOwner: the link's owner while it answers -------------------
+
+    def on_server_data(self, data: bytes) -> None:
+        pass
+
+    def on_server_ready(self, status: bytes) -> None:
+        pass
+
+    def on_server_parameter(self, name: str, value: str) -> None:
+        pass
+
+    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None:
+        client = self._client
+        client.waiting = False
+        if not client.closed:
+            client.on_server_lost(sqlstate, message)
+
+    def on_server_in_use(self, fields: dict[str, str]) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _row(body: bytes) -> tuple[str, str]:
+    """A two-column DataRow of text."""
+    values = []
+    pos = 2
+    for _ in range(2):
+        (n,) = struct.unpack_from("!i", body, pos)
+        pos += 4
+        values.append(body[pos : pos + max(n, 0)].decode(errors="replace"))
+        pos += max(n, 0)
+    return values[0], values[1]
