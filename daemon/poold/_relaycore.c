@@ -65,7 +65,8 @@ static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_
     *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
     *s_config, *s_max_message_size, *s_login_plans, *s_max_client_conn, *s_tls, *s_require, *s_user,
     *s_database, *s_keys, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended,
-    *s_before_database_command, *s_max_login_conn, *s_make_room_for_login, *s_guard, *s_pairs, *s_native_login_held;
+    *s_before_database_command, *s_max_login_conn, *s_make_room_for_login, *s_guard, *s_pairs, *s_native_login_held,
+    *s_max_prepared_statements, *s_rewrite;
 static PyObject *NO_KEY;    /* (0, 0): a session's cancel key until it has one */
 static PyObject *EMPTY_STR; /* "" */
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
@@ -399,7 +400,8 @@ typedef struct {
     double busy_since, cancel_at, expires_at, idle_since;
     long epoch;
     char closed;
-    char dirty; /* an internal query failed: discarded at its release */
+    char dirty;     /* an internal query failed: discarded at its release */
+    char expecting; /* poold's own requests in flight, or held (prepared.LinkStatements.busy): no fast path */
 } ServerCore;
 
 typedef struct {
@@ -419,6 +421,10 @@ typedef struct {
     PyObject *login, *login_wait, *peer, *plan, *reader, *key, *user, *database;
     double connected_at;
     char tls, self_paused;
+    /* named prepared statements (prepared.py): the client's ClientStatements or None, and
+     * whether its stream stopped inside a request that the Python path holds or passes */
+    PyObject *ps;
+    char ps_mid;
 } ClientCore;
 
 typedef struct {
@@ -432,6 +438,7 @@ typedef struct {
     PyObject *loop_time; /* the event loop's time(), the clock of its timers */
     Py_ssize_t leased, connecting;
     Py_ssize_t max_size;    /* settings.max_size, read when settings is set */
+    Py_ssize_t max_prepared; /* settings.max_prepared_statements, likewise */
     double acquire_timeout; /* settings.acquire_timeout, likewise */
     double wait_until;  /* the deadline the wait timer is armed for; 0: not armed */
     long epoch;
@@ -477,7 +484,7 @@ Server_dealloc(ServerCore *self)
 
 /* data_received: a chunk from the server. The common chunk (a reply whose
  * only watched messages are ReadyForQuery, for a client, with no internal
- * query in flight) is written to the client here; any other goes to
+ * query in flight and none of poold's own prepared-statement requests) is written to the client here; any other goes to
  * ServerLink._on_frames with the frames already scanned. */
 static PyObject *
 Server_data_received(ServerCore *self, PyObject *data)
@@ -491,7 +498,7 @@ Server_data_received(ServerCore *self, PyObject *data)
         return NULL;
     }
     Py_ssize_t nframes = PyList_GET_SIZE(frames);
-    int fast = self->swallow == 0 && !is_none(self->owner) && is_core(self->owner, &ClientCoreType) &&
+    int fast = self->swallow == 0 && !self->expecting && !is_none(self->owner) && is_core(self->owner, &ClientCoreType) &&
                PyBytes_CheckExact(data);
     for (Py_ssize_t i = 0; fast && i < nframes; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
@@ -570,6 +577,7 @@ static PyMemberDef Server_members[] = {
     {"idle_since", T_DOUBLE, offsetof(ServerCore, idle_since), 0, NULL},
     {"epoch", T_LONG, offsetof(ServerCore, epoch), 0, NULL},
     {"closed", T_BOOL, offsetof(ServerCore, closed), 0, NULL},
+    {"expecting", T_BOOL, offsetof(ServerCore, expecting), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -872,7 +880,7 @@ Pool_get_settings(PoolCore *self, void *closure)
     return Py_NewRef(self->settings ? self->settings : Py_None);
 }
 
-/* The two settings the hot path reads are taken here, once per assignment
+/* The three settings the hot path reads are taken here, once per assignment
  * (Pool.__init__ and a reload), not per transaction. */
 static int
 Pool_set_settings(PoolCore *self, PyObject *value, void *closure)
@@ -887,7 +895,11 @@ Pool_set_settings(PoolCore *self, PyObject *value, void *closure)
     double timeout = float_attr(value, s_acquire_timeout);
     if (timeout == -1.0 && PyErr_Occurred())
         return -1;
+    Py_ssize_t prepared = ssize_attr(value, s_max_prepared_statements);
+    if (prepared == -1 && PyErr_Occurred())
+        return -1;
     Py_XSETREF(self->settings, Py_NewRef(value));
+    self->max_prepared = prepared;
     self->max_size = limit;
     self->acquire_timeout = timeout;
     return 0;
@@ -926,6 +938,84 @@ same_settings(PyObject *a, PyObject *b)
     return PyObject_RichCompareBool(a, b, Py_EQ);
 }
 
+/* prepared.clean: whether a client chunk may go to the server as it is: whole
+ * messages, the last a sync point (Query, Sync, FunctionCall), none naming a
+ * statement (Parse, Bind, Describe 'S', Close 'S' with a name), no Query or
+ * unnamed Parse text that may be DEALLOCATE or DISCARD (or starts with white
+ * space or a comment). A header walk and a byte or two per message. */
+static uint32_t be32(const char *p);
+
+static int
+ps_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
+{
+    if (start >= end)
+        return 0;
+    unsigned char c = p[start];
+    if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '-' || c == '/')
+        return 1;
+    if (end - start < 4 || (c | 0x20) != 'd')
+        return 0;
+    unsigned char c1 = p[start + 1] | 0x20, c2 = p[start + 2] | 0x20, c3 = p[start + 3] | 0x20;
+    return (c1 == 'e' && c2 == 'a' && c3 == 'l') || (c1 == 'i' && c2 == 's' && c3 == 'c');
+}
+
+static int
+ps_clean(PyObject *data)
+{
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
+    int last = -1;
+    while (pos < n) {
+        if (n - pos < 5)
+            return 0;
+        unsigned char t = p[pos];
+        int32_t length = (int32_t)be32((const char *)p + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > n - pos - 1)
+            return 0;
+        Py_ssize_t start = pos + 5, end = pos + 1 + length;
+        if (t == 'P' || t == 'B' || t == 'D' || t == 'C') {
+            if (start >= end)
+                return 0;
+            if (t == 'P') {
+                if (p[start] != 0 || ps_may_drop(p, start + 1, end))
+                    return 0;
+            }
+            else if (t == 'B') {
+                const unsigned char *z = memchr(p + start, 0, (size_t)(end - start));
+                if (z == NULL || z + 1 >= p + end || z[1] != 0)
+                    return 0;
+            }
+            else if (p[start] == 'S' && (start + 1 >= end || p[start + 1] != 0)) {
+                return 0;
+            }
+        }
+        else if (t == 'Q' && ps_may_drop(p, start, end)) {
+            return 0;
+        }
+        last = t;
+        pos = end;
+    }
+    return last == 'Q' || last == 'S' || last == 'F';
+}
+
+/* ClientSession._forward, with its caller's test: requests for ``link`` go as they
+ * are unless transaction mode carries named statements and they are not clean;
+ * then ClientSession._rewrite (prepared.py) has them. */
+static int
+client_forward(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syncs)
+{
+    int plain = self->session_mode ||
+                (is_none(self->ps) && !(is_core(self->pool, &PoolCoreType) && ((PoolCore *)self->pool)->max_prepared > 0));
+    if (plain || (!self->ps_mid && !link->expecting && PyBytes_CheckExact(data) && ps_clean(data)))
+        return call_done(PyObject_CallOneArg(link->write, data));
+    PyObject *n = PyLong_FromSsize_t(syncs);
+    if (n == NULL)
+        return -1;
+    int rc = call_done(PyObject_CallMethodObjArgs((PyObject *)self, s_rewrite, (PyObject *)link, data, n, NULL));
+    Py_DECREF(n);
+    return rc;
+}
+
 /* _attach: take a freshly leased link and send it the first request. */
 static int
 client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syncs)
@@ -942,7 +1032,7 @@ client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syn
         link->pending = syncs;
         link->busy_since = self->xact_start = monotonic();
     }
-    if (PyBytes_GET_SIZE(data) && call_done(PyObject_CallOneArg(link->write, data)) < 0)
+    if (PyBytes_GET_SIZE(data) && client_forward(self, link, data, syncs) < 0)
         return -1;
     return 0;
 }
@@ -1698,7 +1788,7 @@ Client_data_received(ClientCore *self, PyObject *data)
             server->pending += syncs;
         }
         if (n)
-            rc = call_done(PyObject_CallOneArg(server->write, chunk));
+            rc = client_forward(self, server, chunk, syncs);
         Py_DECREF(server);
     }
     Py_DECREF(chunk);
@@ -1794,6 +1884,7 @@ Client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->key = Py_NewRef(NO_KEY);
     self->user = Py_NewRef(EMPTY_STR);
     self->database = Py_NewRef(EMPTY_STR);
+    self->ps = Py_NewRef(Py_None);
     if (self->buffered == NULL || self->wanted == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -1937,6 +2028,7 @@ Client_traverse(ClientCore *self, visitproc visit, void *arg)
     Py_VISIT(self->plan);
     Py_VISIT(self->reader);
     Py_VISIT(self->key);
+    Py_VISIT(self->ps);
     return 0;
 }
 
@@ -1960,6 +2052,7 @@ Client_clear(ClientCore *self)
     Py_CLEAR(self->key);
     Py_CLEAR(self->user);
     Py_CLEAR(self->database);
+    Py_CLEAR(self->ps);
     return 0;
 }
 
@@ -1998,6 +2091,8 @@ static PyMemberDef Client_members[] = {
     {"closed", T_BOOL, offsetof(ClientCore, closed), 0, NULL},
     {"in_batch", T_BOOL, offsetof(ClientCore, in_batch), 0, NULL},
     {"session_mode", T_BOOL, offsetof(ClientCore, session_mode), 0, NULL},
+    {"ps", T_OBJECT, offsetof(ClientCore, ps), 0, NULL},
+    {"ps_mid", T_BOOL, offsetof(ClientCore, ps_mid), 0, NULL},
     {"_server_paused", T_BOOL, offsetof(ClientCore, server_paused), 0, NULL},
     {"native_login", T_BOOL, offsetof(ClientCore, native_login), 0, NULL},
     {"_login", T_OBJECT, offsetof(ClientCore, login), 0, NULL},
@@ -2037,11 +2132,28 @@ static PyTypeObject ClientCoreType = {
 
 /* ------------------------------------------------------------------------ */
 
+/* ps_clean for the differential test against prepared.clean */
+static PyObject *
+module_ps_clean(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "ps_clean: bytes");
+        return NULL;
+    }
+    return PyBool_FromLong(ps_clean(data));
+}
+
+static PyMethodDef relaycore_functions[] = {
+    {"ps_clean", (PyCFunction)module_ps_clean, METH_O, "prepared.clean in C (ClientSession._forward's test)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef relaycore_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "poold._relaycore",
     .m_doc = "The relay's per-transaction path in C (see the Python reference classes named in each type).",
     .m_size = -1,
+    .m_methods = relaycore_functions,
 };
 
 #define INTERN(var, text)                                \
@@ -2058,6 +2170,8 @@ PyInit__relaycore(void)
     INTERN(s_at_boundary, "at_boundary");
     INTERN(s_draining, "draining");
     INTERN(s_max_size, "max_size");
+    INTERN(s_max_prepared_statements, "max_prepared_statements");
+    INTERN(s_rewrite, "_rewrite");
     INTERN(s_on_frames, "_on_frames");
     INTERN(s_stream_corrupt, "_stream_corrupt");
     INTERN(s_login_data, "_login_data");

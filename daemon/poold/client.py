@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, relaycore, sockio
+from . import auth, prepared, relaycore, sockio
 from .errors import PooldError, ServerRefusal
 from .login import LoginPlan, LoginSteps
 from .protocol import messages
@@ -84,7 +84,7 @@ class ClientCorePy:
     # Slots: one of these lives per client connection, idle ones included.
     __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
                  "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pool",
-                 "relaying", "rt", "scanner", "server",
+                 "ps", "ps_mid", "relaying", "rt", "scanner", "server",
                  "session_mode", "terminating", "tls", "transactions", "transport", "user", "wait_start", "waiting",
                  "wanted", "xact_start")
 
@@ -107,6 +107,8 @@ class ClientCorePy:
     closed: bool
     in_batch: bool  # messages sent since the last Sync
     session_mode: bool
+    ps: prepared.ClientStatements | None  # its named statements (transaction mode), once it has used one
+    ps_mid: bool  # ps holds part of a request: the next chunk continues it
     _server_paused: bool
     native_login: bool  # the C core reads the login (never here: see connection_made)
     tls: bool
@@ -131,7 +133,8 @@ class ClientCorePy:
         self.key = (0, 0)
         self.user = self.database = ""
         self.connected_at = time.time()
-        self.transport = self.pool = self.server = None
+        self.transport = self.pool = self.server = self.ps = None
+        self.ps_mid = False
         self.buffered = []
         self.wanted = {}
         self.buffered_syncs = self.transactions = 0
@@ -290,7 +293,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         return False  # close; a client half-close ends the session
 
     def _session_ended(self) -> None:
-        """A logged-in client is gone: its log line."""
+        """A logged-in client is gone: its statements released, its log line."""
+        if self.ps is not None:
+            self.ps.clear()
         if _stdlog.isEnabledFor(logging.INFO):  # a filtered call still costs microseconds
             log.info(
                 "client_session_end",
@@ -343,7 +348,10 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                         self.xact_start = server.busy_since
                 server.pending += syncs
             if data:
-                server.transport.write(data)  # type: ignore[union-attr]
+                if self.session_mode or (self.ps is None and not self.pool.settings.max_prepared_statements):  # type: ignore[union-attr]
+                    server.transport.write(data)  # type: ignore[union-attr]
+                else:
+                    self._forward(server, data, syncs)
         if self.terminating:
             self._close()
 
@@ -382,7 +390,54 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             link.pending = syncs
             link.busy_since = self.xact_start = time.monotonic()
         if data:
+            if self.session_mode or (self.ps is None and not self.pool.settings.max_prepared_statements):  # type: ignore[union-attr]
+                link.transport.write(data)  # type: ignore[union-attr]
+            else:
+                self._forward(link, data, syncs)
+
+    # -- named prepared statements (prepared.py) ------------------------------
+
+    def _forward(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        """Requests for ``link`` in transaction mode: as they are when clean (_relaycore.c, client_forward)."""
+        if not self.ps_mid and not link.expecting and prepared.clean(data):
             link.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self._rewrite(link, data, syncs)
+
+    def _rewrite(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        """Requests that name statements, or follow poold's own in flight: rewritten
+        for ``link`` (prepared.ClientStatements.feed). Replies still owed for earlier
+        requests (``link.pending`` less this chunk's ``syncs``) open the queue; while the
+        server's stream is inside one of them the requests wait (held), so that poold
+        reads replies from a message boundary."""
+        assert self.pool is not None
+        ps = self.ps
+        if ps is None:
+            ps = self.ps = prepared.ClientStatements(self.pool.statements)
+        lps = link.ps
+        if lps is None:
+            lps = link.ps = prepared.LinkStatements(self.pool.statements)
+        if lps.held or (not lps.queue and not link.scanner.at_boundary):
+            lps.hold(data, syncs)
+            link.expecting = True
+            return
+        lps.owed = link.pending - syncs
+        out = ps.feed(lps, data)
+        lps.owed = 0
+        self.ps_mid = ps.mid
+        link.expecting = lps.busy
+        reply = lps.ready()
+        if reply:
+            self.transport.write(reply)  # type: ignore[union-attr]
+        if out:
+            link.transport.write(out)  # type: ignore[union-attr]
+
+    def on_server_caught_up(self, link: ServerLink) -> None:
+        """The server's stream reached a boundary with nothing owed but what was held: send it."""
+        lps = link.ps
+        assert lps is not None
+        syncs = lps.held_syncs
+        self._rewrite(link, lps.take_held(), syncs)
 
     # -- pools.Waiter -------------------------------------------------------
 
@@ -477,7 +532,7 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         """The client is gone: return its server connection only if clean."""
         link.owner = None
         self._unpause(link)
-        if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary:
+        if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary or link.expecting:
             log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
             pool.discard(link, cancel=bool(link.pending))
         elif link.status != b"I":
