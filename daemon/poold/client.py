@@ -398,23 +398,29 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     # -- named prepared statements (prepared.py) ------------------------------
 
     def _forward(self, link: ServerLink, data: bytes, syncs: int) -> None:
-        """Requests for ``link`` in transaction mode: as they are when clean (_relaycore.c, client_forward)."""
+        """Requests for ``link`` in transaction mode: as they are when clean, else
+        _rewrite's (_relaycore.c, client_forward)."""
         if not self.ps_mid and not link.expecting and prepared.clean(data):
             link.transport.write(data)  # type: ignore[union-attr]
         else:
             self._rewrite(link, data, syncs)
 
     def _rewrite(self, link: ServerLink, data: bytes, syncs: int) -> None:
-        """Requests that name statements, or follow poold's own in flight: rewritten
-        for ``link`` (prepared.ClientStatements.feed). Replies still owed for earlier
+        """Requests that name statements, or follow poold's own in flight: renamed when
+        ``link`` has every statement they use ready (prepared.ClientStatements.rename),
+        else rewritten for ``link`` (prepared.ClientStatements.feed). Replies still owed for earlier
         requests (``link.pending`` less this chunk's ``syncs``) open the queue; while the
         server's stream is inside one of them the requests wait (held), so that poold
         reads replies from a message boundary."""
         assert self.pool is not None
-        ps = self.ps
+        ps, lps = self.ps, link.ps
+        if ps is not None and lps is not None and not self.ps_mid and not link.expecting:
+            renamed = ps.rename(lps, data)  # statements the connection has ready: no queue
+            if renamed is not None:
+                link.transport.write(renamed)  # type: ignore[union-attr]
+                return
         if ps is None:
             ps = self.ps = prepared.ClientStatements(self.pool.statements)
-        lps = link.ps
         if lps is None:
             lps = link.ps = prepared.LinkStatements(self.pool.statements)
         if lps.held or (not lps.queue and not link.scanner.at_boundary):
@@ -422,6 +428,7 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             link.expecting = True
             return
         lps.owed = link.pending - syncs
+        lps.bound = []
         out = ps.feed(lps, data)
         lps.owed = 0
         self.ps_mid = ps.mid

@@ -263,6 +263,61 @@ class ClientStatements:
             pos = end
         return b"".join(out)
 
+    def rename(self, link: LinkStatements, data: bytes) -> bytes | None:
+        """The common case, with no queue: whole messages ending at a sync point whose
+        only named requests are Binds and Describes of statements ``link`` has ready.
+        The same bytes under poold's names; None for anything else (``feed`` has it).
+        The statements bound are kept (``link.bound``): a 0A000 that follows marks them
+        stale. ``_relaycore.c``, ps_rename, is the same walk."""
+        n = len(data)
+        pos = done = 0
+        last = -1
+        out: list[bytes] = []
+        bound: list[Statement] = []
+        lru = link.lru
+        while pos < n:
+            if n - pos < 5:
+                return None
+            t, length = _HEADER.unpack_from(data, pos)
+            end = pos + 1 + length
+            if length < 4 or end > n:
+                return None
+            start = pos + 5
+            if t == _B or (t == _D and start + 1 < end and data[start] == _STATEMENT_S and data[start + 1] != 0):
+                if t == _B:
+                    portal_end = data.find(b"\0", start, end)
+                    if portal_end < 0 or portal_end + 1 >= end:
+                        return None
+                    name_start = portal_end + 1
+                else:
+                    name_start = start + 1
+                name_end = data.find(b"\0", name_start, end)
+                if name_end < 0:
+                    return None
+                if name_end > name_start:
+                    stmt = self.names.get(data[name_start:name_end])
+                    if stmt is None or lru.get(stmt) is not False:
+                        return None
+                    lru.move_to_end(stmt)
+                    bound.append(stmt)
+                    out.append(data[done:pos])
+                    body = data[start:name_start] + stmt.name + data[name_end:end]
+                    out.append(_message(bytes((t,)), body))
+                    done = end
+            elif t in _NAMING:
+                if _names_statement(data, t, start, end):
+                    return None
+            elif t == _Q and _may_drop(data, start, end):
+                return None
+            last = t
+            pos = end
+        if last not in _SYNC_POINTS or not bound:
+            return None
+        out.append(data[done:])
+        self.registry.hits += len(bound)
+        link.bound = bound
+        return b"".join(out)
+
     def _request(self, link: LinkStatements, t: int, msg: bytes, out: list[bytes]) -> None:
         """A whole Parse, Bind, Describe or Close."""
         end = len(msg)
@@ -338,7 +393,7 @@ class ClientStatements:
 class LinkStatements:
     """A server connection's statements (an LRU) and its queue of expected replies (sans-IO)."""
 
-    __slots__ = ("failed", "held", "held_syncs", "lru", "owed", "queue", "registry", "tail")
+    __slots__ = ("bound", "failed", "held", "held_syncs", "lru", "owed", "queue", "registry", "tail")
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -349,6 +404,7 @@ class LinkStatements:
         self.held: list[bytes] = []  # client requests waiting for the server's stream to reach a boundary
         self.held_syncs = 0
         self.owed = 0  # while requests are fed: ReadyForQuery owed for earlier ones, sent as they were
+        self.bound: list[Statement] = []  # the statements of the last renamed chunk (ClientStatements.rename)
 
     @property
     def busy(self) -> bool:
@@ -543,6 +599,14 @@ class LinkStatements:
                     registry.release(stmt)
                 else:
                     e.client.names[e.name] = stmt
+
+    def mark_bound_stale(self) -> None:
+        """0A000 after a renamed chunk (cached plan must not change result type): the
+        statements it bound are prepared again before their next use here."""
+        for stmt in self.bound:
+            if stmt in self.lru:
+                self.lru[stmt] = True
+        self.bound = []
 
     def clear(self) -> None:
         """Every statement on the server connection is gone (DEALLOCATE ALL, DISCARD ALL, closed)."""

@@ -293,6 +293,8 @@ class ServerLink(ServerCore, asyncio.Protocol):
                 self.told = True
             elif sqlstate == "55006":  # object in use: perhaps by poold's own idle connections
                 owner.on_server_in_use(fields)
+            elif sqlstate == "0A000" and self.ps is not None:  # perhaps a cached plan's result type changed
+                self.ps.mark_bound_stale()
 
     def _track(self, name: str, value: str, owner: ServerOwner | None) -> None:
         canon = canonical_parameter(name)

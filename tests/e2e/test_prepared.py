@@ -250,10 +250,12 @@ def test_statement_follows_the_client_to_another_server(poold_factory: Callable[
 
 
 def test_reused_name_gets_42P05_and_the_session_continues(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
-    p = _poold(poold_factory, core)
+    p = _poold(poold_factory, core, max_size=2, min_size=2)
     s = Session(p)
+    others: list[psycopg.Connection] = []
     try:
         assert s.types(_parse("x", "SELECT 1")) == "1Z"
+        others = _hold_others(p, 1)  # the connection s used last (the free list is LIFO): s goes to the other
         replies = s.batch(_parse("x", "SELECT 2"), _bind("x"), _execute())
         assert [t for t, _ in replies] == ["E", "Z"]  # the rest of the batch skipped, as PostgreSQL does
         err = _error(replies)
@@ -267,6 +269,8 @@ def test_reused_name_gets_42P05_and_the_session_continues(poold_factory: Callabl
         # and x still is the first statement
         assert _rows(s.batch(_bind("x"), _execute())) == ["1"]
     finally:
+        for c in others:
+            c.close()
         s.close()
 
 

@@ -286,3 +286,19 @@ def test_a_large_plain_request_streams_through() -> None:
     assert out1 == big[:1000] and p.client.mid
     out2 = p.client.feed(p.link, big[1000:] + msg(b"c"))
     assert out1 + out2 == big + msg(b"c") and not p.client.mid
+
+
+def test_rename_only_when_every_statement_is_ready() -> None:
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    chunk = bind(b"s1") + DESCRIBE_PORTAL + EXECUTE + SYNC
+    assert p.client.rename(p.link, chunk) == bind(b"poold_1") + DESCRIBE_PORTAL + EXECUTE + SYNC
+    assert p.link.bound and not p.link.busy
+    assert p.client.rename(p.link, msg(b"D", b"Ss1\0") + SYNC) == msg(b"D", b"Spoold_1\0") + SYNC
+    assert p.client.rename(p.link, bind(b"s1") + EXECUTE) is None  # no sync point last
+    assert p.client.rename(p.link, bind(b"nope") + EXECUTE + SYNC) is None  # unknown: the server's 26000
+    assert p.client.rename(prepared.LinkStatements(p.registry), chunk) is None  # not on that connection
+    assert p.client.rename(p.link, parse(b"s2", b"SELECT 2") + chunk) is None
+    p.link.mark_bound_stale()  # a 0A000 came back
+    assert p.client.rename(p.link, chunk) is None
