@@ -742,7 +742,9 @@ class Pool(PoolCore):
         if statements is not None:
             if statements.lru and not statements.busy:
                 self._carried_statements[conn] = statements
-                weakref.finalize(conn, statements.clear)  # the registry's entries go with the connection
+                if not statements.carried:  # once per connection: the registry's entries go with it
+                    statements.carried = True
+                    weakref.finalize(conn, statements.clear)
             else:
                 statements.close()
         self._spawn(self._return(conn))

@@ -393,7 +393,7 @@ class ClientStatements:
 class LinkStatements:
     """A server connection's statements (an LRU) and its queue of expected replies (sans-IO)."""
 
-    __slots__ = ("bound", "failed", "held", "held_syncs", "lru", "owed", "queue", "registry", "tail")
+    __slots__ = ("bound", "carried", "failed", "held", "held_syncs", "lru", "owed", "queue", "registry", "tail")
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -405,6 +405,7 @@ class LinkStatements:
         self.held_syncs = 0
         self.owed = 0  # while requests are fed: ReadyForQuery owed for earlier ones, sent as they were
         self.bound: list[Statement] = []  # the statements of the last renamed chunk (ClientStatements.rename)
+        self.carried = False  # kept with its connection in psycopg_pool at least once (pools.py)
 
     @property
     def busy(self) -> bool:

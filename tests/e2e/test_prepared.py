@@ -20,7 +20,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.conftest import Poold, RawClient, pgcluster
+from tests.conftest import Poold, RawClient, pgcluster, wait_until
 
 PYTHON_TWINS = {"POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python", "POOLD_SOCKET_IO": "asyncio"}
 
@@ -246,6 +246,31 @@ def test_statement_follows_the_client_to_another_server(poold_factory: Callable[
     finally:
         for c in others:
             c.close()
+        s.close()
+
+
+def test_statements_stay_with_a_connection_given_back_to_psycopg_pool(
+    poold_factory: Callable[..., Poold], core: dict[str, str]
+) -> None:
+    # idle_timeout 1 s: an idle link goes back to psycopg_pool after 0.5 s (Pool.hold_time), and the
+    # server connection keeps poold's statements: poold must know them when it leases it again.
+    p = _poold(poold_factory, core, max_size=1, min_size=1, idle_timeout=1)
+    s = Session(p)
+    try:
+        assert s.types(_parse("kept", "SELECT 'kept'")) == "1Z"
+
+        def given_back() -> bool:
+            rows = json.loads(p.poolctl("--json", "servers").stdout)
+            return bool(rows) and all(r["state"] == "pool" for r in rows)
+
+        wait_until(given_back, timeout=20)
+        assert _rows(s.batch(_bind("kept"), _execute())) == ["kept"]
+        t = Session(p)
+        try:  # the same text under another client's name: already there (not 42P05 on poold_1)
+            assert t.types(_parse("again", "SELECT 'kept'"), _bind("again"), _execute()) == "12DCZ"
+        finally:
+            t.close()
+    finally:
         s.close()
 
 
