@@ -44,6 +44,7 @@ there closes and prepares it again.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
@@ -94,6 +95,13 @@ OWN_PARSE = 4  # poold's Parse before a use: swallowed
 OWN_CLOSE = 5  # poold's Close (eviction, re-prepare): swallowed
 REPLY = 6  # a reply poold gives itself (ParseComplete, CloseComplete)
 REFUSE = 7  # poold's failing Parse: its error is replaced by ``data``
+DEALLOCATE = 8  # SQL DEALLOCATE of a client's protocol-level name: its CommandComplete forgets the name
+
+#: a Query that is only DEALLOCATE [PREPARE] name (unquoted names fold to lower case, as PostgreSQL's do)
+_DEALLOCATE_NAME = re.compile(
+    rb'\s*deallocate\s+(?:prepare\s+)?(?:"((?:[^"]|"")+)"|([a-z_][a-z0-9_$]*))\s*;?\s*\0', re.IGNORECASE)
+#: what stands for a statement the connection lacks: prepared then deallocated, the first tag swallowed
+_DEALLOCATE_ABSENT = b"PREPARE poold_deallocated AS SELECT; DEALLOCATE poold_deallocated"
 
 
 def clean(data: bytes) -> bool:
@@ -253,6 +261,8 @@ class ClientStatements:
                     self._partial += buf[pos:]
                     break
                 self._request(link, t, bytes(buf[pos:end]), out)
+            elif t == _Q and length < 512 and end <= n and self._deallocate(link, bytes(buf[pos + 5 : end]), out):
+                pass
             else:
                 link.expect_request(t)
                 if end > n:
@@ -350,6 +360,27 @@ class ClientStatements:
         # unnamed, unknown to this client (the server answers 26000 in its words), or malformed
         link.expect_request(t)
         out.append(msg)
+
+    def _deallocate(self, link: LinkStatements, text: bytes, out: list[bytes]) -> bool:
+        """SQL DEALLOCATE of one of the client's protocol-level names: run on the server
+        under poold's name (or, where the connection lacks it, on a stand-in), the name
+        forgotten at its CommandComplete. False: not that (the Query goes as it is)."""
+        found = _DEALLOCATE_NAME.fullmatch(text)
+        if found is None:
+            return False
+        quoted, plain = found.groups()
+        name = quoted.replace(b'""', b'"') if quoted is not None else plain.lower()
+        stmt = self.names.get(name)
+        if stmt is None:
+            return False  # the server answers 26000 in the client's words
+        if stmt in link.lru:
+            out.append(_message(b"Q", b"DEALLOCATE " + stmt.name + b"\0"))
+        else:
+            out.append(_message(b"Q", _DEALLOCATE_ABSENT + b"\0"))
+            link.push(_Expect(OWN_PARSE))  # the stand-in's PREPARE tag, swallowed
+        link.push(_Expect(DEALLOCATE, stmt, self, name))
+        link.push(_Expect(SYNC))
+        return True
 
     def _parse(self, link: LinkStatements, name: bytes, key: bytes, out: list[bytes]) -> None:
         registry = self.registry
@@ -559,6 +590,11 @@ class LinkStatements:
             return msg
         if t in _TERMINAL_REPLIES and head.kind != SYNC:
             self._consume(head)
+            if head.kind == DEALLOCATE and head.stmt is not None:  # gone from the server, and for the client
+                if self.lru.pop(head.stmt, None) is not None:
+                    self.registry.release(head.stmt)
+                if head.client is not None:
+                    head.client.forget(head.name, head.stmt)
             if head.kind in (OWN_PARSE, OWN_CLOSE, REFUSE):
                 if head.kind == OWN_CLOSE and head.stmt is not None:
                     self.registry.release(head.stmt)

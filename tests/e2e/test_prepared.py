@@ -363,6 +363,34 @@ def test_deallocate_all_and_discard_all(poold_factory: Callable[..., Poold], cor
         s.close()
 
 
+def test_sql_deallocate_of_a_protocol_name(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
+    p = _poold(poold_factory, core, max_size=2, min_size=2)
+    s = Session(p)
+    others: list[psycopg.Connection] = []
+    try:
+        assert s.types(_parse("d1", "SELECT 'd1'"), _parse("D2", "SELECT 'd2'"), _parse("d3", "SELECT 'd3'")) == "111Z"
+        replies = s.query("DEALLOCATE d1")  # on the connection that has it
+        assert [t for t, _ in replies] == ["C", "Z"] and replies[0][1] == b"DEALLOCATE\0"
+        assert _error(s.batch(_bind("d1"), _execute()))["M"] == 'prepared statement "d1" does not exist'
+        # an unquoted name folds to lower case, as on PostgreSQL: D2 is not d2
+        assert _error(s.query("DEALLOCATE D2"))["C"] == "26000"
+        others = _hold_others(p, 1)  # s goes to the other connection, which lacks "D2"
+        replies = s.query('DEALLOCATE PREPARE "D2";')
+        assert [t for t, _ in replies] == ["C", "Z"] and replies[0][1] == b"DEALLOCATE\0"
+        assert _error(s.batch(_bind("D2"), _execute()))["C"] == "26000"
+        # in a failed transaction block, PostgreSQL's 25P02, and the name stays
+        s.query("BEGIN")
+        s.query("SELECT 1/0")
+        replies = s.query("DEALLOCATE d3")
+        assert _error(replies)["C"] == "25P02" and replies[-1] == ("Z", b"E")
+        s.query("ROLLBACK")
+        assert _rows(s.batch(_bind("d3"), _execute())) == ["d3"]
+    finally:
+        for c in others:
+            c.close()
+        s.close()
+
+
 def test_result_type_change_errors_once_then_works(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
     p = _poold(poold_factory, core, max_size=1, min_size=1)
     with psycopg.connect(p.dsn(), autocommit=True) as setup:

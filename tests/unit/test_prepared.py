@@ -302,3 +302,32 @@ def test_rename_only_when_every_statement_is_ready() -> None:
     assert p.client.rename(p.link, parse(b"s2", b"SELECT 2") + chunk) is None
     p.link.mark_bound_stale()  # a 0A000 came back
     assert p.client.rename(p.link, chunk) is None
+
+
+def test_sql_deallocate_runs_under_poolds_name_and_forgets_at_its_tag() -> None:
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    out, _ = p.send(msg(b"Q", b"deallocate s1;\0"))
+    assert out == msg(b"Q", b"DEALLOCATE poold_1\0")
+    assert list(p.client.names) == [b"s1"]  # until the server says it is done
+    assert p.reply(complete(b"DEALLOCATE") + ready()) == complete(b"DEALLOCATE") + ready()
+    assert p.client.names == {} and not p.link.lru
+
+
+def test_sql_deallocate_where_the_connection_lacks_it_uses_a_stand_in() -> None:
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    fresh = prepared.LinkStatements(p.registry)
+    out = p.client.feed(fresh, msg(b"Q", b'DEALLOCATE PREPARE "s1"\0'))
+    assert b"PREPARE poold_deallocated" in out
+    got = fresh.filter(complete(b"PREPARE") + complete(b"DEALLOCATE") + ready(), p.client)[0]
+    assert got == complete(b"DEALLOCATE") + ready() and p.client.names == {}
+
+
+def test_sql_deallocate_of_an_unknown_or_folded_name_goes_as_it_is() -> None:
+    p = Pair()
+    p.send(parse(b"S1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    assert p.send(msg(b"Q", b"DEALLOCATE S1\0"))[0] == msg(b"Q", b"DEALLOCATE S1\0")  # folds to s1: not the client's
