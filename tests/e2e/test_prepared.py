@@ -490,3 +490,24 @@ def test_session_mode_passes_names_through(poold_factory: Callable[..., Poold]) 
         assert rows == ["plain"]
     finally:
         s.close()
+
+
+def test_reload_changes_the_limit_live(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
+    p = _poold(poold_factory, core, max_size=1, min_size=1)
+    s = Session(p)
+    try:
+        for k in range(3):
+            assert s.types(_parse(f"r{k}", f"SELECT {k}")) == "1Z"
+        (p.tmp / "poold.env").write_text("POOLD_POOL__MAX_PREPARED_STATEMENTS=1\n")
+        dry = p.poolctl("reload", "--dry-run")
+        assert dry.returncode == 0 and "max_prepared_statements: 200 -> 1" in dry.stdout, dry.stdout
+        assert p.poolctl("reload").returncode == 0
+        # the connection's LRU shrinks to the new limit at the next statement it prepares
+        assert s.types(_parse("r3", "SELECT 3")) == "1Z"
+        for _ in range(2):
+            for k in range(4):
+                assert _rows(s.batch(_bind(f"r{k}"), _execute())) == [str(k)]
+        n = _rows(s.query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'poold%'"))
+        assert n == ["1"]
+    finally:
+        s.close()
