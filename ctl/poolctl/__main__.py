@@ -27,7 +27,8 @@ DEFAULT_SOCKET = "/run/poold/control.sock"
 
 TABLES = {
     "pools": ["pool", "mode", "clients", "active", "idle", "waiting", "total", "min_size", "max_size", "paused",
-              "breaker", "last_error"],
+              "breaker", "prepared.statements", "prepared.hits", "prepared.misses", "prepared.evictions",
+              "prepared.reprepares", "last_error"],
     "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age", "pinned"],
     "servers": ["pool", "pid", "state", "tx_status", "client", "age"],
 }
@@ -72,10 +73,19 @@ def request(path: str, command: str, args: dict[str, Any] | None = None, timeout
     return reply.get("result")
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    """A row's value; "prepared.hits" reads a nested one (the pool's statement registry)."""
+    value: Any = row
+    for part in column.split("."):
+        value = value.get(part, "") if isinstance(value, dict) else ""
+    return str(value)
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    cells = [[_cell(r, c) for c in columns] for r in rows]
+    heads = [c.replace("prepared.", "ps_").upper() for c in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 

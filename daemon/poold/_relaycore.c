@@ -66,7 +66,9 @@ static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_
     *s_pids, *s_secrets, *s_draw_secrets, *s_mode, *s_settings, *SESSION,
     *s_config, *s_max_message_size, *s_login_plans, *s_max_client_conn, *s_tls, *s_require, *s_user,
     *s_database, *s_keys, *s_scanner_type, *s_end_login, *s_cancel_wait, *s_hand_back, *s_session_ended,
-    *s_before_database_command, *s_max_login_conn, *s_make_room_for_login, *s_guard, *s_pairs, *s_native_login_held;
+    *s_before_database_command, *s_max_login_conn, *s_make_room_for_login, *s_guard, *s_pairs, *s_native_login_held,
+    *s_max_prepared_statements, *s_rewrite, *s_ps, *s_names, *s_lru, *s_name, *s_registry, *s_hits, *s_move_to_end,
+    *s_bound;
 static PyObject *NO_KEY;    /* (0, 0): a session's cancel key until it has one */
 static PyObject *EMPTY_STR; /* "" */
 static PyObject *AUTH_SASL; /* AuthenticationSASL offering SCRAM-SHA-256: auth.py's _AUTH_SCRAM */
@@ -400,7 +402,8 @@ typedef struct {
     double busy_since, cancel_at, expires_at, idle_since;
     long epoch;
     char closed;
-    char dirty; /* an internal query failed: discarded at its release */
+    char dirty;     /* an internal query failed: discarded at its release */
+    char expecting; /* poold's own requests in flight, or held (prepared.LinkStatements.busy): no fast path */
 } ServerCore;
 
 typedef struct {
@@ -422,6 +425,10 @@ typedef struct {
     PyObject *login, *login_wait, *peer, *plan, *reader, *key, *user, *database;
     double connected_at;
     char tls, self_paused;
+    /* named prepared statements (prepared.py): the client's ClientStatements or None, and
+     * whether its stream stopped inside a request that the Python path holds or passes */
+    PyObject *ps;
+    char ps_mid;
 } ClientCore;
 
 typedef struct {
@@ -435,6 +442,7 @@ typedef struct {
     PyObject *loop_time; /* the event loop's time(), the clock of its timers */
     Py_ssize_t leased, connecting;
     Py_ssize_t max_size;    /* settings.max_size, read when settings is set */
+    Py_ssize_t max_prepared; /* settings.max_prepared_statements, likewise */
     double acquire_timeout; /* settings.acquire_timeout, likewise */
     double wait_until;  /* the deadline the wait timer is armed for; 0: not armed */
     long epoch;
@@ -480,7 +488,7 @@ Server_dealloc(ServerCore *self)
 
 /* data_received: a chunk from the server. The common chunk (a reply whose
  * only watched messages are ReadyForQuery, for a client, with no internal
- * query in flight) is written to the client here; any other goes to
+ * query in flight and none of poold's own prepared-statement requests) is written to the client here; any other goes to
  * ServerLink._on_frames with the frames already scanned. */
 static PyObject *
 Server_data_received(ServerCore *self, PyObject *data)
@@ -494,7 +502,7 @@ Server_data_received(ServerCore *self, PyObject *data)
         return NULL;
     }
     Py_ssize_t nframes = PyList_GET_SIZE(frames);
-    int fast = self->swallow == 0 && !is_none(self->owner) && is_core(self->owner, &ClientCoreType) &&
+    int fast = self->swallow == 0 && !self->expecting && !is_none(self->owner) && is_core(self->owner, &ClientCoreType) &&
                PyBytes_CheckExact(data);
     for (Py_ssize_t i = 0; fast && i < nframes; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
@@ -573,6 +581,7 @@ static PyMemberDef Server_members[] = {
     {"idle_since", T_DOUBLE, offsetof(ServerCore, idle_since), 0, NULL},
     {"epoch", T_LONG, offsetof(ServerCore, epoch), 0, NULL},
     {"closed", T_BOOL, offsetof(ServerCore, closed), 0, NULL},
+    {"expecting", T_BOOL, offsetof(ServerCore, expecting), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -875,7 +884,7 @@ Pool_get_settings(PoolCore *self, void *closure)
     return Py_NewRef(self->settings ? self->settings : Py_None);
 }
 
-/* The two settings the hot path reads are taken here, once per assignment
+/* The three settings the hot path reads are taken here, once per assignment
  * (Pool.__init__ and a reload), not per transaction. */
 static int
 Pool_set_settings(PoolCore *self, PyObject *value, void *closure)
@@ -890,7 +899,11 @@ Pool_set_settings(PoolCore *self, PyObject *value, void *closure)
     double timeout = float_attr(value, s_acquire_timeout);
     if (timeout == -1.0 && PyErr_Occurred())
         return -1;
+    Py_ssize_t prepared = ssize_attr(value, s_max_prepared_statements);
+    if (prepared == -1 && PyErr_Occurred())
+        return -1;
     Py_XSETREF(self->settings, Py_NewRef(value));
+    self->max_prepared = prepared;
     self->max_size = limit;
     self->acquire_timeout = timeout;
     return 0;
@@ -929,6 +942,256 @@ same_settings(PyObject *a, PyObject *b)
     return PyObject_RichCompareBool(a, b, Py_EQ);
 }
 
+/* prepared.clean: whether a client chunk may go to the server as it is: whole
+ * messages, the last a sync point (Query, Sync, FunctionCall), none naming a
+ * statement (Parse, Bind, Describe 'S', Close 'S' with a name), no Query or
+ * unnamed Parse text that may be DEALLOCATE or DISCARD (or starts with white
+ * space or a comment). A header walk and a byte or two per message. */
+static uint32_t be32(const char *p);
+static void put_be32(char *p, uint32_t v);
+
+static int
+ps_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
+{
+    if (start >= end)
+        return 0;
+    unsigned char c = p[start];
+    if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '-' || c == '/')
+        return 1;
+    if (end - start < 4 || (c | 0x20) != 'd')
+        return 0;
+    unsigned char c1 = p[start + 1] | 0x20, c2 = p[start + 2] | 0x20, c3 = p[start + 3] | 0x20;
+    return (c1 == 'e' && c2 == 'a' && c3 == 'l') || (c1 == 'i' && c2 == 's' && c3 == 'c');
+}
+
+/* prepared._names_statement: a Parse, Bind, Describe or Close naming a statement (or an
+ * unnamed Parse whose text may drop statements); 1 too for what is malformed. */
+static int
+ps_names_statement(const unsigned char *p, unsigned char t, Py_ssize_t start, Py_ssize_t end)
+{
+    if (start >= end)
+        return 1;
+    if (t == 'P')
+        return p[start] != 0 || ps_may_drop(p, start + 1, end);
+    if (t == 'B') {
+        const unsigned char *z = memchr(p + start, 0, (size_t)(end - start));
+        return z == NULL || z + 1 >= p + end || z[1] != 0;
+    }
+    return p[start] == 'S' && (start + 1 >= end || p[start + 1] != 0);
+}
+
+static int
+ps_clean(PyObject *data)
+{
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
+    int last = -1;
+    while (pos < n) {
+        if (n - pos < 5)
+            return 0;
+        unsigned char t = p[pos];
+        int32_t length = (int32_t)be32((const char *)p + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > n - pos - 1)
+            return 0;
+        Py_ssize_t start = pos + 5, end = pos + 1 + length;
+        if (t == 'P' || t == 'B' || t == 'D' || t == 'C') {
+            if (ps_names_statement(p, t, start, end))
+                return 0;
+        }
+        else if (t == 'Q' && ps_may_drop(p, start, end)) {
+            return 0;
+        }
+        last = t;
+        pos = end;
+    }
+    return last == 'Q' || last == 'S' || last == 'F';
+}
+
+/* prepared.ClientStatements.rename, called from ClientSession._rewrite's first
+ * branch: whole messages ending at a sync point whose only named requests are
+ * Binds and Describes of statements the link has ready (its LinkStatements.lru
+ * says False), renamed to poold's names without the queue. 1 with *out (a new
+ * reference), 0 when it is not this case (Python's _rewrite has it), -1 on error.
+ * Like the Python: the statements move to the LRU's end, registry.hits counts
+ * them, link.ps.bound lists them (a 0A000 that follows marks them stale). */
+#define PS_RENAMES_MAX 32
+
+static int
+ps_rename(ClientCore *self, ServerCore *link, PyObject *data, PyObject **out)
+{
+    struct {
+        Py_ssize_t pos, start, name_start, name_end, end;
+        PyObject *stmt, *name;
+    } ren[PS_RENAMES_MAX];
+    int nren = 0, rc = 0;
+    *out = NULL;
+    if (is_none(self->ps) || self->ps_mid || link->expecting || !PyBytes_CheckExact(data))
+        return 0;
+    PyObject *lps = NULL, *names = NULL, *lru = NULL, *bound = NULL;
+    if ((lps = PyObject_GetAttr((PyObject *)link, s_ps)) == NULL)
+        return -1;
+    if (lps == Py_None)
+        goto done;
+    names = PyObject_GetAttr(self->ps, s_names);
+    lru = names ? PyObject_GetAttr(lps, s_lru) : NULL;
+    bound = lru ? PyList_New(0) : NULL;
+    if (bound == NULL) {
+        rc = -1;
+        goto done;
+    }
+    if (!PyDict_Check(names) || !PyDict_Check(lru))
+        goto done;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
+    int last = -1;
+    while (pos < n) {
+        if (n - pos < 5)
+            goto done;
+        unsigned char t = p[pos];
+        int32_t length = (int32_t)be32((const char *)p + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > n - pos - 1)
+            goto done;
+        Py_ssize_t start = pos + 5, end = pos + 1 + length, name_start = -1;
+        if (t == 'B') {
+            const unsigned char *z = memchr(p + start, 0, (size_t)(end - start));
+            if (z == NULL || z + 1 >= p + end)
+                goto done;
+            name_start = z + 1 - p;
+        }
+        else if (t == 'D' && start + 1 < end && p[start] == 'S' && p[start + 1] != 0) {
+            name_start = start + 1;
+        }
+        if (name_start >= 0) {
+            const unsigned char *z = memchr(p + name_start, 0, (size_t)(end - name_start));
+            if (z == NULL)
+                goto done;
+            Py_ssize_t name_end = z - p;
+            if (name_end > name_start) {
+                if (nren == PS_RENAMES_MAX)
+                    goto done;
+                PyObject *key = PyBytes_FromStringAndSize((const char *)p + name_start, name_end - name_start);
+                if (key == NULL) {
+                    rc = -1;
+                    goto done;
+                }
+                PyObject *stmt = PyDict_GetItemWithError(names, key); /* borrowed */
+                Py_DECREF(key);
+                PyObject *stale = stmt ? PyDict_GetItemWithError(lru, stmt) : NULL;
+                if (stale != Py_False) {
+                    rc = PyErr_Occurred() ? -1 : 0;
+                    goto done;
+                }
+                PyObject *name = PyObject_GetAttr(stmt, s_name);
+                if (name == NULL || !PyBytes_Check(name) || PyList_Append(bound, stmt) < 0) {
+                    Py_XDECREF(name);
+                    rc = PyErr_Occurred() ? -1 : 0;
+                    goto done;
+                }
+                ren[nren].pos = pos;
+                ren[nren].start = start;
+                ren[nren].name_start = name_start;
+                ren[nren].name_end = name_end;
+                ren[nren].end = end;
+                ren[nren].stmt = stmt;
+                ren[nren].name = name;
+                nren++;
+            }
+        }
+        else if ((t == 'P' || t == 'C' || t == 'D') && ps_names_statement(p, t, start, end)) {
+            goto done;
+        }
+        else if (t == 'Q' && ps_may_drop(p, start, end)) {
+            goto done;
+        }
+        last = t;
+        pos = end;
+    }
+    if (!(last == 'Q' || last == 'S' || last == 'F') || nren == 0)
+        goto done;
+    Py_ssize_t size = n;
+    for (int i = 0; i < nren; i++)
+        size += PyBytes_GET_SIZE(ren[i].name) - (ren[i].name_end - ren[i].name_start);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) {
+        rc = -1;
+        goto done;
+    }
+    char *w = PyBytes_AS_STRING(result);
+    Py_ssize_t from = 0;
+    for (int i = 0; i < nren; i++) {
+        Py_ssize_t k = PyBytes_GET_SIZE(ren[i].name);
+        memcpy(w, p + from, (size_t)(ren[i].pos - from));
+        w += ren[i].pos - from;
+        Py_ssize_t body = (ren[i].name_start - ren[i].start) + k + (ren[i].end - ren[i].name_end);
+        *w++ = (char)p[ren[i].pos];
+        put_be32(w, (uint32_t)(body + 4));
+        w += 4;
+        memcpy(w, p + ren[i].start, (size_t)(ren[i].name_start - ren[i].start));
+        w += ren[i].name_start - ren[i].start;
+        memcpy(w, PyBytes_AS_STRING(ren[i].name), (size_t)k);
+        w += k;
+        memcpy(w, p + ren[i].name_end, (size_t)(ren[i].end - ren[i].name_end));
+        w += ren[i].end - ren[i].name_end;
+        from = ren[i].end;
+    }
+    memcpy(w, p + from, (size_t)(n - from));
+    /* the bookkeeping: LRU order, the hits counter, the statements bound */
+    PyObject *registry = PyObject_GetAttr(self->ps, s_registry);
+    PyObject *hits = registry ? PyObject_GetAttr(registry, s_hits) : NULL;
+    PyObject *count = hits ? PyLong_FromLong(nren) : NULL;
+    PyObject *more = count ? PyNumber_Add(hits, count) : NULL;
+    rc = more != NULL && PyObject_SetAttr(registry, s_hits, more) == 0 ? 1 : -1;
+    Py_XDECREF(more);
+    Py_XDECREF(count);
+    Py_XDECREF(hits);
+    Py_XDECREF(registry);
+    for (int i = 0; i < nren && rc == 1; i++)
+        if (call_done(PyObject_CallMethodOneArg(lru, s_move_to_end, ren[i].stmt)) < 0)
+            rc = -1;
+    if (rc == 1 && PyObject_SetAttr(lps, s_bound, bound) < 0)
+        rc = -1;
+    if (rc == 1)
+        *out = result;
+    else
+        Py_DECREF(result);
+done:
+    for (int i = 0; i < nren; i++)
+        Py_DECREF(ren[i].name);
+    Py_XDECREF(bound);
+    Py_XDECREF(lru);
+    Py_XDECREF(names);
+    Py_XDECREF(lps);
+    return rc;
+}
+
+/* ClientSession._forward, with its caller's test: requests for ``link`` go as they
+ * are unless transaction mode carries named statements and they are not clean;
+ * then renamed (ps_rename, _rewrite's first branch) or ClientSession._rewrite's. */
+static int
+client_forward(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syncs)
+{
+    /* A client pinned after naming statements keeps its renames (session_mode is then set). */
+    int plain = is_none(self->ps) &&
+                (self->session_mode || !(is_core(self->pool, &PoolCoreType) && ((PoolCore *)self->pool)->max_prepared > 0));
+    if (plain || (!self->ps_mid && !link->expecting && PyBytes_CheckExact(data) && ps_clean(data)))
+        return call_done(PyObject_CallOneArg(link->write, data));
+    PyObject *renamed;
+    int done = ps_rename(self, link, data, &renamed);
+    if (done != 0) {
+        if (done < 0)
+            return -1;
+        int rc = call_done(PyObject_CallOneArg(link->write, renamed));
+        Py_DECREF(renamed);
+        return rc;
+    }
+    PyObject *n = PyLong_FromSsize_t(syncs);
+    if (n == NULL)
+        return -1;
+    int rc = call_done(PyObject_CallMethodObjArgs((PyObject *)self, s_rewrite, (PyObject *)link, data, n, NULL));
+    Py_DECREF(n);
+    return rc;
+}
+
 /* _attach: take a freshly leased link and send it the first request. */
 static int
 client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syncs)
@@ -945,7 +1208,7 @@ client_attach(ClientCore *self, ServerCore *link, PyObject *data, Py_ssize_t syn
         link->pending = syncs;
         link->busy_since = self->xact_start = monotonic();
     }
-    if (PyBytes_GET_SIZE(data) && call_done(PyObject_CallOneArg(link->write, data)) < 0)
+    if (PyBytes_GET_SIZE(data) && client_forward(self, link, data, syncs) < 0)
         return -1;
     return 0;
 }
@@ -1821,7 +2084,7 @@ Client_data_received(ClientCore *self, PyObject *data)
             server->pending += syncs;
         }
         if (n)
-            rc = call_done(PyObject_CallOneArg(server->write, chunk));
+            rc = client_forward(self, server, chunk, syncs);
         Py_DECREF(server);
     }
     Py_DECREF(chunk);
@@ -1921,6 +2184,7 @@ Client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->database = Py_NewRef(EMPTY_STR);
     self->startup = Py_NewRef(Py_None);
     self->pinned = Py_NewRef(Py_None);
+    self->ps = Py_NewRef(Py_None);
     if (self->buffered == NULL || self->wanted == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -2066,6 +2330,7 @@ Client_traverse(ClientCore *self, visitproc visit, void *arg)
     Py_VISIT(self->plan);
     Py_VISIT(self->reader);
     Py_VISIT(self->key);
+    Py_VISIT(self->ps);
     return 0;
 }
 
@@ -2091,6 +2356,7 @@ Client_clear(ClientCore *self)
     Py_CLEAR(self->key);
     Py_CLEAR(self->user);
     Py_CLEAR(self->database);
+    Py_CLEAR(self->ps);
     return 0;
 }
 
@@ -2132,6 +2398,8 @@ static PyMemberDef Client_members[] = {
     {"closed", T_BOOL, offsetof(ClientCore, closed), 0, NULL},
     {"in_batch", T_BOOL, offsetof(ClientCore, in_batch), 0, NULL},
     {"session_mode", T_BOOL, offsetof(ClientCore, session_mode), 0, NULL},
+    {"ps", T_OBJECT, offsetof(ClientCore, ps), 0, NULL},
+    {"ps_mid", T_BOOL, offsetof(ClientCore, ps_mid), 0, NULL},
     {"_server_paused", T_BOOL, offsetof(ClientCore, server_paused), 0, NULL},
     {"native_login", T_BOOL, offsetof(ClientCore, native_login), 0, NULL},
     {"_login", T_OBJECT, offsetof(ClientCore, login), 0, NULL},
@@ -2182,8 +2450,20 @@ Module_may_carry_state(PyObject *module, PyObject *data)
     return PyBool_FromLong(may_carry_state(data));
 }
 
+/* ps_clean for the differential test against prepared.clean */
+static PyObject *
+module_ps_clean(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "ps_clean: bytes");
+        return NULL;
+    }
+    return PyBool_FromLong(ps_clean(data));
+}
+
 static PyMethodDef relaycore_functions[] = {
     {"may_carry_state", (PyCFunction)Module_may_carry_state, METH_O, "settings.may_carry_state in C."},
+    {"ps_clean", (PyCFunction)module_ps_clean, METH_O, "prepared.clean in C (ClientSession._forward's test)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2209,6 +2489,16 @@ PyInit__relaycore(void)
     INTERN(s_at_boundary, "at_boundary");
     INTERN(s_draining, "draining");
     INTERN(s_max_size, "max_size");
+    INTERN(s_max_prepared_statements, "max_prepared_statements");
+    INTERN(s_rewrite, "_rewrite");
+    INTERN(s_ps, "ps");
+    INTERN(s_names, "names");
+    INTERN(s_lru, "lru");
+    INTERN(s_name, "name");
+    INTERN(s_registry, "registry");
+    INTERN(s_hits, "hits");
+    INTERN(s_move_to_end, "move_to_end");
+    INTERN(s_bound, "bound");
     INTERN(s_on_frames, "_on_frames");
     INTERN(s_stream_corrupt, "_stream_corrupt");
     INTERN(s_login_data, "_login_data");

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import auth, relaycore, settings, sockio
+from . import auth, prepared, relaycore, settings, sockio
 from .errors import PooldError, ServerRefusal
 from .login import LoginPlan, LoginSteps
 from .protocol import messages
@@ -83,8 +83,9 @@ class ClientCorePy:
     # Slots: one of these lives per client connection, idle ones included.
     __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
                  "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pinned",
-                 "pool", "relaying", "rt", "scanner", "server", "session_mode", "settle", "startup", "terminating",
-                 "tls", "transactions", "transport", "user", "wait_start", "waiting", "wanted", "xact_start")
+                 "pool", "ps", "ps_mid", "relaying", "rt", "scanner", "server", "session_mode", "settle", "startup",
+                 "terminating", "tls", "transactions", "transport", "user", "wait_start", "waiting", "wanted",
+                 "xact_start")
 
     scanner_type: type[PyFrameScanner]  # the class's: ClientSession.scanner_type
 
@@ -108,6 +109,8 @@ class ClientCorePy:
     closed: bool
     in_batch: bool  # messages sent since the last Sync
     session_mode: bool
+    ps: prepared.ClientStatements | None  # its named statements (transaction mode), once it has used one
+    ps_mid: bool  # ps holds part of a request: the next chunk continues it
     _server_paused: bool
     native_login: bool  # the C core reads the login (never here: see connection_made)
     tls: bool
@@ -132,7 +135,8 @@ class ClientCorePy:
         self.key = (0, 0)
         self.user = self.database = ""
         self.connected_at = time.time()
-        self.transport = self.pool = self.server = None
+        self.transport = self.pool = self.server = self.ps = None
+        self.ps_mid = False
         self.buffered = []
         self.wanted = {}
         self.startup = self.pinned = None
@@ -302,7 +306,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         return False  # close; a client half-close ends the session
 
     def _session_ended(self) -> None:
-        """A logged-in client is gone: its log line."""
+        """A logged-in client is gone: its statements released, its log line."""
+        if self.ps is not None:
+            self.ps.clear()
         if _stdlog.isEnabledFor(logging.INFO):  # a filtered call still costs microseconds
             log.info(
                 "client_session_end",
@@ -359,7 +365,10 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                         self.xact_start = server.busy_since
                 server.pending += syncs
             if data:
-                server.transport.write(data)  # type: ignore[union-attr]
+                if self.ps is None and (self.session_mode or not self.pool.settings.max_prepared_statements):  # type: ignore[union-attr]
+                    server.transport.write(data)  # type: ignore[union-attr]
+                else:
+                    self._forward(server, data, syncs)
         if self.terminating:
             self._close()
 
@@ -398,7 +407,61 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             link.pending = syncs
             link.busy_since = self.xact_start = time.monotonic()
         if data:
+            if self.ps is None and (self.session_mode or not self.pool.settings.max_prepared_statements):  # type: ignore[union-attr]
+                link.transport.write(data)  # type: ignore[union-attr]
+            else:
+                self._forward(link, data, syncs)
+
+    # -- named prepared statements (prepared.py) ------------------------------
+
+    def _forward(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        """Requests for ``link`` in transaction mode: as they are when clean, else
+        _rewrite's (_relaycore.c, client_forward)."""
+        if not self.ps_mid and not link.expecting and prepared.clean(data):
             link.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self._rewrite(link, data, syncs)
+
+    def _rewrite(self, link: ServerLink, data: bytes, syncs: int) -> None:
+        """Requests that name statements, or follow poold's own in flight: renamed when
+        ``link`` has every statement they use ready (prepared.ClientStatements.rename),
+        else rewritten for ``link`` (prepared.ClientStatements.feed). Replies still owed for earlier
+        requests (``link.pending`` less this chunk's ``syncs``) open the queue; while the
+        server's stream is inside one of them the requests wait (held), so that poold
+        reads replies from a message boundary."""
+        assert self.pool is not None
+        ps, lps = self.ps, link.ps
+        if ps is not None and lps is not None and not self.ps_mid and not link.expecting:
+            renamed = ps.rename(lps, data)  # statements the connection has ready: no queue
+            if renamed is not None:
+                link.transport.write(renamed)  # type: ignore[union-attr]
+                return
+        if ps is None:
+            ps = self.ps = prepared.ClientStatements(self.pool.statements)
+        if lps is None:
+            lps = link.ps = prepared.LinkStatements(self.pool.statements)
+        if lps.held or (not lps.queue and not link.scanner.at_boundary):
+            lps.hold(data, syncs)
+            link.expecting = True
+            return
+        lps.owed = link.pending - syncs
+        lps.bound = []
+        out = ps.feed(lps, data)
+        lps.owed = 0
+        self.ps_mid = ps.mid
+        link.expecting = lps.busy
+        reply = lps.ready()
+        if reply:
+            self.transport.write(reply)  # type: ignore[union-attr]
+        if out:
+            link.transport.write(out)  # type: ignore[union-attr]
+
+    def on_server_caught_up(self, link: ServerLink) -> None:
+        """The server's stream reached a boundary with nothing owed but what was held: send it."""
+        lps = link.ps
+        assert lps is not None
+        syncs = lps.held_syncs
+        self._rewrite(link, lps.take_held(), syncs)
 
     # -- pools.Waiter -------------------------------------------------------
 
@@ -518,11 +581,13 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         """The client is gone: return its server connection only if clean."""
         link.owner = None
         self._unpause(link)
-        if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary:
+        if link.pending or link.swallow or self.in_batch or not self.scanner.at_boundary or link.expecting:
             log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
             pool.discard(link, cancel=bool(link.pending))
         elif self.session_mode:  # session mode, or pinned in transaction mode
             link.params = {}
+            if link.ps is not None:  # DISCARD ALL drops poold's statements there too
+                link.ps.clear()
             link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + ["DISCARD ALL"], pool.release_if_idle)
         elif self.settle:  # its last requests may have changed settings: none stays on the link
             link.params = {}

@@ -135,6 +135,8 @@ class PoolSettings:
     breaker_reset: float = 30.0
     pressure_threshold: float = 0.90
     session_state: str = "pin"  # transaction mode: what cannot follow a client (LISTEN, ...) pins or errors
+    max_prepared_statements: int = 200  # per server connection, transaction mode; 0: names pass through
+    max_client_prepared_statements: int = 1000  # open named statements per client; 0: no cap
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,9 @@ def _validate_pool(p: PoolSettings, table: Mapping[str, Any], prefix: str, error
         bad("breaker_failures", "must be >= 1")
     if not 0 < p.pressure_threshold <= 1:
         bad("pressure_threshold", "must be in (0, 1]")
+    for key in ("max_prepared_statements", "max_client_prepared_statements"):
+        if getattr(p, key) < 0:
+            bad(key, "must be >= 0 (0 turns it off)")
 
 
 def _validate_sections(s: dict[str, Any], errors: list[str]) -> None:

@@ -20,6 +20,7 @@ from .settings import PIN_REASONS
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from .pools import Pool
     from .reload import Reloader
     from .runtime import Runtime
 
@@ -96,9 +97,32 @@ class PooldCollector(Collector):
         for result in ("applied", "rejected", "rollback"):
             reloads.add_metric([result], rt.stats.reloads[result])
         yield reloads
+        yield from _prepared_families(pools)
         yield GaugeMetricFamily("poold_config_generation", "Generation of the configuration in force",
                                 value=self.reloader.generation)
         yield GaugeMetricFamily("poold_draining", "1 while draining or shutting down", value=int(rt.draining))
+
+
+def _prepared_families(pools: list[Pool]) -> Iterator[Metric]:
+    """The named-statement registries (prepared.py): sizes and counters per pool."""
+    cached = GaugeMetricFamily("poold_prepared_statements", "Named prepared statements in the pool's registry",
+                               labels=["pool"])
+    on_servers = GaugeMetricFamily("poold_prepared_server_statements",
+                                   "poold's statements prepared on the pool's server connections", labels=["pool"])
+    counters = {key: CounterMetricFamily(f"poold_prepared_{key}", help_text, labels=["pool"]) for key, help_text in (
+        ("hits", "Statement uses found prepared on the server connection"),
+        ("misses", "Statement uses that prepared it on the server connection first"),
+        ("evictions", "Statements closed on a server connection past max_prepared_statements"),
+        ("reprepares", "Statements prepared again after their result type changed"))}
+    for p in pools:
+        snap = p.snapshot()["prepared"]
+        cached.add_metric([p.name], snap["statements"])
+        on_servers.add_metric([p.name], snap["server_statements"])
+        for key, family in counters.items():
+            family.add_metric([p.name], snap[key])
+    yield cached
+    yield on_servers
+    yield from counters.values()
 
 
 def make_registry(rt: Runtime, reloader: Reloader) -> CollectorRegistry:

@@ -41,7 +41,7 @@ import structlog
 from psycopg import AsyncConnection, OperationalError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from . import backend, relaycore
+from . import backend, prepared, relaycore
 from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError, ServerRefusal
@@ -220,6 +220,8 @@ class Pool(PoolCore):
         self._pressure_logged = -PRESSURE_LOG_INTERVAL  # monotonic time of the last warning
         self._pressure_warned = False  # a warning was logged for the current episode
         self.stats = PoolStats()
+        # Named prepared statements its clients carry across server connections (transaction mode).
+        self.statements = prepared.Registry(self._statement_limits)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Released links kept from the next client until the cancels sent for them are delivered.
         self._held: set[ServerLink] = set()
@@ -232,6 +234,11 @@ class Pool(PoolCore):
         # Tracked settings a connection carried when it went back to
         # psycopg_pool (libpq never saw the relayed SETs), restored on re-lease.
         self._carried_params: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+        # Likewise the named statements prepared on it (prepared.py): still there when it comes back.
+        self._carried_statements: weakref.WeakKeyDictionary[Any, prepared.LinkStatements] = weakref.WeakKeyDictionary()
+
+    def _statement_limits(self) -> tuple[int, int]:
+        return self.settings.max_prepared_statements, self.settings.max_client_prepared_statements
 
     @property
     def hold_time(self) -> float:
@@ -364,6 +371,10 @@ class Pool(PoolCore):
             changes.append("breaker")
         if old.mode != new.mode:
             changes.append(f"mode {old.mode} -> {new.mode} (new clients)")
+        if (old.max_prepared_statements, old.max_client_prepared_statements) != (
+            new.max_prepared_statements, new.max_client_prepared_statements
+        ):  # read live by the registry; a smaller LRU shrinks at the next statement it prepares
+            changes.append("prepared statement limits")
         if conninfo != self.conninfo:
             self.conninfo = conninfo
             self._pg.conninfo = conninfo
@@ -503,6 +514,8 @@ class Pool(PoolCore):
             "breaker": self.breaker.state(time.monotonic()),
             "refused": self.refusal is not None,
             "last_error": self.last_error,
+            "prepared": self.statements.snapshot(
+                sum(len(link.ps.lru) for link in (*self.free, *self.active) if link.ps is not None)),
         }
 
     def cancel_query(self, link: ServerLink, owner: object) -> asyncio.Task[None]:
@@ -610,6 +623,7 @@ class Pool(PoolCore):
         link.defaults = self.defaults
         link.expires_at = backend.expires_at(conn)
         link.params = self._carried_params.pop(conn, {})
+        link.ps = self._carried_statements.pop(conn, None)
         link.epoch = self.epoch
         link.stats = self.stats
         self.leased += 1
@@ -717,11 +731,22 @@ class Pool(PoolCore):
 
     def _give_back(self, link: ServerLink) -> None:
         """Hand an idle, clean link back to psycopg_pool."""
+        statements, link.ps = link.ps, None  # before the close: it is not the connection's end
         conn = self._detach(link)
         if conn is None:
+            if statements is not None:
+                statements.close()
             return
         if link.params:
             self._carried_params[conn] = link.params
+        if statements is not None:
+            if statements.lru and not statements.busy:
+                self._carried_statements[conn] = statements
+                if not statements.carried:  # once per connection: the registry's entries go with it
+                    statements.carried = True
+                    weakref.finalize(conn, statements.clear)
+            else:
+                statements.close()
         self._spawn(self._return(conn))
         self._grow()
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from . import relaycore
+from . import prepared, relaycore
 from .protocol import messages
 from .protocol.errors import ProtocolError
 from .protocol.framing import FrameScanner, PyFrameScanner
@@ -82,8 +82,8 @@ class ServerCorePy:
     itself and hands only the others to ``_on_frames``.
     """
 
-    __slots__ = ("busy_since", "cancel_at", "cancels", "closed", "dirty", "epoch", "expires_at", "idle_since", "owner",
-                 "params", "pending", "scanner", "stats", "status", "swallow", "transport")
+    __slots__ = ("busy_since", "cancel_at", "cancels", "closed", "dirty", "epoch", "expecting", "expires_at",
+                 "idle_since", "owner", "params", "pending", "scanner", "stats", "status", "swallow", "transport")
 
     owner: ServerOwner | None
     transport: asyncio.Transport | None
@@ -97,6 +97,7 @@ class ServerCorePy:
     cancel_at: float
     cancels: int  # CancelRequests for this server in flight: it goes to no other client until they are delivered
     dirty: bool  # an internal query failed: the link is discarded at its release
+    expecting: bool  # poold's own requests in flight, or held (prepared.LinkStatements.busy): no fast path
     expires_at: float
     idle_since: float
     epoch: int
@@ -127,7 +128,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
     __slots__ = ("_on_internal_data", "_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults", "pid",
-                 "told")
+                 "ps", "told")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport = None
@@ -147,6 +148,8 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.cancels = 0  # CancelRequests in flight (Pool.cancel_query)
         self.dirty = False  # an internal query failed (a cancel may have hit it)
         self.closed = False
+        self.expecting = False
+        self.ps: prepared.LinkStatements | None = None  # the statements prepared here, once a client named one
         self.told = False  # the server sent its owner a FATAL: the owner's session ends with it
         self.epoch = 0  # the pool's reconnect epoch when this link was leased
         self.stats = PoolStats()  # replaced by the pool's own at lease
@@ -202,6 +205,9 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if self.ps is not None:
+            self.ps.close()
+            self.expecting = False
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.on_server_lost(None if self.told else "08006")
@@ -261,11 +267,19 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if owner is None:
             self._idle_frames(frames)
             return
+        ps = self.ps
+        if ps is not None and (ps.queue or ps.tail):  # replies to poold's own requests among them
+            data, watched = ps.filter(data, getattr(owner, "ps", None))  # a client's statements (client.py)
+            frames = [(t, 0, 0, body) for t, body in watched]
         if data:
             owner.on_server_data(data)
             self.stats.bytes_out += len(data)
         for t, _start, _end, body in frames:
             self._frame_for_owner(owner, t, body)
+        if ps is not None:
+            if ps.held and self.scanner.at_boundary and self.owner is owner:
+                owner.on_server_caught_up(self)  # type: ignore[attr-defined]  # only a client holds requests
+            self.expecting = ps.busy
 
     def _frame_for_owner(self, owner: ServerOwner, t: int, body: bytes | None) -> None:
         if t == _Z:
@@ -288,6 +302,8 @@ class ServerLink(ServerCore, asyncio.Protocol):
                 self.told = True
             elif sqlstate == "55006":  # object in use: perhaps by poold's own idle connections
                 owner.on_server_in_use(fields)
+            elif sqlstate == "0A000" and self.ps is not None:  # perhaps a cached plan's result type changed
+                self.ps.mark_bound_stale()
 
     def _track(self, name: str, value: str, owner: ServerOwner | None) -> None:
         canon = canonical_parameter(name)

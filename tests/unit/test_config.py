@@ -91,6 +91,7 @@ def test_env_file_wins_over_process_environment(tmp_path: Path) -> None:
         ("[pool]\nmode = 'statement'\n", {}, "pool.mode: must be one of session, transaction"),
         ("[pool]\nacquire_timeout = 0\n", {}, "pool.acquire_timeout: must be > 0"),
         ("[pool]\npressure_threshold = 1.5\n", {}, "pool.pressure_threshold: must be in (0, 1]"),
+        ("[pool]\nmax_prepared_statements = -1\n", {}, "pool.max_prepared_statements: must be >= 0"),
         ("[pool]\nmax_sise = 3\n", {}, "pool.max_sise: unknown key"),
         ("[listen]\nport = 70000\n", {}, "listen.port: must be in 1..65535"),
         ("[listen]\nport = 'x'\n", {}, "listen.port: must be an integer"),

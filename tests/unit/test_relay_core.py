@@ -88,7 +88,7 @@ def scenario() -> dict[str, Any]:
     )
     pool = Pool.__new__(Pool)
     pool.free, pool.active, pool.waiters = [], set(), deque()
-    pool.stats, pool.settings = PoolStats(), types.SimpleNamespace(max_size=2, acquire_timeout=5.0)
+    pool.stats, pool.settings = PoolStats(), types.SimpleNamespace(max_size=2, acquire_timeout=5.0, max_prepared_statements=0)
     pool.leased, pool.epoch, pool.paused, pool._closed = 2, 0, False, False
     pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
     pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
