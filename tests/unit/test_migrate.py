@@ -153,7 +153,7 @@ def test_e2e_config_carries_each_setting(certs: Path) -> None:
     assert wild.pool.max_size == 3
     assert dict(appdb.conninfo) | {} == {
         "host": "127.0.0.1", "port": "5499", "dbname": "app", "user": "app", "password": "app-secret-pw",
-        "connect_timeout": "15", "sslmode": "disable", "gssencmode": "disable"}
+        "connect_timeout": "15", "gssencmode": "disable"}
     assert session.conninfo["password"] == "app-secret-pw"
     assert config.database("other") is not None and config.database("other").conninfo["dbname"] == "other"  # type: ignore[union-attr]
     got = notes(result)
