@@ -59,12 +59,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgcluster.Cluster]:
         if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
             os.chmod(parent, os.stat(parent).st_mode | 0o711)
     cluster = pgcluster.Cluster(base=str(base / "cluster"))
-    if SERVER_TLS:
-        files = tlsca.issue(base / "tls", cluster.os_user)
-        cluster.init(*tlsca.server_conf(files))
-        cluster.tls_params = tlsca.dsn_params(files)
-    else:
-        cluster.init()
+    tlsca.init(cluster, base / "tls", SERVER_TLS)
     cluster.start()
     cluster.create_role_and_db("app", APP_PASSWORD)
     yield cluster

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trustme
 
@@ -70,3 +71,16 @@ def require_cert_for(datadir: Path, role: str = CERT_ROLE) -> None:
 def dsn_params(files: TlsFiles, sslmode: str = "verify-full") -> str:
     """The libpq parameters of a server DSN that verifies the server with ``files``."""
     return f"sslmode={sslmode} sslrootcert={files.ca}"
+
+
+def init(cluster: Any, directory: Path, tls: bool) -> TlsFiles | None:
+    """initdb ``cluster`` (a pgcluster.Cluster), speaking TLS with new files in
+    ``directory`` when ``tls``; a DSN for it then carries ``cluster.tls_params``."""
+    if not tls:
+        cluster.init()
+        return None
+    files = issue(directory, cluster.os_user)
+    cluster.init(*server_conf(files))
+    require_cert_for(cluster.datadir)
+    cluster.tls_params = dsn_params(files)
+    return files

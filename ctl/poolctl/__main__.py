@@ -29,7 +29,7 @@ TABLES = {
     "pools": ["pool", "mode", "clients", "active", "idle", "waiting", "total", "min_size", "max_size", "paused",
               "breaker", "last_error"],
     "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age"],
-    "servers": ["pool", "pid", "state", "tx_status", "client", "age"],
+    "servers": ["pool", "pid", "state", "tx_status", "client", "age", "tls"],
 }
 
 

@@ -89,6 +89,12 @@ def connection_class(
         async def connect(cls, *args: Any, **kwargs: Any) -> Any:
             try:
                 conn = await super().connect(*args, **kwargs)
+            except OperationalError as exc:
+                explained = await _explained(exc, args[0] if args else kwargs.get("conninfo", ""))
+                on_result(explained, None)
+                if explained is exc:
+                    raise
+                raise explained from None
             except BaseException as exc:
                 on_result(exc, None)
                 raise
@@ -101,6 +107,17 @@ def connection_class(
             return cls(pgconn)
 
     return ReportingConnection
+
+
+async def _explained(exc: OperationalError, conninfo: str) -> OperationalError:
+    """A failed TLS verification with OpenSSL's reason, which libpq leaves out
+    (servertls.explain_verify_failure); any other error as it is."""
+    message = str(exc)
+    if servertls.VERIFY_FAILED not in message:
+        return exc
+    info = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    explained = await servertls.explain_verify_failure(message, info)
+    return exc if explained == message else OperationalError(explained)
 
 
 # -- what a failed connect says: libpq words a server's refusal as text alone

@@ -35,8 +35,11 @@ import asyncio
 import ctypes
 import functools
 import os
+import re
 import socket
-from collections.abc import Callable
+import ssl
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +84,58 @@ def dsn_problems(info: dict[str, str]) -> list[str]:
                             "permissions u=rw (0600) or less if owned by the current user, or permissions "
                             "u=rw,g=r (0640) or less if owned by root")
     return problems
+
+
+#: libpq's words for a failed verification, and where it says which server
+VERIFY_FAILED = "certificate verify failed"
+_FAILED_AT = re.compile(r'connection to server at "([^"]+)"(?: \(([^)]+)\))?, port (\d+) failed: SSL error: '
+                        + VERIFY_FAILED)
+#: how long the probe that asks OpenSSL why may take
+PROBE_TIMEOUT = 3.0
+
+
+async def explain_verify_failure(message: str, info: Mapping[str, str]) -> str:
+    """libpq's "certificate verify failed" with OpenSSL's reason added ("certificate
+    has expired", "unable to get local issuer certificate", a host name mismatch),
+    which libpq does not pass on: one handshake of poold's own with the DSN's CA file,
+    CRL and sslmode, to the server libpq names. Any other message comes back as it was."""
+    found = _FAILED_AT.search(message)
+    if found is None:
+        return message
+    host, address, port = found.group(1), found.group(2) or found.group(1), int(found.group(3))
+    try:
+        reason = await asyncio.wait_for(asyncio.to_thread(_verify_reason, host, address, port, dict(info)),
+                                        PROBE_TIMEOUT + 1)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return message
+    if not reason:
+        return message
+    return message.replace(VERIFY_FAILED, f"{VERIFY_FAILED}: {reason}", 1)
+
+
+def _verify_reason(host: str, address: str, port: int, info: dict[str, str]) -> str | None:
+    """OpenSSL's verify result for the server at ``address``:``port``, as libpq would
+    verify it with ``info``'s settings; None when the handshake verifies."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = info.get("sslmode") == "verify-full"
+    root = info.get("sslrootcert") or os.path.expanduser("~/.postgresql/root.crt")
+    if root == "system":
+        ctx.load_default_certs()
+    else:
+        ctx.load_verify_locations(cafile=root)
+    if info.get("sslcrl"):
+        ctx.load_verify_locations(cafile=info["sslcrl"])
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    with socket.create_connection((address, port), timeout=PROBE_TIMEOUT) as sock:
+        if info.get("sslnegotiation") != "direct":
+            sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+            if sock.recv(1) != b"S":
+                return None
+        try:
+            with ctx.wrap_socket(sock, server_hostname=host if ctx.check_hostname else None):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return str(exc.verify_message)
 
 
 class TlsError(ConnectionError):
