@@ -17,6 +17,9 @@
 #define SSL_ERROR_ZERO_RETURN 6
 #define SSL_CTRL_MODE 33
 #define SSL_CTRL_CLEAR_MODE 78
+#define SSL_CTRL_GET_READ_AHEAD 40
+#define SSL_CTRL_SET_READ_AHEAD 41
+#define N_FUNCTIONS 9
 #define RELAY_MODES 0x3 /* SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER */
 #define CHUNK_MAX (1 << 30)
 
@@ -34,12 +37,12 @@ servertls_open(TlsLeg *leg, PyObject *spec)
     PyObject *addresses;
     if (!PyArg_ParseTuple(spec, "KO!:tls", &ssl, &PyTuple_Type, &addresses))
         return -1;
-    void *fn[8];
-    if (PyTuple_GET_SIZE(addresses) != 8) {
-        PyErr_SetString(PyExc_ValueError, "tls: 8 function addresses expected");
+    void *fn[N_FUNCTIONS];
+    if (PyTuple_GET_SIZE(addresses) != N_FUNCTIONS) {
+        PyErr_SetString(PyExc_ValueError, "tls: 9 function addresses expected");
         return -1;
     }
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N_FUNCTIONS; i++) {
         fn[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(addresses, i));
         if (fn[i] == NULL) {
             if (!PyErr_Occurred())
@@ -56,6 +59,7 @@ servertls_open(TlsLeg *leg, PyObject *spec)
     memcpy(&ops.err_clear, &fn[5], sizeof fn[5]);
     memcpy(&ops.err_get, &fn[6], sizeof fn[6]);
     memcpy(&ops.err_string_n, &fn[7], sizeof fn[7]);
+    memcpy(&ops.has_pending, &fn[8], sizeof fn[8]);
     int i;
     for (i = 0; i < n_ops_seen && memcmp(&ops_seen[i], &ops, sizeof ops) != 0; i++)
         ;
@@ -70,16 +74,22 @@ servertls_open(TlsLeg *leg, PyObject *spec)
     leg->ssl = (void *)(uintptr_t)ssl;
     leg->added_modes = RELAY_MODES & ~leg->ops->ctrl(leg->ssl, SSL_CTRL_MODE, 0, NULL);
     leg->ops->ctrl(leg->ssl, SSL_CTRL_MODE, RELAY_MODES, NULL);
+    leg->read_ahead = leg->ops->ctrl(leg->ssl, SSL_CTRL_GET_READ_AHEAD, 0, NULL);
+    leg->ops->ctrl(leg->ssl, SSL_CTRL_SET_READ_AHEAD, 1, NULL);
     leg->read_wants_write = leg->write_wants_read = 0;
     return 0;
 }
 
-/* TlsTransport._finish: libpq gets its session back with the modes it had. */
+/* TlsTransport._finish: libpq gets its session back with the modes and the
+ * read-ahead it had. */
 void
 servertls_close(TlsLeg *leg)
 {
-    if (leg->ssl != NULL && leg->added_modes)
+    if (leg->ssl == NULL)
+        return;
+    if (leg->added_modes)
         leg->ops->ctrl(leg->ssl, SSL_CTRL_CLEAR_MODE, leg->added_modes, NULL);
+    leg->ops->ctrl(leg->ssl, SSL_CTRL_SET_READ_AHEAD, leg->read_ahead, NULL);
     leg->ssl = NULL;
 }
 
@@ -141,9 +151,10 @@ servertls_send(TlsLeg *leg, const char *buf, Py_ssize_t n)
     return failed(leg, err == SSL_ERROR_SSL ? "TLS error" : "server connection lost while writing");
 }
 
-/* TlsTransport.resume_reading's question: decrypted bytes OpenSSL holds. */
+/* TlsTransport._held: whether OpenSSL holds bytes the socket will not announce
+ * again (decrypted, or read ahead and not yet decrypted). */
 int
 servertls_pending(const TlsLeg *leg)
 {
-    return leg->ssl != NULL ? leg->ops->pending(leg->ssl) : 0;
+    return leg->ssl != NULL && leg->ops->has_pending(leg->ssl);
 }

@@ -21,6 +21,7 @@ typedef struct {
     void (*err_clear)(void);
     unsigned long (*err_get)(void);
     void (*err_string_n)(unsigned long e, char *buf, size_t len);
+    int (*has_pending)(const void *ssl);
 } TlsOps;
 
 /* A server leg's session: libpq's SSL*, the functions, and the modes switched
@@ -29,6 +30,7 @@ typedef struct {
     void *ssl;
     const TlsOps *ops;
     long added_modes;
+    long read_ahead; /* libpq's read-ahead setting, given back at close */
     char read_wants_write; /* SSL_read waits for the socket to be writable */
     char write_wants_read; /* SSL_write waits for it to be readable */
 } TlsLeg;

@@ -469,16 +469,19 @@ transport_read(SocketTransport *self)
     Py_XDECREF(r);
 }
 
-/* servertls.TlsTransport._read: SSL_read until OpenSSL wants the socket, so that
- * nothing decrypted stays behind while the socket has nothing more to say; each
- * full buffer goes to the protocol at once (it may pause reading). */
+/* servertls.TlsTransport._read: SSL_read while OpenSSL holds bytes (decrypted or
+ * read ahead), so that nothing stays behind in it while the socket has nothing
+ * more to say; each full buffer goes to the protocol at once (it may pause reading). */
 static void
 transport_read_tls(SocketTransport *self, char *buffer)
 {
     while (self->reading && !self->closing && !self->closed) {
         Py_ssize_t got = 0, n = 0;
-        while (got < READ_SIZE && (n = servertls_recv(&self->tls, buffer + got, READ_SIZE - got)) > 0)
+        while (got < READ_SIZE && (n = servertls_recv(&self->tls, buffer + got, READ_SIZE - got)) > 0) {
             got += n;
+            if (!servertls_pending(&self->tls))
+                break; /* OpenSSL holds nothing more: the socket announces what comes next */
+        }
         if (got > 0) {
             PyObject *data = PyBytes_FromStringAndSize(buffer, got);
             PyObject *callback = Py_NewRef(self->data_received);
@@ -493,8 +496,13 @@ transport_read_tls(SocketTransport *self, char *buffer)
             }
             Py_DECREF(r);
         }
-        if (n > 0 || self->closed)
-            continue; /* the buffer was full */
+        if (self->closed)
+            return;
+        if (n > 0) {
+            if (got == READ_SIZE && servertls_pending(&self->tls))
+                continue; /* the buffer was full, and OpenSSL holds more */
+            return;
+        }
         if (n == TLS_AGAIN) {
             if (self->tls.read_wants_write && transport_rewatch(self) < 0)
                 transport_callback_failed(self, "epoll_ctl failed");

@@ -46,7 +46,7 @@ from typing import Any
 #: OpenSSL's SSL_get_error codes
 SSL_ERROR_SSL, SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, SSL_ERROR_SYSCALL, SSL_ERROR_ZERO_RETURN = 1, 2, 3, 5, 6
 #: SSL_ctrl commands and the modes the transport turns on while it has the session
-SSL_CTRL_MODE, SSL_CTRL_CLEAR_MODE = 33, 78
+SSL_CTRL_MODE, SSL_CTRL_CLEAR_MODE, SSL_CTRL_GET_READ_AHEAD, SSL_CTRL_SET_READ_AHEAD = 33, 78, 40, 41
 SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = 0x1, 0x2
 RELAY_MODES = SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
 
@@ -155,19 +155,20 @@ class OpenSsl:
     ERR_clear_error: Any
     ERR_get_error: Any
     ERR_error_string_n: Any
+    SSL_has_pending: Any
 
     def addresses(self) -> tuple[int, ...]:
         """The functions' addresses, in the order ``_servertls.c``'s ``bind`` takes them."""
         return tuple(ctypes.cast(getattr(self, f), ctypes.c_void_p).value or 0 for f in (
             "SSL_read", "SSL_write", "SSL_get_error", "SSL_pending", "SSL_ctrl", "ERR_clear_error",
-            "ERR_get_error", "ERR_error_string_n"))
+            "ERR_get_error", "ERR_error_string_n", "SSL_has_pending"))
 
-    def error_text(self) -> str:
-        """OpenSSL's queued error, as text (and the queue cleared)."""
+    def error_text(self, otherwise: str = "TLS error") -> str:
+        """OpenSSL's queued error, as text (and the queue cleared); ``otherwise`` when none is."""
         code = self.ERR_get_error()
         self.ERR_clear_error()
         if not code:
-            return "TLS error"
+            return otherwise
         buf = ctypes.create_string_buffer(256)
         self.ERR_error_string_n(code, buf, len(buf))
         return buf.value.decode(errors="replace")
@@ -192,6 +193,7 @@ def functions(libpq_path: str) -> OpenSsl:
         "ERR_clear_error": ((), None),
         "ERR_get_error": ((), ctypes.c_ulong),
         "ERR_error_string_n": ((ctypes.c_ulong, p, s), None),
+        "SSL_has_pending": ((p,), i),
     }
     found = {}
     for name, (argtypes, restype) in signatures.items():
@@ -220,6 +222,8 @@ class TlsTransport(asyncio.Transport):
         self._peer = sock.getpeername() if sock.family in (socket.AF_INET, socket.AF_INET6) else ""
         self._added_modes = RELAY_MODES & ~lib.SSL_ctrl(self._ssl, SSL_CTRL_MODE, 0, None)
         lib.SSL_ctrl(self._ssl, SSL_CTRL_MODE, RELAY_MODES, None)
+        self._read_ahead = lib.SSL_ctrl(self._ssl, SSL_CTRL_GET_READ_AHEAD, 0, None)
+        lib.SSL_ctrl(self._ssl, SSL_CTRL_SET_READ_AHEAD, 1, None)
         self._watching_read = self._watching_write = False
         protocol.connection_made(self)  # before adopt returns, as connect_accepted_socket's
         self._rewatch()
@@ -264,35 +268,40 @@ class TlsTransport(asyncio.Transport):
     # -- reading
 
     def _read(self) -> None:
-        """SSL_read until OpenSSL wants the socket: nothing decrypted stays behind
-        while the socket has nothing more to say. Each full buffer goes to the
-        protocol at once, which may pause reading."""
-        lib, buf = self._lib, self._buffer
+        """SSL_read while OpenSSL holds bytes (decrypted, or read ahead and not yet
+        decrypted): nothing stays behind in it while the socket has nothing more to
+        say, and no read is spent to learn that the socket is empty. Each full
+        buffer goes to the protocol at once, which may pause reading."""
+        lib, buf, ssl = self._lib, self._buffer, self._ssl
         while self._reading and not self._closing and not self._closed:
-            got = 0
+            got, err = 0, 0
             while got < READ_SIZE:
                 lib.ERR_clear_error()
-                n = lib.SSL_read(self._ssl, ctypes.byref(buf, got), READ_SIZE - got)
-                if n > 0:
-                    got += n
-                    continue
-                err = lib.SSL_get_error(self._ssl, n)
-                break
-            else:
-                err = 0
+                n = lib.SSL_read(ssl, ctypes.byref(buf, got), READ_SIZE - got)
+                if n <= 0:
+                    err = lib.SSL_get_error(ssl, n)
+                    break
+                got += n
+                if not lib.SSL_has_pending(ssl):
+                    break  # the socket announces what comes next
             if got:
                 self._protocol.data_received(buf.raw[:got])
+            if not err:
+                if got == READ_SIZE and lib.SSL_has_pending(ssl):
+                    continue  # the buffer was full, and OpenSSL holds more
+                return
             if err == SSL_ERROR_WANT_READ:
                 return
             if err == SSL_ERROR_WANT_WRITE:
                 self._read_wants_write = True
                 return
+            if self._closed:
+                return
             if err == SSL_ERROR_ZERO_RETURN or (err == SSL_ERROR_SYSCALL and lib.ERR_get_error() == 0):
                 self._eof()  # close_notify, or the peer closed the socket
                 return
-            if err:
-                self._fail(TlsError(lib.error_text()))
-                return
+            self._fail(TlsError(lib.error_text()))
+            return
 
     def _eof(self) -> None:
         self._reading = False
@@ -329,7 +338,7 @@ class TlsTransport(asyncio.Transport):
             if err == SSL_ERROR_WANT_READ:
                 self._write_wants_read = True
                 break
-            self._fail(TlsError(lib.error_text() if err == SSL_ERROR_SSL else "server connection lost while writing"))
+            self._fail(TlsError(lib.error_text("TLS error" if err == SSL_ERROR_SSL else "server connection lost while writing")))
             return
         if self._writing_paused and len(self._wbuf) <= self._low:
             self._writing_paused = False
@@ -354,7 +363,7 @@ class TlsTransport(asyncio.Transport):
             return
         self._reading = True
         self._rewatch()
-        if self._lib.SSL_pending(self._ssl) > 0:  # decrypted already: the socket will not say so
+        if self._lib.SSL_has_pending(self._ssl):  # read already: the socket will not say so again
             self._loop.call_soon(self._read_held)
 
     def _read_held(self) -> None:
@@ -424,6 +433,7 @@ class TlsTransport(asyncio.Transport):
         self._watching_read = self._watching_write = False
         self._wbuf.clear()
         self._lib.SSL_ctrl(self._ssl, SSL_CTRL_CLEAR_MODE, self._added_modes, None)
+        self._lib.SSL_ctrl(self._ssl, SSL_CTRL_SET_READ_AHEAD, self._read_ahead, None)
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
 

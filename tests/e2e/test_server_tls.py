@@ -34,6 +34,8 @@ from tests.conftest import APP_PASSWORD, Poold, pgcluster, wait_until
 TWINS = {
     "c": {},
     "python": {"POOLD_SOCKET_IO": "asyncio", "POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python"},
+    # the system's libpq (Debian's libpq5, with the system's libssl) through psycopg's ctypes binding
+    "system-libpq": {"PSYCOPG_IMPL": "python"},
 }
 
 SSL_OF_BACKEND = "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -125,6 +127,8 @@ def test_every_sslmode_and_client_certificates(poold_factory: Callable[..., Pool
             with pytest.raises(psycopg.errors.DivisionByZero):
                 conn.execute("SELECT 1/0")
             assert conn.execute("SELECT 'after'").fetchone() == ("after",)
+    ready = next(json.loads(line) for line in p.log_text().splitlines() if '"ready"' in line)
+    assert ("psycopg_binary" in ready["libpq"]) is ("PSYCOPG_IMPL" not in twin), ready["libpq"]
     rows = json.loads(p.poolctl("--json", "servers").stdout)
     by_pool = {r["pool"]: r for r in rows}
     assert by_pool["m_disable.app"]["tls"] == "no"
