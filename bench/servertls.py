@@ -13,6 +13,7 @@ pooler hands out says so, or the section stops.
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,19 @@ def run_section(rig: Rig, rounds: int, seconds: float, logdir: Path) -> dict[str
     return runs
 
 
+def paired(per_target: dict[str, list[dict[str, Any]]], metric: str, a: str, b: str) -> float | None:
+    """The median of a/b within each round (measured seconds apart, so that slow drifts
+    in the machine's load cancel)."""
+    ratios = [x[metric] / y[metric] for x, y in zip(per_target.get(a, []), per_target.get(b, []), strict=False)
+              if x.get(metric) and y.get(metric)]
+    return statistics.median(ratios) if ratios else None
+
+
 def summary(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """Medians per target; ratio = poold / PgBouncer, vs_plain = poold (TLS legs) /
-    poold-plain."""
+    poold-plain, each of the medians and paired (the median of the per-round ratios);
+    pgbouncer_vs_plain: PgBouncer with TLS legs / poold-plain, paired, the same cost
+    of TLS (PostgreSQL's side of it included) seen through the other pooler."""
     rows = []
     for wname, per_target in runs.items():
         metrics = ("wall_s", "cpu_s") if "wall_s" in next(iter(per_target.values()))[0] else ("tps", "cpu_us_per_tx")
@@ -84,9 +95,13 @@ def summary(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, 
             for t in TARGETS:
                 row[t] = med([s[metric] for s in per_target.get(t, [])])
             row["ratio"] = row["poold"] / row["pgbouncer"] if row["poold"] and row["pgbouncer"] else None
+            row["paired"] = paired(per_target, metric, "poold", "pgbouncer")
             row["vs_plain"] = row["poold"] / row["poold-plain"] if row["poold"] and row["poold-plain"] else None
+            row["paired_vs_plain"] = paired(per_target, metric, "poold", "poold-plain")
+            # what TLS costs a pooler that is not poold, against the same plain baseline
+            row["pgbouncer_vs_plain"] = paired(per_target, metric, "pgbouncer", "poold-plain")
             rows.append(row)
     return rows
 
 
-COLUMNS = ["workload", "metric", *TARGETS, "ratio", "vs_plain"]
+COLUMNS = ["workload", "metric", *TARGETS, "ratio", "paired", "vs_plain", "paired_vs_plain", "pgbouncer_vs_plain"]

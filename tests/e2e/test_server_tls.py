@@ -219,6 +219,24 @@ def test_max_lifetime_recycles_tls_connections(poold_factory: Callable[..., Pool
                                          "AND backend_type = 'client backend'")) <= 3)
 
 
+def crl(files: tlsca.TlsFiles, path: Path, revoke: bool) -> Path:
+    """A CRL of the test CA, revoking the server's certificate when ``revoke``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    ca_cert = x509.load_pem_x509_certificate(files.authority.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(files.authority.private_key_pem.bytes(), None)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+               .next_update(now + datetime.timedelta(days=1)))
+    if revoke:
+        serial = x509.load_pem_x509_certificate(files.server_cert.read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))  # type: ignore[arg-type]
+    return path
+
+
 def pool_row(p: Poold, pool: str) -> dict[str, object]:
     rows = json.loads(p.poolctl("--json", "pools").stdout)
     return next(r for r in rows if r["pool"] == pool)
@@ -245,12 +263,20 @@ def test_verification_failures_are_told_and_open_the_breaker(
         plain_port = pg.port
         raw = databases(
             wrong_ca=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(other_ca)),
+            revoked=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca),
+                               sslcrl=str(crl(files, tmp_path / "revoked.crl", revoke=True))),
+            crl_ok=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca),
+                              sslcrl=str(crl(files, tmp_path / "empty.crl", revoke=False))),
             expired=server_dsn(expired, sslmode="verify-full", sslrootcert=str(files.ca)),
             no_tls=server_dsn(pg, sslmode="require") if not pg.tls_params else
             f"host=127.0.0.1 port={plain_port} dbname=app user=app password={APP_PASSWORD} sslmode=disable",
         )
         p = poold_factory(raw=raw, min_size=0, breaker_failures=2, breaker_reset=30)
-        reasons = {"wrong_ca": "certificate verify failed", "expired": "certificate has expired",
+        with psycopg.connect(p.dsn(dbname="crl_ok"), prepare_threshold=None) as conn:  # a CRL that revokes nothing
+            assert conn.execute(SSL_OF_BACKEND).fetchone()[0] is True  # type: ignore[index]
+        reasons = {"wrong_ca": "certificate verify failed: self-signed certificate in certificate chain",
+                   "revoked": "certificate verify failed: certificate revoked",
+                   "expired": "certificate verify failed: certificate has expired",
                    "no_tls": "server does not support SSL, but SSL was required"}
         if pg.tls_params:  # the session cluster speaks TLS here: a plain-only server is not at hand
             reasons.pop("no_tls")
