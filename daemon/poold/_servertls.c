@@ -17,9 +17,7 @@
 #define SSL_ERROR_ZERO_RETURN 6
 #define SSL_CTRL_MODE 33
 #define SSL_CTRL_CLEAR_MODE 78
-#define SSL_CTRL_GET_READ_AHEAD 40
-#define SSL_CTRL_SET_READ_AHEAD 41
-#define N_FUNCTIONS 9
+#define N_FUNCTIONS 11
 #define RELAY_MODES 0x3 /* SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER */
 #define CHUNK_MAX (1 << 30)
 
@@ -39,7 +37,7 @@ servertls_open(TlsLeg *leg, PyObject *spec)
         return -1;
     void *fn[N_FUNCTIONS];
     if (PyTuple_GET_SIZE(addresses) != N_FUNCTIONS) {
-        PyErr_SetString(PyExc_ValueError, "tls: 9 function addresses expected");
+        PyErr_SetString(PyExc_ValueError, "tls: 11 function addresses expected");
         return -1;
     }
     for (int i = 0; i < N_FUNCTIONS; i++) {
@@ -60,6 +58,8 @@ servertls_open(TlsLeg *leg, PyObject *spec)
     memcpy(&ops.err_get, &fn[6], sizeof fn[6]);
     memcpy(&ops.err_string_n, &fn[7], sizeof fn[7]);
     memcpy(&ops.has_pending, &fn[8], sizeof fn[8]);
+    memcpy(&ops.get_read_ahead, &fn[9], sizeof fn[9]);
+    memcpy(&ops.set_read_ahead, &fn[10], sizeof fn[10]);
     int i;
     for (i = 0; i < n_ops_seen && memcmp(&ops_seen[i], &ops, sizeof ops) != 0; i++)
         ;
@@ -74,8 +74,9 @@ servertls_open(TlsLeg *leg, PyObject *spec)
     leg->ssl = (void *)(uintptr_t)ssl;
     leg->added_modes = RELAY_MODES & ~leg->ops->ctrl(leg->ssl, SSL_CTRL_MODE, 0, NULL);
     leg->ops->ctrl(leg->ssl, SSL_CTRL_MODE, RELAY_MODES, NULL);
-    leg->read_ahead = leg->ops->ctrl(leg->ssl, SSL_CTRL_GET_READ_AHEAD, 0, NULL);
-    leg->ops->ctrl(leg->ssl, SSL_CTRL_SET_READ_AHEAD, 1, NULL);
+    /* the function, not SSL_ctrl: from OpenSSL 3.2 only it reaches the record layer in use */
+    leg->read_ahead = leg->ops->get_read_ahead(leg->ssl);
+    leg->ops->set_read_ahead(leg->ssl, 1);
     leg->read_wants_write = leg->write_wants_read = 0;
     return 0;
 }
@@ -89,7 +90,7 @@ servertls_close(TlsLeg *leg)
         return;
     if (leg->added_modes)
         leg->ops->ctrl(leg->ssl, SSL_CTRL_CLEAR_MODE, leg->added_modes, NULL);
-    leg->ops->ctrl(leg->ssl, SSL_CTRL_SET_READ_AHEAD, leg->read_ahead, NULL);
+    leg->ops->set_read_ahead(leg->ssl, (int)leg->read_ahead);
     leg->ssl = NULL;
 }
 

@@ -22,6 +22,8 @@ typedef struct {
     unsigned long (*err_get)(void);
     void (*err_string_n)(unsigned long e, char *buf, size_t len);
     int (*has_pending)(const void *ssl);
+    int (*get_read_ahead)(const void *ssl);
+    void (*set_read_ahead)(void *ssl, int yes);
 } TlsOps;
 
 /* A server leg's session: libpq's SSL*, the functions, and the modes switched

@@ -46,7 +46,7 @@ from typing import Any
 #: OpenSSL's SSL_get_error codes
 SSL_ERROR_SSL, SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, SSL_ERROR_SYSCALL, SSL_ERROR_ZERO_RETURN = 1, 2, 3, 5, 6
 #: SSL_ctrl commands and the modes the transport turns on while it has the session
-SSL_CTRL_MODE, SSL_CTRL_CLEAR_MODE, SSL_CTRL_GET_READ_AHEAD, SSL_CTRL_SET_READ_AHEAD = 33, 78, 40, 41
+SSL_CTRL_MODE, SSL_CTRL_CLEAR_MODE = 33, 78
 SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = 0x1, 0x2
 RELAY_MODES = SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
 
@@ -156,12 +156,14 @@ class OpenSsl:
     ERR_get_error: Any
     ERR_error_string_n: Any
     SSL_has_pending: Any
+    SSL_get_read_ahead: Any
+    SSL_set_read_ahead: Any
 
     def addresses(self) -> tuple[int, ...]:
         """The functions' addresses, in the order ``_servertls.c``'s ``bind`` takes them."""
         return tuple(ctypes.cast(getattr(self, f), ctypes.c_void_p).value or 0 for f in (
             "SSL_read", "SSL_write", "SSL_get_error", "SSL_pending", "SSL_ctrl", "ERR_clear_error",
-            "ERR_get_error", "ERR_error_string_n", "SSL_has_pending"))
+            "ERR_get_error", "ERR_error_string_n", "SSL_has_pending", "SSL_get_read_ahead", "SSL_set_read_ahead"))
 
     def error_text(self, otherwise: str = "TLS error") -> str:
         """OpenSSL's queued error, as text (and the queue cleared); ``otherwise`` when none is."""
@@ -194,6 +196,8 @@ def functions(libpq_path: str) -> OpenSsl:
         "ERR_get_error": ((), ctypes.c_ulong),
         "ERR_error_string_n": ((ctypes.c_ulong, p, s), None),
         "SSL_has_pending": ((p,), i),
+        "SSL_get_read_ahead": ((p,), i),
+        "SSL_set_read_ahead": ((p, i), None),
     }
     found = {}
     for name, (argtypes, restype) in signatures.items():
@@ -222,8 +226,9 @@ class TlsTransport(asyncio.Transport):
         self._peer = sock.getpeername() if sock.family in (socket.AF_INET, socket.AF_INET6) else ""
         self._added_modes = RELAY_MODES & ~lib.SSL_ctrl(self._ssl, SSL_CTRL_MODE, 0, None)
         lib.SSL_ctrl(self._ssl, SSL_CTRL_MODE, RELAY_MODES, None)
-        self._read_ahead = lib.SSL_ctrl(self._ssl, SSL_CTRL_GET_READ_AHEAD, 0, None)
-        lib.SSL_ctrl(self._ssl, SSL_CTRL_SET_READ_AHEAD, 1, None)
+        # the function, not SSL_ctrl: from OpenSSL 3.2 only it reaches the record layer in use
+        self._read_ahead = lib.SSL_get_read_ahead(self._ssl)
+        lib.SSL_set_read_ahead(self._ssl, 1)
         self._watching_read = self._watching_write = False
         protocol.connection_made(self)  # before adopt returns, as connect_accepted_socket's
         self._rewatch()
@@ -433,7 +438,7 @@ class TlsTransport(asyncio.Transport):
         self._watching_read = self._watching_write = False
         self._wbuf.clear()
         self._lib.SSL_ctrl(self._ssl, SSL_CTRL_CLEAR_MODE, self._added_modes, None)
-        self._lib.SSL_ctrl(self._ssl, SSL_CTRL_SET_READ_AHEAD, self._read_ahead, None)
+        self._lib.SSL_set_read_ahead(self._ssl, self._read_ahead)
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
 
