@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-login venv clean install uninstall test-sanitize
+.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-login venv clean install uninstall test-sanitize test-server-tls
 
 SOURCES := pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/protocol/framing_capi.h daemon/poold/_relaycore.c \
 	daemon/poold/protocol/scram_core.c daemon/poold/protocol/scram_core.h daemon/poold/_sockio.c
@@ -35,6 +35,16 @@ test: venv $(EXPORTER)
 	$(BIN)/python scripts/pgbouncer_ref.py
 	$(BIN)/python scripts/node_pg.py
 	$(BIN)/python -m pytest tests
+	$(MAKE) test-server-tls
+
+# The relay's tiers again through TLS server legs: the session's cluster speaks TLS
+# and every poold DSN says sslmode=verify-full (tests/conftest.py, SERVER_TLS).
+# tests/e2e/test_server_tls.py (in `pytest tests`) covers what only TLS has.
+SERVER_TLS_TESTS = tests/integration tests/e2e/test_psql.py tests/e2e/test_psycopg.py tests/e2e/test_pgbench.py \
+	tests/e2e/test_cancel.py tests/e2e/test_timeouts.py tests/e2e/test_database_outage.py \
+	tests/e2e/test_reload_under_load.py tests/e2e/test_integrity.py
+test-server-tls: venv
+	POOLD_TEST_SERVER_TLS=1 $(BIN)/python -m pytest $(SERVER_TLS_TESTS)
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -39,7 +39,8 @@ setup(
         ),
         Extension(
             "poold._sockio",
-            sources=["daemon/poold/_sockio.c"],
+            sources=["daemon/poold/_sockio.c", "daemon/poold/_servertls.c"],
+            depends=["daemon/poold/_servertls.h"],
             extra_compile_args=FLAGS,
             optional=True,
         ),

@@ -218,10 +218,15 @@ class Rig:
         self.poold: subprocess.Popen[bytes] | None = None
         self.pgbouncer: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
+        #: TLS on both poolers' server legs (poold: sslmode=require, PgBouncer:
+        #: server_tls_sslmode=require), and a second poold with plain legs beside
+        #: them, "poold-plain" (bench/servertls.py); plain legs otherwise
+        self.server_tls = False
+        self.poold_plain: subprocess.Popen[bytes] | None = None
 
     def start_postgres(self) -> None:
         self.pg = pgcluster.Cluster(base=str(self.work / "pg"))
-        self.pg.init("max_connections = 400")
+        self.pg.init("max_connections = 400", *server_tls_conf(self.work / "tls", self.pg.os_user))
         self.pg.start()
         self.pg.create_role_and_db(USER, PASSWORD)
         self.ports["direct"] = self.pg.port
@@ -233,12 +238,54 @@ class Rig:
         assert self.pg is not None
         self.stop_poolers()
         pg = self.pg
-        dsn = f"host=127.0.0.1 port={pg.port} dbname={USER} user={USER} password={PASSWORD}"
+        sslmode = "require" if self.server_tls else "disable"
         pport, bport = pgcluster.free_port(), pgcluster.free_port()
         self.ports["poold"], self.ports["pgbouncer"] = pport, bport
-        (self.work / "poold.toml").write_text(f"""
+        self.poold = self.start_poold("poold", pport, sslmode)
+        if self.server_tls:
+            self.ports["poold-plain"] = pgcluster.free_port()
+            self.poold_plain = self.start_poold("poold-plain", self.ports["poold-plain"], "disable")
+        bdir = self.work / "pgbouncer"
+        bdir.mkdir(exist_ok=True)
+        shutil.copy(self.work / "userlist.txt", bdir / "userlist.txt")
+        (bdir / "pgbouncer.ini").write_text(f"""
+[databases]
+{USER} = host=127.0.0.1 port={pg.port} dbname={USER} user={USER} password={PASSWORD}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {bport}
+unix_socket_dir =
+auth_type = {self.auth}
+auth_file = {bdir}/userlist.txt
+pool_mode = transaction
+default_pool_size = {POOL_SIZE}
+min_pool_size = {POOL_SIZE}
+max_client_conn = 12000
+logfile = {bdir}/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+server_tls_sslmode = {sslmode}
+{"max_prepared_statements = 200" if pgbouncer_prepares() else ""}
+""")
+        if pg.os_user:
+            for p in [bdir, *bdir.iterdir()]:
+                shutil.chown(p, pg.os_user, pg.os_user)
+        self.pgbouncer = subprocess.Popen([ensure_pgbouncer(), "-q", str(bdir / "pgbouncer.ini")],
+                                          user=pg.os_user, preexec_fn=raise_nofile)
+        names = ["poold", "pgbouncer"] + (["poold-plain"] if self.server_tls else [])
+        for name in names:
+            wait_port(self.ports[name])
+        # the pools warm before anything is measured
+        for name in names:
+            run_psql(self.ports[name], "SELECT 1")
+
+    def start_poold(self, name: str, port: int, sslmode: str) -> subprocess.Popen[bytes]:
+        assert self.pg is not None
+        pg = self.pg
+        dsn = f"host=127.0.0.1 port={pg.port} dbname={USER} user={USER} password={PASSWORD} sslmode={sslmode}"
+        (self.work / f"{name}.toml").write_text(f"""
 [listen]
-port = {pport}
+port = {port}
 unix_socket_dir = ""
 [control]
 socket = ""
@@ -259,61 +306,49 @@ min_size = {POOL_SIZE}
 [databases.{USER}]
 dsn = "{dsn}"
 """)
-        bdir = self.work / "pgbouncer"
-        bdir.mkdir(exist_ok=True)
-        shutil.copy(self.work / "userlist.txt", bdir / "userlist.txt")
-        (bdir / "pgbouncer.ini").write_text(f"""
-[databases]
-{USER} = host=127.0.0.1 port={pg.port} dbname={USER} user={USER} password={PASSWORD}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {bport}
-unix_socket_dir =
-auth_type = {self.auth}
-auth_file = {bdir}/userlist.txt
-pool_mode = transaction
-default_pool_size = {POOL_SIZE}
-min_pool_size = {POOL_SIZE}
-max_client_conn = 12000
-logfile = {bdir}/pgbouncer.log
-log_connections = 0
-log_disconnections = 0
-{"max_prepared_statements = 200" if pgbouncer_prepares() else ""}
-""")
-        if pg.os_user:
-            for p in [bdir, *bdir.iterdir()]:
-                shutil.chown(p, pg.os_user, pg.os_user)
-        self.pgbouncer = subprocess.Popen([ensure_pgbouncer(), "-q", str(bdir / "pgbouncer.ini")],
-                                          user=pg.os_user, preexec_fn=raise_nofile)
         # poold's log (pool_pressure warnings: the pools are saturated on purpose) goes to a
         # file, so that the bench's output stays the table.
-        with open(self.work / "poold.log", "ab") as log:
-            self.poold = subprocess.Popen([sys.executable, "-m", "poold", "-c", str(self.work / "poold.toml")],
-                                          preexec_fn=raise_nofile, stdout=subprocess.DEVNULL, stderr=log)
-        for name in ("poold", "pgbouncer"):
-            wait_port(self.ports[name])
-        # both pools warm before anything is measured
-        for name in ("poold", "pgbouncer"):
-            run_psql(self.ports[name], "SELECT 1")
+        with open(self.work / f"{name}.log", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "poold", "-c", str(self.work / f"{name}.toml")],
+                                    preexec_fn=raise_nofile, stdout=subprocess.DEVNULL, stderr=log)
 
     def pid(self, target: str) -> int | None:
-        proc = {"poold": self.poold, "pgbouncer": self.pgbouncer}.get(target)
+        proc = {"poold": self.poold, "pgbouncer": self.pgbouncer, "poold-plain": self.poold_plain}.get(target)
         return proc.pid if proc is not None else None
 
     def stop_poolers(self) -> None:
-        for proc in (self.poold, self.pgbouncer):
+        for proc in (self.poold, self.pgbouncer, self.poold_plain):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGINT if proc is self.pgbouncer else signal.SIGTERM)
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        self.poold = self.pgbouncer = None
+        self.poold = self.pgbouncer = self.poold_plain = None
 
     def stop(self) -> None:
         self.stop_poolers()
         if self.pg is not None:
             self.pg.destroy()
+
+
+def server_tls_conf(directory: Path, os_user: str | None) -> list[str]:
+    """postgresql.conf lines for ssl=on with a certificate from a throwaway CA
+    (trustme), its files owned by PostgreSQL's OS user. The plain rows' DSNs say
+    sslmode=disable (PgBouncer: server_tls_sslmode = disable), so only the TLS
+    section's legs are TLS."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    crt, key = directory / "server.crt", directory / "server.key"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    if os_user:
+        for path in (directory, crt, key):
+            shutil.chown(path, os_user, os_user)
+    return ["ssl = on", f"ssl_cert_file = '{crt}'", f"ssl_key_file = '{key}'"]
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -505,8 +540,8 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["workload", "metric", "poold", "pgbouncer", "direct", "ratio", "paired", "rounds"]
+def table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+    cols = cols or ["workload", "metric", "poold", "pgbouncer", "direct", "ratio", "paired", "rounds"]
     cells = [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     head = "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"
@@ -553,6 +588,8 @@ def main() -> int:
                     help="query sizes of the large-request section, MB, comma-separated (the largest also "
                          "makes the extended-protocol case, the ten-at-once case and the interference loop; "
                          "default 8,32,60; 8,32 and no ten-at-once case with --quick)")
+    ap.add_argument("--server-tls", action="store_true",
+                    help="only the server-TLS section (bench/servertls.py): TLS server legs, a few minutes")
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating rounds (default 5; 3 with --quick); at least 3")
     ap.add_argument("--seconds", type=int, default=None, help="pgbench -T per run (whole seconds)")
@@ -574,6 +611,7 @@ def main() -> int:
     ensure_pgbouncer()
     pgcluster.ensure_binaries()
     import large  # bench/large.py (imports this module as `run`)
+    import servertls  # bench/servertls.py (likewise)
 
     work = Path(tempfile.mkdtemp(prefix="poold-bench-"))
     os.chmod(work, 0o755)
@@ -592,15 +630,19 @@ def main() -> int:
         res.meta["pgbouncer"] = pgbouncer_version()
         res.meta["pgbouncer_binary"] = ensure_pgbouncer()
         scale = "1" if args.large else "10"
+        tls_runs: dict[str, Any] = {}
         print(f"pgbench -i -s {scale} ... (PostgreSQL {res.meta['postgres']}, compared against "
               f"{res.meta['pgbouncer']}: {res.meta['pgbouncer_binary']})", flush=True)
         subprocess.run([pgcluster.client_tool("pgbench"), "-i", "-q", "-s", scale], env=pg_env(rig.ports["direct"]),
                        check=True, capture_output=True)
-        if not args.large:
+        if not args.large:  # (the server-TLS section reads bench_rows too)
             run_psql(rig.ports["direct"],
                      "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) AS a, now() AS b "
                      "FROM generate_series(1, 100000) g")
             run_psql(rig.ports["direct"], f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PLAIN_USER}")  # direct -C
+        if args.server_tls:
+            tls_runs = servertls.run_section(rig, rounds, seconds, logdir)
+        elif not args.large:
             rig.start_poolers()
             for r in range(rounds):
                 for w in workloads():
@@ -618,8 +660,10 @@ def main() -> int:
             for t in ("poold", "pgbouncer"):
                 pid = rig.pid(t)
                 res.peak_rss_mb[t] = proc_mem(pid, "VmHWM") / 2**20 if pid else 0.0
-        section = large.run_section(rig, large_rounds, large_seconds, logdir, large_mb, together)
-        if not args.large:
+            tls_runs = servertls.run_section(rig, rounds, seconds, logdir)
+        if not args.server_tls:
+            section = large.run_section(rig, large_rounds, large_seconds, logdir, large_mb, together)
+        if not args.large and not args.server_tls:
             # memory: idle clients, trust auth so the client side is not the bottleneck
             rig.auth = "trust"
             rig.start_poolers()
@@ -630,15 +674,17 @@ def main() -> int:
         rig.stop()
         shutil.rmtree(work, ignore_errors=True)
     res.meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    rows = summary(res) if not args.large else []
-    large_rows = large.summary(section)
+    rows = summary(res) if not args.large and not args.server_tls else []
+    large_rows = large.summary(section) if section else []
+    tls_rows = servertls.summary(tls_runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"bench-large-{stamp}" if args.large else f"bench-{stamp}"
+    name = f"bench-large-{stamp}" if args.large else f"bench-tls-{stamp}" if args.server_tls else f"bench-{stamp}"
     (out / f"{name}.json").write_text(json.dumps({"meta": res.meta, "summary": rows, "runs": res.runs,
                                                   "bulk": res.bulk, "memory": res.memory,
-                                                  "large": section, "large_summary": large_rows}, indent=1))
+                                                  "large": section, "large_summary": large_rows,
+                                                  "server_tls": tls_runs, "server_tls_summary": tls_rows}, indent=1))
     if rows:
         try:
             chart(rows, out / f"{name}.png")
@@ -650,11 +696,17 @@ def main() -> int:
               f"medians; paired = median of the per-round ratios, rounds = their range; {against} "
               f"({res.meta['elapsed_s']} s in all)\n")
         print(table(rows))
-    print(f"\nLarge requests: medians of {large_rounds} alternating rounds; wall and pooler CPU in ms per query; "
-          f"memory per case (fresh poolers), MB; interference {large_seconds} s runs; ratio = poold / PgBouncer; "
-          f"{against} "
-          f"({res.meta['elapsed_s']} s in all)\n")
-    print(table(large_rows))
+    if tls_rows:
+        print(f"\nTLS server legs: medians of {rounds} alternating rounds, {seconds:g} s each; poold and "
+              f"PgBouncer (server_tls_sslmode = require) with TLS legs, poold-plain with plain ones; ratio = "
+              f"poold / PgBouncer, vs_plain = poold / poold-plain; {against}\n")
+        print(table(tls_rows, servertls.COLUMNS))
+    if large_rows:
+        print(f"\nLarge requests: medians of {large_rounds} alternating rounds; wall and pooler CPU in ms per query; "
+              f"memory per case (fresh poolers), MB; interference {large_seconds} s runs; ratio = poold / PgBouncer; "
+              f"{against} "
+              f"({res.meta['elapsed_s']} s in all)\n")
+        print(table(large_rows))
     print(f"\nresults: {out}/{name}.json" + (" and .png" if rows else ""))
     return 0
 

@@ -115,6 +115,8 @@ class Cluster:
         self.host = "127.0.0.1"
         self.superuser = "postgres"
         self._started = False
+        #: libpq parameters a DSN for this cluster carries (TLS ones, when it speaks TLS)
+        self.tls_params = ""
 
     # -- lifecycle ---------------------------------------------------------
 

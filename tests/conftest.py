@@ -22,6 +22,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import pgcluster  # noqa: E402
+from tests import tlsca  # noqa: E402
+
+#: POOLD_TEST_SERVER_TLS=1 (make test-server-tls): the session's cluster speaks TLS and every
+#: poold started on it reaches it with sslmode=verify-full, so each test runs through TLS legs
+SERVER_TLS = os.environ.get("POOLD_TEST_SERVER_TLS") == "1"
 
 APP_PASSWORD = "app-secret-pw"
 
@@ -54,7 +59,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgcluster.Cluster]:
         if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
             os.chmod(parent, os.stat(parent).st_mode | 0o711)
     cluster = pgcluster.Cluster(base=str(base / "cluster"))
-    cluster.init()
+    tlsca.init(cluster, base / "tls", SERVER_TLS)
     cluster.start()
     cluster.create_role_and_db("app", APP_PASSWORD)
     yield cluster
@@ -116,7 +121,7 @@ log_format = "json"
 {pool_toml}
 
 [databases.app]
-dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP_PASSWORD}"
+dsn = "host={self.pg.host} port={self.pg.port} dbname=app user=app password={APP_PASSWORD} {self.pg.tls_params}"
 {settings.get('raw', '')}
 """
         )

@@ -30,7 +30,7 @@ TABLES = {
               "breaker", "prepared.statements", "prepared.hits", "prepared.misses", "prepared.evictions",
               "prepared.reprepares", "last_error"],
     "clients": ["id", "peer", "database", "user", "state", "server_pid", "transactions", "age", "pinned"],
-    "servers": ["pool", "pid", "state", "tx_status", "client", "age"],
+    "servers": ["pool", "pid", "state", "tx_status", "client", "age", "tls"],
 }
 
 

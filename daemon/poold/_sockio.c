@@ -39,6 +39,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "_servertls.h"
+
 static PyTypeObject PollerType, ListenerType, TransportType;
 static PyObject *s_data_received, *s_connection_made, *s_connection_lost, *s_eof_received, *s_pause_writing,
     *s_resume_writing, *s_call_soon, *s_call_exception_handler, *s_transport,
@@ -91,6 +93,7 @@ struct SocketTransport {
     char reading, closing, closed, writing_paused, lost_scheduled;
     char eof; /* write_eof was called: the write side is shut once wbuf is sent */
     char shared; /* the socket's open file is another's too (a dup): it leaves the set by epoll_ctl */
+    TlsLeg tls;  /* a server leg through libpq's TLS session (tls.ssl set): see _servertls.c */
     struct sockaddr_storage peer;
 };
 
@@ -261,7 +264,8 @@ static PyMethodDef Poller_methods[] = {
     {"dispatch", (PyCFunction)Poller_dispatch, METH_NOARGS, "Run the socket events ready now."},
     {"fileno", (PyCFunction)Poller_fileno, METH_NOARGS, "The epoll set, for the event loop's add_reader."},
     {"adopt", (PyCFunction)Poller_adopt, METH_VARARGS,
-     "adopt(fd, protocol): a transport on a connected socket that is a dup of another's."},
+     "adopt(fd, protocol, tls=None): a transport on a connected socket that is a dup of another's; "
+     "tls: (SSL* address, OpenSSL function addresses) to go through libpq's TLS session."},
     {NULL},
 };
 
@@ -283,7 +287,8 @@ transport_interest(SocketTransport *self)
 {
     if (self->closed)
         return 0;
-    return (self->reading && !self->closing ? EPOLLIN : 0) | (self->wlen > self->whead ? EPOLLOUT : 0);
+    return (self->reading && !self->closing ? EPOLLIN : 0) | (self->wlen > self->whead ? EPOLLOUT : 0) |
+           (self->tls.write_wants_read ? EPOLLIN : 0) | (self->tls.read_wants_write ? EPOLLOUT : 0);
 }
 
 static int
@@ -301,6 +306,7 @@ transport_finish(SocketTransport *self, PyObject *exc)
     Py_INCREF(self);
     self->closed = self->closing = 1;
     pollable_leave((Pollable *)self, !self->shared);
+    servertls_close(&self->tls);
     close(self->fd);
     self->fd = -1;
     PyMem_Free(self->wbuf);
@@ -334,7 +340,8 @@ transport_finish(SocketTransport *self, PyObject *exc)
 static void
 transport_fail(SocketTransport *self)
 {
-    PyErr_SetFromErrno(PyExc_OSError);
+    if (!PyErr_Occurred()) /* a TLS leg's failure comes with OpenSSL's words */
+        PyErr_SetFromErrno(PyExc_OSError);
     PyObject *exc = take_exception();
     transport_finish(self, exc);
     Py_XDECREF(exc);
@@ -363,12 +370,26 @@ transport_call_protocol(SocketTransport *self, PyObject *name)
     Py_XDECREF(r);
 }
 
+/* send(), or SSL_write on a TLS leg, with send's results (a TLS failure: -1,
+ * errno EPROTO, and OpenSSL's words as the exception set). */
+static ssize_t
+transport_send(SocketTransport *self, const char *p, Py_ssize_t n)
+{
+    if (self->tls.ssl == NULL)
+        return send(self->fd, p, (size_t)n, MSG_NOSIGNAL);
+    Py_ssize_t sent = servertls_send(&self->tls, p, n);
+    if (sent >= 0)
+        return sent;
+    errno = sent == TLS_AGAIN ? EAGAIN : EPROTO;
+    return -1;
+}
+
 /* Send what is buffered; 0, or -1 when the connection was lost meanwhile. */
 static int
 transport_flush(SocketTransport *self)
 {
     while (self->whead < self->wlen) {
-        ssize_t n = send(self->fd, self->wbuf + self->whead, (size_t)(self->wlen - self->whead), MSG_NOSIGNAL);
+        ssize_t n = transport_send(self, self->wbuf + self->whead, self->wlen - self->whead);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -403,10 +424,16 @@ transport_flush(SocketTransport *self)
     return 0;
 }
 
+static void transport_read_tls(SocketTransport *self, char *buffer);
+
 static void
 transport_read(SocketTransport *self)
 {
     static char buffer[READ_SIZE];
+    if (self->tls.ssl != NULL) {
+        transport_read_tls(self, buffer);
+        return;
+    }
     ssize_t n = recv(self->fd, buffer, sizeof buffer, 0);
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -442,10 +469,73 @@ transport_read(SocketTransport *self)
     Py_XDECREF(r);
 }
 
+/* servertls.TlsTransport._read: SSL_read while OpenSSL holds bytes (decrypted or
+ * read ahead), so that nothing stays behind in it while the socket has nothing
+ * more to say; each full buffer goes to the protocol at once (it may pause reading). */
+static void
+transport_read_tls(SocketTransport *self, char *buffer)
+{
+    while (self->reading && !self->closing && !self->closed) {
+        Py_ssize_t got = 0, n = 0;
+        while (got < READ_SIZE && (n = servertls_recv(&self->tls, buffer + got, READ_SIZE - got)) > 0) {
+            got += n;
+            if (!servertls_pending(&self->tls))
+                break; /* OpenSSL holds nothing more: the socket announces what comes next */
+        }
+        if (got > 0) {
+            PyObject *data = PyBytes_FromStringAndSize(buffer, got);
+            PyObject *callback = Py_NewRef(self->data_received);
+            PyObject *r = data ? PyObject_CallOneArg(callback, data) : NULL;
+            Py_DECREF(callback);
+            Py_XDECREF(data);
+            if (r == NULL) {
+                if (n == TLS_FAILED) /* the callback's exception is the one reported */
+                    PyErr_Clear();
+                transport_callback_failed(self, "protocol.data_received() failed");
+                return;
+            }
+            Py_DECREF(r);
+        }
+        if (self->closed)
+            return;
+        if (n > 0) {
+            if (got == READ_SIZE && servertls_pending(&self->tls))
+                continue; /* the buffer was full, and OpenSSL holds more */
+            return;
+        }
+        if (n == TLS_AGAIN) {
+            if (self->tls.read_wants_write && transport_rewatch(self) < 0)
+                transport_callback_failed(self, "epoll_ctl failed");
+            return;
+        }
+        if (n == 0) { /* EOF: as a socket's, the protocol closes (ServerLink has no eof_received) */
+            self->reading = 0;
+            self->closing = 1;
+            if (self->wlen == self->whead)
+                transport_finish(self, NULL);
+            else if (transport_rewatch(self) < 0)
+                transport_callback_failed(self, "epoll_ctl failed");
+            return;
+        }
+        errno = EPROTO;
+        transport_fail(self); /* with OpenSSL's words */
+        return;
+    }
+}
+
 static void
 transport_on_event(Pollable *pollable, uint32_t events)
 {
     SocketTransport *self = (SocketTransport *)pollable;
+    if (self->tls.write_wants_read && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+        self->tls.write_wants_read = 0; /* SSL_write waited for this */
+        if (transport_flush(self) < 0)
+            return;
+    }
+    if (self->tls.read_wants_write && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+        self->tls.read_wants_write = 0; /* SSL_read waited for this */
+        events |= EPOLLIN;
+    }
     if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && self->wlen > self->whead) {
         if (transport_flush(self) < 0)
             return;
@@ -493,7 +583,7 @@ transport_write(SocketTransport *self, const char *p, Py_ssize_t n)
     if (self->wlen == self->whead) { /* nothing queued: straight to the socket */
         ssize_t sent;
         do
-            sent = send(self->fd, p, (size_t)n, MSG_NOSIGNAL);
+            sent = transport_send(self, p, n);
         while (sent < 0 && errno == EINTR);
         if (sent == n)
             return 0;
@@ -569,6 +659,10 @@ Transport_write_eof(SocketTransport *self, PyObject *unused)
 {
     if (self->closing || self->closed || self->eof)
         Py_RETURN_NONE;
+    if (self->tls.ssl != NULL) {
+        PyErr_SetString(PyExc_NotImplementedError, "a TLS server leg has no write_eof");
+        return NULL;
+    }
     self->eof = 1;
     if (self->wlen == self->whead && shutdown(self->fd, SHUT_WR) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -600,9 +694,31 @@ Transport_pause_reading(SocketTransport *self, PyObject *unused)
 static PyObject *
 Transport_resume_reading(SocketTransport *self, PyObject *unused)
 {
+    int was_reading = self->reading;
     self->reading = 1;
     if (!self->closed && transport_rewatch(self) < 0)
         return NULL;
+    if (!was_reading && !self->closed && servertls_pending(&self->tls) > 0) {
+        /* decrypted already, so the socket will not say so (servertls.TlsTransport.resume_reading) */
+        PyObject *method = PyObject_GetAttrString((PyObject *)self, "_read_held");
+        PyObject *r = method ? PyObject_CallMethodObjArgs(self->poller->loop, s_call_soon, method, NULL) : NULL;
+        Py_XDECREF(method);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+/* servertls.TlsTransport._read_held: what OpenSSL held when reading resumed. */
+static PyObject *
+Transport_read_held(SocketTransport *self, PyObject *unused)
+{
+    if (self->reading && !self->closing && !self->closed && self->tls.ssl != NULL) {
+        transport_read(self);
+        if (!self->closed && transport_rewatch(self) < 0)
+            transport_callback_failed(self, "epoll_ctl failed");
+    }
     Py_RETURN_NONE;
 }
 
@@ -715,7 +831,7 @@ Transport_set_protocol(SocketTransport *self, PyObject *protocol)
 static PyObject *
 Transport_can_write_eof(SocketTransport *self, PyObject *unused)
 {
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(self->tls.ssl == NULL); /* TLS: no half close libpq would survive */
 }
 
 /* call_soon's callback after the socket closed: the protocol's connection_lost,
@@ -741,6 +857,7 @@ transport_release(SocketTransport *self)
 {
     Py_INCREF(self);
     pollable_watch((Pollable *)self, 0);
+    servertls_close(&self->tls);
     self->fd = -1;
     self->closed = self->closing = 1;
     Py_CLEAR(self->protocol);
@@ -757,8 +874,8 @@ Transport_detach(SocketTransport *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "the transport is closing");
         return NULL;
     }
-    if (self->wlen > self->whead) {
-        PyErr_SetString(PyExc_RuntimeError, "the transport has unsent bytes");
+    if (self->wlen > self->whead || self->tls.ssl != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport has unsent bytes, or TLS");
         return NULL;
     }
     int fd = self->fd;
@@ -813,6 +930,7 @@ static PyMethodDef Transport_methods[] = {
     {"set_protocol", (PyCFunction)Transport_set_protocol, METH_O, NULL},
     {"can_write_eof", (PyCFunction)Transport_can_write_eof, METH_NOARGS, NULL},
     {"_call_connection_lost", (PyCFunction)Transport_call_connection_lost, METH_O, NULL},
+    {"_read_held", (PyCFunction)Transport_read_held, METH_NOARGS, NULL},
     {"detach", (PyCFunction)Transport_detach, METH_NOARGS,
      "Take the socket out (for TLS): its file descriptor; no connection_lost follows."},
     {NULL},
@@ -853,6 +971,7 @@ transport_new(Poller *poller, int fd, const struct sockaddr_storage *addr, sockl
     t->closing = t->closed = t->writing_paused = t->lost_scheduled = t->eof = 0;
     t->shared = (char)shared;
     memset(&t->peer, 0, sizeof t->peer);
+    memset(&t->tls, 0, sizeof t->tls);
     memcpy(&t->peer, addr, addr_len);
     PyObject_GC_Track(t);
     return t;
@@ -895,8 +1014,8 @@ static PyObject *
 Poller_adopt(Poller *self, PyObject *args)
 {
     int fd;
-    PyObject *protocol;
-    if (!PyArg_ParseTuple(args, "iO:adopt", &fd, &protocol))
+    PyObject *protocol, *tls = Py_None;
+    if (!PyArg_ParseTuple(args, "iO|O:adopt", &fd, &protocol, &tls))
         return NULL;
     struct sockaddr_storage addr;
     socklen_t len = sizeof addr;
@@ -906,7 +1025,8 @@ Poller_adopt(Poller *self, PyObject *args)
     if (t == NULL)
         return NULL;
     PyObject *r = NULL;
-    if (transport_set_protocol(t, protocol) == 0 && transport_rewatch(t) == 0)
+    if ((tls == Py_None || servertls_open(&t->tls, tls) == 0) && transport_set_protocol(t, protocol) == 0 &&
+        transport_rewatch(t) == 0)
         r = PyObject_CallMethodOneArg(protocol, s_connection_made, (PyObject *)t);
     if (r == NULL) { /* the exception is the caller's, and so is the descriptor */
         PyObject *type, *value, *tb;

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import relaycore, sockio
+from . import backend, relaycore, sockio
 from .admin import Console
 from .auth import AuthFiles
 from .client import ClientSession
@@ -101,7 +101,8 @@ class App:
         native_scanner = FrameScanner is not PyFrameScanner
         log.info("ready", port=config.listen.port, pid=os.getpid(), socket_activated=self._activated,
                  generation=self.reloader.generation, frame_scanner="native" if native_scanner else "python",
-                 relay_core=relaycore.NAME, socket_io=sockio.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI)
+                 relay_core=relaycore.NAME, socket_io=sockio.NAME, scanner_capi=native_scanner and relaycore.SCANNER_CAPI,
+                 libpq=backend.libpq_path())
         await self._stop.wait()
 
         # -- shutdown, in order ------------------------------------------------

@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.errors import finish_pgconn
 from psycopg.waiting import Wait
 
-from . import sockio
+from . import servertls, sockio
 from .errors import ServerRefusal
 
 P = TypeVar("P", bound=asyncio.Protocol)
@@ -89,6 +89,12 @@ def connection_class(
         async def connect(cls, *args: Any, **kwargs: Any) -> Any:
             try:
                 conn = await super().connect(*args, **kwargs)
+            except OperationalError as exc:
+                explained = await _explained(exc, args[0] if args else kwargs.get("conninfo", ""))
+                on_result(explained, None)
+                if explained is exc:
+                    raise
+                raise explained from None
             except BaseException as exc:
                 on_result(exc, None)
                 raise
@@ -101,6 +107,17 @@ def connection_class(
             return cls(pgconn)
 
     return ReportingConnection
+
+
+async def _explained(exc: OperationalError, conninfo: str) -> OperationalError:
+    """A failed TLS verification with OpenSSL's reason, which libpq leaves out
+    (servertls.explain_verify_failure); any other error as it is."""
+    message = str(exc)
+    if servertls.VERIFY_FAILED not in message:
+        return exc
+    info = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    explained = await servertls.explain_verify_failure(message, info)
+    return exc if explained == message else OperationalError(explained)
 
 
 # -- what a failed connect says: libpq words a server's refusal as text alone
@@ -132,8 +149,8 @@ def refusal(exc: BaseException) -> ServerRefusal | None:
 
 
 @functools.cache
-def _set_error_verbosity() -> Callable[[int, int], int] | None:
-    """libpq's PQsetErrorVerbosity, from the libpq psycopg uses; None where it cannot be told."""
+def libpq_path() -> str | None:
+    """The file of the libpq psycopg uses (from /proc/self/maps); None where it cannot be told."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if os.path.basename(line.split()[-1]).startswith("libpq")}
@@ -141,11 +158,23 @@ def _set_error_verbosity() -> Callable[[int, int], int] | None:
         return None
     if len(paths) > 1 and pq.__impl__ == "binary":  # psycopg_binary brings its own libpq
         paths = {p for p in paths if "psycopg_binary" in p}
-    if len(paths) != 1:
+    return paths.pop() if len(paths) == 1 else None
+
+
+@functools.cache
+def _libpq_function(name: str, argtypes: tuple[Any, ...], restype: Any) -> Any:
+    """A function of the libpq psycopg uses; None where it cannot be told."""
+    path = libpq_path()
+    if path is None:
         return None
-    fn = ctypes.CDLL(paths.pop()).PQsetErrorVerbosity
-    fn.argtypes, fn.restype = (ctypes.c_void_p, ctypes.c_int), ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    fn = getattr(ctypes.CDLL(path), name)
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
+def _set_error_verbosity() -> Callable[[int, int], int] | None:
+    """libpq's PQsetErrorVerbosity, from the libpq psycopg uses; None where it cannot be told."""
+    return _libpq_function("PQsetErrorVerbosity", (ctypes.c_void_p, ctypes.c_int), ctypes.c_int)  # type: ignore[no-any-return]
 
 
 def _connect(conninfo: str) -> Generator[tuple[int, Wait], Any, pq.abc.PGconn]:
@@ -189,6 +218,7 @@ async def open_stream(
 ) -> tuple[asyncio.Transport, P]:
     """Attach a transport to a duplicate of the connection's socket: a C one
     (sockio.adopt) where it was built, else the event loop's."""
+    session = tls_session(conn)
     fd = os.dup(conn.pgconn.socket)
     try:
         sock = socket.socket(fileno=fd)
@@ -199,6 +229,8 @@ async def open_stream(
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        if session is not None:  # through libpq's TLS session (servertls)
+            return await servertls_adopt(sock, session, protocol_factory)
         if sockio.native is not None:  # read and written in C, as the client sockets
             return sockio.adopt(sock, protocol_factory)
         transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(protocol_factory, sock=sock)
@@ -206,6 +238,40 @@ async def open_stream(
         sock.close()
         raise
     return transport, protocol
+
+
+def tls_session(conn: AsyncConnection[Any]) -> int | None:
+    """The address of libpq's OpenSSL session on ``conn`` (``PQsslStruct``), None when
+    the connection is not TLS. A TLS connection whose session poold cannot reach
+    (a libpq it cannot find, or not built on OpenSSL) is an error: its bytes
+    cannot be relayed raw."""
+    if not conn.pgconn.ssl_in_use:
+        return None
+    fn = _libpq_function("PQsslStruct", (ctypes.c_void_p, ctypes.c_char_p), ctypes.c_void_p)
+    ssl = fn(conn.pgconn.pgconn_ptr, b"OpenSSL") if fn is not None else None  # type: ignore[attr-defined]
+    if not ssl:
+        raise OperationalError("poold cannot reach the TLS session of this server connection (libpq without OpenSSL?)")
+    return int(ssl)
+
+
+async def servertls_adopt(sock: socket.socket, ssl: int, protocol_factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+    """A transport through libpq's TLS session: C (sockio) where it was built, else the Python reference."""
+    path = libpq_path()
+    assert path is not None  # tls_session found the session through it
+    lib = servertls.functions(path)
+    if sockio.native is not None:
+        return sockio.adopt(sock, protocol_factory, tls=(ssl, lib.addresses()))
+    transport, protocol = servertls.adopt(sock, ssl, lib, protocol_factory)
+    return transport, protocol  # type: ignore[return-value]
+
+
+def tls_state(conn: AsyncConnection[Any]) -> str | None:
+    """The TLS protocol version of ``conn`` ("TLSv1.3"), None when it is not TLS."""
+    if not conn.pgconn.ssl_in_use:
+        return None
+    fn = _libpq_function("PQsslAttribute", (ctypes.c_void_p, ctypes.c_char_p), ctypes.c_char_p)
+    version = fn(conn.pgconn.pgconn_ptr, b"protocol") if fn is not None else None  # type: ignore[attr-defined]
+    return version.decode() if version else "TLS"
 
 
 def made_with(conn: AsyncConnection[Any], conninfo: str) -> bool:

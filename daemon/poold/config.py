@@ -44,9 +44,6 @@ SHORT_ENV_NAMES: Mapping[str, tuple[str, float]] = MappingProxyType(
     }
 )
 
-#: libpq sslmodes that would put TLS on the server leg, which the relay cannot carry.
-_TLS_SSLMODES = ("require", "verify-ca", "verify-full")
-
 
 class ConfigError(Exception):
     """A configuration that fails validation; ``errors`` lists every problem."""
@@ -440,14 +437,12 @@ def _build_databases(
         except Exception as exc:  # psycopg.ProgrammingError: libpq's own message
             errors.append(f"{prefix}.dsn: invalid connection string: {exc}")
             continue
-        sslmode = info.get("sslmode", "")
-        if sslmode in _TLS_SSLMODES:
-            errors.append(
-                f"{prefix}.dsn: sslmode={sslmode} is not supported: poold relays the "
-                "server connection's bytes itself and cannot carry TLS on the server leg"
-            )
+        from .servertls import dsn_problems
+
+        tls_errors = [f"{prefix}.dsn: {problem}" for problem in dsn_problems(info)]
+        if tls_errors:
+            errors += tls_errors
             continue
-        info["sslmode"] = "disable"
         info["gssencmode"] = "disable"
         info.setdefault("dbname", name if name != "*" else "")
         result[name] = DatabaseSettings(name, dsn, MappingProxyType(info), pool)

@@ -61,7 +61,7 @@ _TCP = "poold sets TCP_NODELAY and leaves the other TCP options (keepalive, buff
 _DNS = "poold resolves server host names through libpq at each connect, with the system resolver"
 _LOG = "poold logs structured lines to stderr / journald (daemon.log_format, daemon.log_level)"
 _TLS_OPT = "poold's client TLS takes a certificate and key only (Python ssl defaults for the rest)"
-_SERVER_TLS = "poold connects to PostgreSQL without TLS: the relay cannot carry libpq's TLS session"
+_SERVER_TLS = "libpq, which makes poold's server connections, has no cipher setting (OpenSSL's defaults apply)"
 
 #: global keys poold has no counterpart for: key -> why
 UNSUPPORTED: dict[str, str] = {
@@ -116,12 +116,8 @@ UNSUPPORTED: dict[str, str] = {
     "client_tls_protocols": _TLS_OPT,
     "client_tls_dheparams": _TLS_OPT,
     "client_tls_ecdhcurve": _TLS_OPT,
-    "server_tls_ca_file": _SERVER_TLS,
-    "server_tls_cert_file": _SERVER_TLS,
-    "server_tls_key_file": _SERVER_TLS,
     "server_tls_ciphers": _SERVER_TLS,
     "server_tls13_ciphers": _SERVER_TLS,
-    "server_tls_protocols": _SERVER_TLS,
 }
 
 #: global keys with nothing to carry: key -> why
@@ -149,7 +145,8 @@ CARRIED = frozenset({
     "max_packet_size", "client_tls_sslmode", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
     "verbose", "pool_mode", "default_pool_size",
     "min_pool_size", "server_lifetime", "server_idle_timeout", "query_timeout", "query_wait_timeout",
-    "server_connect_timeout", "server_tls_sslmode", "ignore_startup_parameters", "track_extra_parameters",
+    "server_connect_timeout", "server_tls_sslmode", "server_tls_ca_file", "server_tls_cert_file",
+    "server_tls_key_file", "server_tls_protocols", "ignore_startup_parameters", "track_extra_parameters",
     "max_prepared_statements", "server_reset_query", "admin_users", "stats_users",
 })
 
@@ -280,7 +277,7 @@ def convert(text: str, base_dir: str = "", source: str = "pgbouncer.ini") -> Mig
             w.note(key, "not-applicable", NOT_APPLICABLE[key])
         else:
             w.note(key, "unsupported", "not a PgBouncer 1.25.2 setting")
-    _databases(w, ini.sections.get("databases", []), get)
+    _databases(w, ini.sections.get("databases", []), get, _server_tls(w, settings, get, path))
     _prepared_statements(w, settings, get)
     for user, _, _ in ini.sections.get("users", []):
         w.note(f"users.{user}", "unsupported", "poold has no per-user pool settings; the [pool] and database "
@@ -396,14 +393,47 @@ def _tls(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], s
         if mode in ("verify-ca", "verify-full"):
             w.note("client_tls_sslmode", "changed", f"{mode} became require: poold verifies a client certificate "
                    "against tls.ca_file when one is given, but requires one only where an hba cert rule does")
-    server_mode = settings.get("server_tls_sslmode", "").lower()
-    if server_mode in ("require", "verify-ca", "verify-full"):
-        w.note("server_tls_sslmode", "unsupported", f"{server_mode}: {_SERVER_TLS}; the converted file "
-               "connects in plain text, so keep the servers on a trusted network or stay on PgBouncer")
-    elif server_mode in ("allow", "prefer"):
-        w.note("server_tls_sslmode", "changed", f"{server_mode}: {_SERVER_TLS}")
-    elif server_mode:
-        w.note("server_tls_sslmode", "carried", "disable: poold's server connections are plain too")
+
+
+#: PgBouncer's server_tls_protocols words -> libpq's ssl_min_protocol_version
+_TLS_VERSIONS = {"tlsv1.0": "TLSv1", "tlsv1.1": "TLSv1.1", "tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3",
+                 "all": "TLSv1", "legacy": "TLSv1", "secure": "TLSv1.2", "default": "TLSv1.2"}
+
+
+def _server_tls(w: _Writer, settings: dict[str, str], get: Get, path: Callable[[str], str]) -> dict[str, str]:
+    """PgBouncer's server_tls_* settings as the libpq parameters every converted DSN
+    carries: server_tls_sslmode -> sslmode (PgBouncer's default and libpq's are both
+    prefer), the CA file -> sslrootcert (``system``, PgBouncer's system bundle, for
+    verify-* without one), the certificate and key -> sslcert/sslkey, the lowest
+    of server_tls_protocols -> ssl_min_protocol_version."""
+    mode = get("server_tls_sslmode").lower() or "prefer"
+    params = {"sslmode": mode} if "server_tls_sslmode" in settings else {}
+    if mode not in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"):
+        raise IniError(f"server_tls_sslmode: invalid value: {mode}")
+    if "server_tls_sslmode" in settings:
+        w.note("server_tls_sslmode", "carried", f"sslmode={mode} in each database's DSN")
+    if mode == "disable":
+        for k in ("server_tls_ca_file", "server_tls_cert_file", "server_tls_key_file", "server_tls_protocols"):
+            if k in settings:
+                w.note(k, "not-applicable", "server_tls_sslmode = disable: PgBouncer does not use it either")
+        return params
+    if mode in ("verify-ca", "verify-full"):
+        params["sslrootcert"] = "system"  # PgBouncer's default CA file: the system's bundle
+    for key, param in (("server_tls_ca_file", "sslrootcert"), ("server_tls_cert_file", "sslcert"),
+                       ("server_tls_key_file", "sslkey")):
+        if settings.get(key):
+            params[param] = path(settings[key])
+            w.note(key, "carried", f"{param} in each database's DSN")
+        elif key in settings:
+            w.note(key, "carried", f"empty: no {param} (PgBouncer's default)")
+    words = [p.strip().lower() for p in settings.get("server_tls_protocols", "").replace(",", " ").split()]
+    versions = [_TLS_VERSIONS[p] for p in words if p in _TLS_VERSIONS]
+    if versions and min(versions) != "TLSv1.2":  # libpq's own minimum is TLSv1.2
+        params["ssl_min_protocol_version"] = min(versions)
+    if "server_tls_protocols" in settings:
+        w.note("server_tls_protocols", "carried", f"ssl_min_protocol_version={min(versions, default='TLSv1.2')} "
+               "(libpq's default when TLSv1.2) in each database's DSN")
+    return params
 
 
 def _daemon(w: _Writer, settings: dict[str, str]) -> None:
@@ -501,7 +531,7 @@ def _server_connect_timeout(w: _Writer, settings: dict[str, str], get: Get) -> N
                "0: no connect_timeout in the DSNs")
 
 
-def _databases(w: _Writer, entries: Iterable[tuple[str, str, int]], get: Get) -> None:
+def _databases(w: _Writer, entries: Iterable[tuple[str, str, int]], get: Get, tls: dict[str, str]) -> None:
     for name, connstr, lineno in entries:
         table = f"databases.{json.dumps(name)}"
         try:
@@ -509,11 +539,12 @@ def _databases(w: _Writer, entries: Iterable[tuple[str, str, int]], get: Get) ->
         except IniError as exc:
             raise IniError(f"line {lineno}: {name}: {exc}") from None
         w.tables.pop(table, None)  # PgBouncer: a name defined again is replaced whole
-        _database(w, table, f"databases.{name}", pairs, get)
+        _database(w, table, f"databases.{name}", pairs, get, tls)
 
 
-def _database(w: _Writer, table: str, prefix: str, pairs: list[tuple[str, str]], get: Get) -> None:
-    """One [databases] entry: its libpq DSN, then its own pool settings."""
+def _database(w: _Writer, table: str, prefix: str, pairs: list[tuple[str, str]], get: Get,
+              tls: dict[str, str]) -> None:
+    """One [databases] entry: its libpq DSN (with the server TLS parameters), then its own pool settings."""
     dsn: dict[str, str] = {}
     options: list[str] = []
     pool: dict[str, tuple[object, str]] = {}
@@ -543,6 +574,7 @@ def _database(w: _Writer, table: str, prefix: str, pairs: list[tuple[str, str]],
         dsn["connect_timeout"] = str(max(2, math.ceil(connect_timeout)))
     if options:
         dsn["options"] = " ".join(options)
+    dsn.update(tls)
     w.set(table, "dsn", " ".join(f"{k}={_dsn_quote(v)}" for k, v in dsn.items()), "connection string")
     max_size = int_value(get("default_pool_size"), "default_pool_size")
     min_size = int_value(get("min_pool_size"), "min_pool_size")

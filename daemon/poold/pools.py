@@ -477,7 +477,8 @@ class Pool(PoolCore):
     def servers(self, now: float) -> list[dict[str, Any]]:
         """``open_connections``, one row each: pid, age, and state: ``active`` (a client
         holds it), ``idle`` (poold's free list), ``held`` (kept back until a cancel for
-        it is delivered) or ``pool`` (psycopg_pool's: idle there, or being checked)."""
+        it is delivered) or ``pool`` (psycopg_pool's: idle there, or being checked); and
+        ``tls``: the TLS protocol version of the server leg ("TLSv1.3"), or "no"."""
         leased = {link.conn: (link, state) for state, links in (("active", self.active), ("idle", self.free),
                                                                  ("held", self._held)) for link in links}
         rows = []
@@ -490,6 +491,7 @@ class Pool(PoolCore):
                 "tx_status": link.status.decode() if link is not None else "I",
                 "client": getattr(link.owner, "key", ("",))[0] if link is not None else "",
                 "age": round(now - self._born.get(conn, now), 1),
+                "tls": backend.tls_state(conn) or "no",
             })
         return rows
 

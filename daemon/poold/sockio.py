@@ -146,14 +146,15 @@ class NativeServer:
         self._reserve.close()
 
 
-def adopt(sock: socket.socket, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+def adopt(sock: socket.socket, factory: Callable[[], P], tls: Any = None) -> tuple[asyncio.Transport, P]:
     """A C transport on a connected socket that is a duplicate of another's (a
     server connection's, whose psycopg connection keeps the original); it owns the
     descriptor from here on. Where the C module is not built: the event loop's
-    (``loop.connect_accepted_socket``)."""
+    (``loop.connect_accepted_socket``). ``tls``: the server leg is TLS, read and
+    written through libpq's session (``backend.tls_session``, ``servertls``)."""
     assert native is not None
     protocol = factory()
-    transport = _poller(asyncio.get_running_loop()).adopt(sock.fileno(), protocol)
+    transport = _poller(asyncio.get_running_loop()).adopt(sock.fileno(), protocol, tls)
     sock.detach()
     return transport, protocol
 

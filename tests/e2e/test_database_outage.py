@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import APP_PASSWORD, Poold, pgcluster, wait_until
+from tests import tlsca
+from tests.conftest import APP_PASSWORD, SERVER_TLS, Poold, pgcluster, wait_until
 from tests.e2e.test_http import scrape, value
 
 
@@ -26,7 +27,7 @@ def own_pg(tmp_path: Path) -> Iterator[pgcluster.Cluster]:
         if "/pytest-of-" in str(d):  # the tree pytest made (under any PYTEST_DEBUG_TEMPROOT)
             os.chmod(d, os.stat(d).st_mode | 0o711)
     cluster = pgcluster.Cluster(base=str(base))
-    cluster.init()
+    tlsca.init(cluster, base / "tls", SERVER_TLS)
     cluster.start()
     cluster.create_role_and_db("app", APP_PASSWORD)
     yield cluster

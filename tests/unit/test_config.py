@@ -115,17 +115,38 @@ def test_invalid_values_name_the_key(tmp_path: Path, text: str, environ: dict[st
 
 
 def test_database_errors(tmp_path: Path) -> None:
-    errs = errors_of(tmp_path, "[databases.a]\ndsn = 'host=x sslmode=require'\n[databases.b]\ndsn = 'nonsense'\n"
+    errs = errors_of(tmp_path, "[databases.a]\ndsn = 'host=x sslmode=requir'\n[databases.b]\ndsn = 'nonsense'\n"
                      "[databases.c]\ndsn = 'host=x'\nmax_size = -2\n")
-    assert any(e.startswith("databases.a.dsn: sslmode=require is not supported") for e in errs)
+    assert any(e.startswith('databases.a.dsn: invalid sslmode value: "requir"') for e in errs), errs
     assert any(e.startswith("databases.b.dsn: invalid connection string") for e in errs)
     assert "databases.c.max_size: must be >= 1" in errs
 
 
-def test_server_leg_is_forced_plain(tmp_path: Path) -> None:
+def test_server_leg_sslmode_is_libpqs(tmp_path: Path) -> None:
+    """No sslmode in the DSN: libpq's default (prefer) decides, poold forces nothing;
+    every libpq sslmode is accepted. GSS encryption stays off (the relay cannot carry it)."""
     c = load_config(write(tmp_path, BASE), {})
     info = c.databases["app"].conninfo
-    assert info["sslmode"] == "disable" and info["gssencmode"] == "disable"
+    assert "sslmode" not in info and info["gssencmode"] == "disable"
+    for mode in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"):
+        text = f"[databases.a]\ndsn = 'host=x sslmode={mode}'\n"
+        assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslmode"] == mode
+
+
+def test_server_tls_files_are_checked(tmp_path: Path) -> None:
+    """A TLS file the DSN names must be there, and a private key others may read is
+    refused, as libpq refuses it (0600 or less for its owner)."""
+    key = tmp_path / "client.key"
+    key.write_text("key")
+    key.chmod(0o644)
+    text = f"[databases.a]\ndsn = 'host=x sslmode=verify-full sslrootcert={tmp_path}/none.pem sslkey={key}'\n"
+    errs = errors_of(tmp_path, text)
+    assert any(e.startswith(f'databases.a.dsn: sslrootcert: cannot read "{tmp_path}/none.pem"') for e in errs), errs
+    assert any(e.startswith(f'databases.a.dsn: sslkey: private key file "{key}" has group or world access')
+               for e in errs), errs
+    key.chmod(0o600)
+    (tmp_path / "none.pem").write_text("ca")
+    assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslmode"] == "verify-full"
 
 
 def test_wildcard_database(tmp_path: Path) -> None:

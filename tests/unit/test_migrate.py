@@ -122,7 +122,7 @@ def test_sample_with_every_example_enabled_accounts_for_every_key(tmp_path: Path
     assert got["ignore_startup_parameters: extra_float_digits"][0] == "carried"
     assert "extra_float_digits" in config.clients.ignored_startup_parameters  # dropped unread, as PgBouncer does
     assert got["track_extra_parameters: IntervalStyle"][0] == "carried"
-    assert got["server_tls_sslmode"][0] == "changed"  # prefer: poold's server leg is plain
+    assert got["server_tls_sslmode"] == ("carried", "sslmode=prefer in each database's DSN")
     # the databases, as libpq will read them
     forcedb = config.databases["forcedb"].conninfo
     assert (forcedb["host"], forcedb["port"], forcedb["user"], forcedb["password"]) == ("localhost", "300", "baz", "foo")
@@ -275,11 +275,27 @@ def test_files_pgbouncer_refuses_are_refused() -> None:
             convert(bad)
 
 
-def test_server_tls_required_is_reported_not_written() -> None:
+def test_server_tls_settings_go_into_each_dsn(tmp_path: Path) -> None:
+    """PgBouncer's server_tls_* become the libpq parameters of every converted DSN:
+    verify-full without a CA file verifies with the system's bundle, as PgBouncer does."""
     result = convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nserver_tls_sslmode = verify-full\n"
                      "[databases]\nx = host=db\n")
-    assert "sslmode" not in result.toml
-    assert notes(result)["server_tls_sslmode"][0] == "unsupported"
+    assert 'dsn = "host=db connect_timeout=15 sslmode=verify-full sslrootcert=system"' in result.toml, result.toml
+    assert notes(result)["server_tls_sslmode"][0] == "carried"
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "client.key").chmod(0o600)
+    result = convert("[pgbouncer]\nlisten_addr = 127.0.0.1\nserver_tls_sslmode = require\n"
+                     "server_tls_ca_file = ca.pem\nserver_tls_cert_file = client.pem\nserver_tls_key_file = client.key\n"
+                     "server_tls_protocols = tlsv1.3\nserver_tls_ciphers = HIGH\n[databases]\nx = host=db\n",
+                     str(tmp_path))
+    info = check(result, tmp_path).databases["x"].conninfo
+    assert (info["sslmode"], info["sslrootcert"], info["sslcert"], info["sslkey"], info["ssl_min_protocol_version"]) \
+        == ("require", f"{tmp_path}/ca.pem", f"{tmp_path}/client.pem", f"{tmp_path}/client.key", "TLSv1.3")
+    got = notes(result)
+    assert {got[k][0] for k in ("server_tls_ca_file", "server_tls_cert_file", "server_tls_key_file",
+                                "server_tls_protocols")} == {"carried"}
+    assert got["server_tls_ciphers"][0] == "unsupported"
 
 
 def test_cli_writes_the_file_and_prints_what_it_could_not_carry(certs: Path) -> None:

@@ -1,0 +1,342 @@
+"""TLS on the server legs: a PostgreSQL with ssl=on and a test CA (trustme), every
+libpq sslmode, client certificates, large results and COPY through the TLS session,
+cancel and query_timeout, verification failures, a reload to a new CA, and what
+``poolctl servers`` says. Each relay test runs on both twins: the C transport
+(``_servertls.c`` in ``_sockio``) and the Python reference (``servertls.TlsTransport``,
+``POOLD_SOCKET_IO=asyncio``, with the Python relay core).
+
+The whole e2e tier also runs through TLS legs: ``POOLD_TEST_SERVER_TLS=1``
+(``make test`` does, see the Makefile) gives the session's cluster ssl=on and
+every poold DSN ``sslmode=verify-full``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+
+from tests import tlsca
+from tests.conftest import APP_PASSWORD, Poold, pgcluster, wait_until
+
+TWINS = {
+    "c": {},
+    "python": {"POOLD_SOCKET_IO": "asyncio", "POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python"},
+    # the system's libpq (Debian's libpq5, with the system's libssl) through psycopg's ctypes binding
+    "system-libpq": {"PSYCOPG_IMPL": "python"},
+}
+
+SSL_OF_BACKEND = "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def start_tls_cluster(authority: trustme.CA | None = None, not_after: datetime.datetime | None = None
+                      ) -> tuple[pgcluster.Cluster, tlsca.TlsFiles]:
+    """A cluster with ssl=on in a short temporary directory (a Unix socket path has
+    at most 107 bytes); destroy() removes it."""
+    base = Path(tempfile.mkdtemp(prefix="poold-tls-"))
+    os.chmod(base, 0o755)
+    cluster = pgcluster.Cluster(base=str(base))
+    tls = tlsca.issue(base / "tls", cluster.os_user, authority, not_after)
+    cluster.init(*tlsca.server_conf(tls))
+    tlsca.require_cert_for(cluster.datadir)
+    cluster.tls_params = tlsca.dsn_params(tls)
+    cluster.start()
+    cluster.create_role_and_db("app", APP_PASSWORD)
+    cluster.psql(f"CREATE ROLE {tlsca.CERT_ROLE} LOGIN; GRANT CONNECT ON DATABASE app TO {tlsca.CERT_ROLE}")
+    return cluster, tls
+
+
+@pytest.fixture(scope="module")
+def tls_pg() -> Iterator[tuple[pgcluster.Cluster, tlsca.TlsFiles]]:
+    cluster, files = start_tls_cluster()
+    yield cluster, files
+    cluster.destroy()
+
+
+@pytest.fixture(params=sorted(TWINS))
+def twin(request: pytest.FixtureRequest) -> dict[str, str]:
+    return TWINS[request.param]
+
+
+def server_dsn(cluster: pgcluster.Cluster, **params: str) -> str:
+    base = {"host": "127.0.0.1", "port": str(cluster.port), "dbname": "app", "user": "app",
+            "password": APP_PASSWORD} | params
+    return " ".join(f"{k}={v}" for k, v in base.items())
+
+
+def databases(**dsns: str) -> str:
+    return "".join(f'\n[databases.{name}]\ndsn = "{dsn}"\n' for name, dsn in dsns.items())
+
+
+def encrypted_key(files: tlsca.TlsFiles, directory: Path, password: bytes) -> Path:
+    key = serialization.load_pem_private_key(files.client_key.read_bytes(), None)
+    path = directory / "client-encrypted.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(password)))
+    path.chmod(0o600)
+    return path
+
+
+def test_every_sslmode_and_client_certificates(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
+                                               twin: dict[str, str], tmp_path: Path) -> None:
+    """Each libpq sslmode as libpq defines it (allow tries plain first, prefer TLS
+    first), ssl_min_protocol_version, and certificate authentication (hostssl ...
+    cert) with a plain and an encrypted key (sslpassword)."""
+    cluster, files = tls_pg
+    ca = str(files.ca)
+    cert = {"user": tlsca.CERT_ROLE, "sslmode": "verify-full", "sslrootcert": ca, "sslcert": str(files.client_cert)}
+    raw = databases(
+        m_disable=server_dsn(cluster, sslmode="disable"),
+        m_allow=server_dsn(cluster, sslmode="allow"),
+        m_prefer=server_dsn(cluster, sslmode="prefer"),
+        m_default=server_dsn(cluster),
+        m_require=server_dsn(cluster, sslmode="require"),
+        m_verify_ca=server_dsn(cluster, sslmode="verify-ca", sslrootcert=ca),
+        m_verify_full=server_dsn(cluster, sslmode="verify-full", sslrootcert=ca),
+        m_tls13=server_dsn(cluster, sslmode="verify-full", sslrootcert=ca, ssl_min_protocol_version="TLSv1.3"),
+        m_cert=server_dsn(cluster, **cert, sslkey=str(files.client_key)),
+        m_cert_pw=server_dsn(cluster, **cert, sslkey=str(encrypted_key(files, tmp_path, b"k3y-pw")),
+                             sslpassword="k3y-pw"),
+    )
+    p = poold_factory(raw=raw, environ=twin, min_size=0)
+    expected = {"m_disable": False, "m_allow": False, "m_prefer": True, "m_default": True, "m_require": True,
+                "m_verify_ca": True, "m_verify_full": True, "m_tls13": True, "m_cert": True, "m_cert_pw": True}
+    for name, tls in expected.items():
+        with psycopg.connect(p.dsn(dbname=name), prepare_threshold=None, autocommit=True) as conn:
+            ssl, version = conn.execute(SSL_OF_BACKEND).fetchone()  # type: ignore[misc]
+            assert ssl is tls, name
+            if name == "m_tls13":
+                assert version == "TLSv1.3"
+            user = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+            assert user == (tlsca.CERT_ROLE if name.startswith("m_cert") else "app")
+            # a few round trips, and a statement error that leaves the leg in sync
+            for i in range(20):
+                assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1/0")
+            assert conn.execute("SELECT 'after'").fetchone() == ("after",)
+    ready = next(json.loads(line) for line in p.log_text().splitlines() if '"ready"' in line)
+    assert ("psycopg_binary" in ready["libpq"]) is ("PSYCOPG_IMPL" not in twin), ready["libpq"]
+    rows = json.loads(p.poolctl("--json", "servers").stdout)
+    by_pool = {r["pool"]: r for r in rows}
+    assert by_pool["m_disable.app"]["tls"] == "no"
+    assert by_pool["m_tls13.app"]["tls"] == "TLSv1.3"
+    assert by_pool["m_verify_full.app"]["tls"].startswith("TLSv1.")
+    table = p.poolctl("servers").stdout
+    assert table.splitlines()[0].split()[-1] == "TLS" and "TLSv1.3" in table
+
+
+def test_large_results_and_copy_both_ways(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
+                                          twin: dict[str, str]) -> None:
+    """100k rows / 20 MB through the TLS leg, COPY out and in of 20 MB, and pipelined
+    queries: the bytes arrive whole and in order (records larger than a read, and
+    decrypted bytes OpenSSL holds while the socket is quiet, are not stranded)."""
+    cluster, files = tls_pg
+    raw = databases(tls=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca)))
+    p = poold_factory(environ=twin, raw=raw, min_size=0)
+    with psycopg.connect(p.dsn(dbname="tls"), prepare_threshold=None, autocommit=True) as conn:
+        assert conn.execute(SSL_OF_BACKEND).fetchone()[0] is True  # type: ignore[index]
+        rows = conn.execute("SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 100000) g").fetchall()
+        assert len(rows) == 100000 and sum(len(r[1]) for r in rows) == 100000 * 224
+        assert rows[-1][0] == 100000 and rows[4242][1] == hashlib.md5(b"4243").hexdigest() * 7
+        out = bytearray()
+        with conn.cursor().copy("COPY (SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 100000) g) "
+                                "TO STDOUT") as copy:
+            for chunk in copy:
+                out += chunk
+        assert len(out) > 20_000_000
+        expected = b"".join(b"%d\t%s\n" % (g, hashlib.md5(b"%d" % g).hexdigest().encode() * 7)
+                            for g in range(1, 100001))
+        assert hashlib.sha256(out).digest() == hashlib.sha256(expected).digest()
+        table = f"copy_in_{os.getpid()}_{len(twin)}"
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (g int, t text)")
+        with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+            for start in range(0, len(expected), 1 << 20):
+                copy.write(expected[start:start + (1 << 20)])
+        count, total, digest = conn.execute(  # type: ignore[misc]
+            f"SELECT count(*), sum(length(t)), md5(string_agg(t, '' ORDER BY g)) FROM {table}").fetchone()
+        assert (count, total) == (100000, 100000 * 224)
+        want = hashlib.md5(b"".join(hashlib.md5(b"%d" % g).hexdigest().encode() * 7 for g in range(1, 100001)))
+        assert digest == want.hexdigest()
+        conn.execute(f"DROP TABLE {table}")
+        with conn.pipeline():
+            curs = [conn.execute("SELECT %s::int, repeat('z', 40000)", (i,)) for i in range(50)]
+        assert [c.fetchone()[0] for c in curs] == list(range(50))  # type: ignore[index]
+
+
+def test_cancel_and_query_timeout(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
+                                  twin: dict[str, str]) -> None:
+    cluster, files = tls_pg
+    raw = databases(tls=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca)))
+    p = poold_factory(environ=twin, raw=raw, query_timeout=1, statement_timeout=0)
+    with psycopg.connect(p.dsn(dbname="tls"), prepare_threshold=None, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(20)")  # poold's query_timeout cancels it
+        assert conn.execute(SSL_OF_BACKEND).fetchone()[0] is True  # type: ignore[index]
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(0.9)")  # the client's own cancel, before query_timeout
+        finally:
+            timer.cancel()
+        assert conn.execute("SELECT 'goes on'").fetchone() == ("goes on",)
+    assert '"query_timeout"' in p.log_text()
+
+
+def test_max_lifetime_recycles_tls_connections(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
+                                               twin: dict[str, str]) -> None:
+    """psycopg_pool closes an expired TLS connection through libpq after poold relayed
+    on it (the session state is libpq's again), and its replacement is TLS too."""
+    cluster, files = tls_pg
+    raw = databases(tls=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca)))
+    p = poold_factory(environ=twin, raw=raw, max_lifetime=1, min_size=1, max_size=2)
+    seen = set()
+    with psycopg.connect(p.dsn(dbname="tls"), prepare_threshold=None, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        while len(seen) < 3 and time.monotonic() < deadline:
+            pid, ssl = conn.execute("SELECT pg_backend_pid(), ssl FROM pg_stat_ssl "
+                                    "WHERE pid = pg_backend_pid()").fetchone()  # type: ignore[misc]
+            assert ssl is True
+            seen.add(pid)
+            time.sleep(0.2)
+    assert len(seen) >= 3
+    # the expired ones were closed by libpq (a clean TLS close: no "could not receive data" on the server)
+    wait_until(lambda: int(cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                                         "AND backend_type = 'client backend'")) <= 3)
+
+
+def crl(files: tlsca.TlsFiles, path: Path, revoke: bool) -> Path:
+    """A CRL of the test CA, revoking the server's certificate when ``revoke``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    ca_cert = x509.load_pem_x509_certificate(files.authority.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(files.authority.private_key_pem.bytes(), None)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+               .next_update(now + datetime.timedelta(days=1)))
+    if revoke:
+        serial = x509.load_pem_x509_certificate(files.server_cert.read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))  # type: ignore[arg-type]
+    return path
+
+
+def pool_row(p: Poold, pool: str) -> dict[str, object]:
+    rows = json.loads(p.poolctl("--json", "pools").stdout)
+    return next(r for r in rows if r["pool"] == pool)
+
+
+def connect_error(p: Poold, dbname: str) -> psycopg.OperationalError:
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(p.dsn(dbname=dbname), prepare_threshold=None, connect_timeout=10).close()
+    return info.value
+
+
+def test_verification_failures_are_told_and_open_the_breaker(
+    poold_factory: Callable[..., Poold], tls_pg: tuple, pg: pgcluster.Cluster, tmp_path: Path  # type: ignore[type-arg]
+) -> None:
+    """A wrong CA, an expired server certificate and a server without TLS under
+    require: the client gets a FATAL naming the pool and libpq's reason, no trace
+    and no secret; the breaker opens; /health/database and poolctl pools say why."""
+    cluster, files = tls_pg
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    expired, _ = start_tls_cluster(files.authority, datetime.datetime.now(datetime.UTC)
+                                   - datetime.timedelta(days=1))
+    try:
+        plain_port = pg.port
+        raw = databases(
+            wrong_ca=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(other_ca)),
+            revoked=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca),
+                               sslcrl=str(crl(files, tmp_path / "revoked.crl", revoke=True))),
+            crl_ok=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca),
+                              sslcrl=str(crl(files, tmp_path / "empty.crl", revoke=False))),
+            expired=server_dsn(expired, sslmode="verify-full", sslrootcert=str(files.ca)),
+            no_tls=server_dsn(pg, sslmode="require") if not pg.tls_params else
+            f"host=127.0.0.1 port={plain_port} dbname=app user=app password={APP_PASSWORD} sslmode=disable",
+        )
+        p = poold_factory(raw=raw, min_size=0, breaker_failures=2, breaker_reset=30)
+        with psycopg.connect(p.dsn(dbname="crl_ok"), prepare_threshold=None) as conn:  # a CRL that revokes nothing
+            assert conn.execute(SSL_OF_BACKEND).fetchone()[0] is True  # type: ignore[index]
+        reasons = {"wrong_ca": "certificate verify failed: self-signed certificate in certificate chain",
+                   "revoked": "certificate verify failed: certificate revoked",
+                   "expired": "certificate verify failed: certificate has expired",
+                   "no_tls": "server does not support SSL, but SSL was required"}
+        if pg.tls_params:  # the session cluster speaks TLS here: a plain-only server is not at hand
+            reasons.pop("no_tls")
+        for name, reason in reasons.items():
+            first = connect_error(p, name)
+            text = str(first)
+            assert f"{name!r}" in text or f'"{name}"' in text, text
+            assert reason in text, text
+            assert "Traceback" not in text and APP_PASSWORD not in text
+            assert "FATAL:  poold: " in text, text  # an ErrorResponse of poold's (libpq keeps no SQLSTATE at connect)
+            second = connect_error(p, name)
+            assert "unavailable (circuit breaker open" in str(second) and reason in str(second), str(second)
+            row = pool_row(p, f"{name}.app")
+            assert row["breaker"] == "open" and reason in str(row["last_error"]), row
+            status, body = p.http("/health/database")
+            assert status == 503
+            health = json.loads(body)
+            entry = next(e for e in (health["pools"] if isinstance(health, dict) and "pools" in health else health)
+                         if e["pool"] == f"{name}.app")
+            assert reason in json.dumps(entry), entry
+        assert APP_PASSWORD not in p.log_text()
+    finally:
+        expired.destroy()
+
+
+def test_reload_takes_a_new_ca_for_new_connections(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
+                                                   tmp_path: Path) -> None:
+    """The DSN's CA file changes on reload: new server connections verify with it;
+    a session open before the reload keeps its connection until it ends."""
+    cluster, files = tls_pg
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    good_ca = tmp_path / "good-ca.pem"
+    shutil.copy(files.ca, good_ca)
+
+    def raw(ca: Path) -> str:
+        return databases(tls=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(ca)))
+
+    settings = {"mode": "session", "min_size": 0, "breaker_failures": 1, "breaker_reset": 30, "acquire_timeout": 3}
+    p = poold_factory(raw=raw(other_ca), **settings)
+    assert "certificate verify failed" in str(connect_error(p, "tls"))
+    p.write_config(raw=raw(good_ca), **settings)
+    assert p.poolctl("reload").returncode == 0
+
+    def connects() -> psycopg.Connection[tuple[object, ...]] | None:
+        try:
+            return psycopg.connect(p.dsn(dbname="tls"), prepare_threshold=None, autocommit=True)
+        except psycopg.OperationalError:
+            return None  # (a reload that changes the DSN closes the breaker)
+
+    held = wait_until(connects)
+    assert isinstance(held, psycopg.Connection)
+    try:
+        assert held.execute(SSL_OF_BACKEND).fetchone()[0] is True  # type: ignore[index]
+        p.write_config(raw=raw(other_ca), **settings)
+        assert p.poolctl("reload").returncode == 0
+        # a new server connection verifies with the new CA (the client waits for the
+        # pool's working connection, held, up to acquire_timeout)
+        assert "acquire_timeout" in str(connect_error(p, "tls"))
+        assert "certificate verify failed" in str(pool_row(p, "tls.app")["last_error"])
+        assert held.execute("SELECT 'old session goes on'").fetchone() == ("old session goes on",)
+    finally:
+        held.close()
