@@ -15,10 +15,10 @@ link costs nothing. So a link may sit in the pool with its last client's
 settings, but no one else's bytes ever run under them: each client's first
 request on it is preceded by the difference.
 
-What a client's statements did is not parsed: the first bytes of each Query or
-Parse that starts a client's chunk (each statement of a Query) tell whether it
+What a client's statements did is not parsed: the first bytes of each Query and
+Parse in a chunk the client sends (each statement of a Query) tell whether it
 may change a setting (``may_carry_state``, the same test as ``_relaycore.c``'s;
-a Parse that does not start its chunk is not seen: see docs/behaviour.md); then, at the
+a chunk that begins inside a message is not looked at: see docs/behaviour.md); then, at the
 release after that transaction, one internal query (``SETTLE_SQL``) asks the
 server which settings the session holds. That answer is PostgreSQL's own: a SET
 in a block rolled back is gone, SET LOCAL ended with its transaction, RESET ALL
