@@ -1007,40 +1007,24 @@ ps_clean(PyObject *data)
     return last == 'Q' || last == 'S' || last == 'F';
 }
 
-/* prepared.ClientStatements.rename, called from ClientSession._rewrite's first
- * branch: whole messages ending at a sync point whose only named requests are
- * Binds and Describes of statements the link has ready (its LinkStatements.lru
- * says False), renamed to poold's names without the queue. 1 with *out (a new
- * reference), 0 when it is not this case (Python's _rewrite has it), -1 on error.
- * Like the Python: the statements move to the LRU's end, registry.hits counts
- * them, link.ps.bound lists them (a 0A000 that follows marks them stale). */
+/* prepared.ClientStatements.rename's walk: whole messages ending at a sync point
+ * whose only named requests are Binds and Describes of statements in ``names``
+ * (the client's) that ``lru`` (the link's LinkStatements.lru) has ready (False,
+ * not stale), renamed to poold's names. 1 with *out (a new reference) and the
+ * statements appended to ``bound``, 0 when it is not this case, -1 on error. */
 #define PS_RENAMES_MAX 32
 
 static int
-ps_rename(ClientCore *self, ServerCore *link, PyObject *data, PyObject **out)
+ps_rename_walk(PyObject *names, PyObject *lru, PyObject *data, PyObject *bound, PyObject **out)
 {
     struct {
         Py_ssize_t pos, start, name_start, name_end, end;
-        PyObject *stmt, *name;
+        PyObject *name;
     } ren[PS_RENAMES_MAX];
     int nren = 0, rc = 0;
     *out = NULL;
-    if (is_none(self->ps) || self->ps_mid || link->expecting || !PyBytes_CheckExact(data))
+    if (!PyDict_Check(names) || !PyDict_Check(lru) || !PyBytes_CheckExact(data) || !PyList_Check(bound))
         return 0;
-    PyObject *lps = NULL, *names = NULL, *lru = NULL, *bound = NULL;
-    if ((lps = PyObject_GetAttr((PyObject *)link, s_ps)) == NULL)
-        return -1;
-    if (lps == Py_None)
-        goto done;
-    names = PyObject_GetAttr(self->ps, s_names);
-    lru = names ? PyObject_GetAttr(lps, s_lru) : NULL;
-    bound = lru ? PyList_New(0) : NULL;
-    if (bound == NULL) {
-        rc = -1;
-        goto done;
-    }
-    if (!PyDict_Check(names) || !PyDict_Check(lru))
-        goto done;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
     int last = -1;
@@ -1092,7 +1076,6 @@ ps_rename(ClientCore *self, ServerCore *link, PyObject *data, PyObject **out)
                 ren[nren].name_start = name_start;
                 ren[nren].name_end = name_end;
                 ren[nren].end = end;
-                ren[nren].stmt = stmt;
                 ren[nren].name = name;
                 nren++;
             }
@@ -1135,28 +1118,61 @@ ps_rename(ClientCore *self, ServerCore *link, PyObject *data, PyObject **out)
         from = ren[i].end;
     }
     memcpy(w, p + from, (size_t)(n - from));
-    /* the bookkeeping: LRU order, the hits counter, the statements bound */
+    *out = result;
+    rc = 1;
+done:
+    for (int i = 0; i < nren; i++)
+        Py_DECREF(ren[i].name);
+    if (rc != 1 && PyList_Check(bound) && PyList_SetSlice(bound, 0, PyList_GET_SIZE(bound), NULL) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* prepared.ClientStatements.rename, called from ClientSession._rewrite's first
+ * branch: ps_rename_walk over the client's names and the link's LRU, then the
+ * bookkeeping of the Python: the statements move to the LRU's end, registry.hits
+ * counts them, link.ps.bound lists them (a 0A000 that follows marks them stale).
+ * 1 with *out (a new reference), 0 when it is not this case (Python's _rewrite
+ * has it), -1 on error. */
+static int
+ps_rename(ClientCore *self, ServerCore *link, PyObject *data, PyObject **out)
+{
+    int rc = 0;
+    *out = NULL;
+    if (is_none(self->ps) || self->ps_mid || link->expecting || !PyBytes_CheckExact(data))
+        return 0;
+    PyObject *lps = NULL, *names = NULL, *lru = NULL, *bound = NULL, *result = NULL;
+    if ((lps = PyObject_GetAttr((PyObject *)link, s_ps)) == NULL)
+        return -1;
+    if (lps == Py_None)
+        goto done;
+    names = PyObject_GetAttr(self->ps, s_names);
+    lru = names ? PyObject_GetAttr(lps, s_lru) : NULL;
+    bound = lru ? PyList_New(0) : NULL;
+    if (bound == NULL) {
+        rc = -1;
+        goto done;
+    }
+    if ((rc = ps_rename_walk(names, lru, data, bound, &result)) != 1)
+        goto done;
     PyObject *registry = PyObject_GetAttr(self->ps, s_registry);
     PyObject *hits = registry ? PyObject_GetAttr(registry, s_hits) : NULL;
-    PyObject *count = hits ? PyLong_FromLong(nren) : NULL;
+    PyObject *count = hits ? PyLong_FromSsize_t(PyList_GET_SIZE(bound)) : NULL;
     PyObject *more = count ? PyNumber_Add(hits, count) : NULL;
     rc = more != NULL && PyObject_SetAttr(registry, s_hits, more) == 0 ? 1 : -1;
     Py_XDECREF(more);
     Py_XDECREF(count);
     Py_XDECREF(hits);
     Py_XDECREF(registry);
-    for (int i = 0; i < nren && rc == 1; i++)
-        if (call_done(PyObject_CallMethodOneArg(lru, s_move_to_end, ren[i].stmt)) < 0)
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(bound) && rc == 1; i++)
+        if (call_done(PyObject_CallMethodOneArg(lru, s_move_to_end, PyList_GET_ITEM(bound, i))) < 0)
             rc = -1;
     if (rc == 1 && PyObject_SetAttr(lps, s_bound, bound) < 0)
         rc = -1;
     if (rc == 1)
-        *out = result;
-    else
-        Py_DECREF(result);
+        *out = Py_NewRef(result);
 done:
-    for (int i = 0; i < nren; i++)
-        Py_DECREF(ren[i].name);
+    Py_XDECREF(result);
     Py_XDECREF(bound);
     Py_XDECREF(lru);
     Py_XDECREF(names);
@@ -2461,9 +2477,29 @@ module_ps_clean(PyObject *module, PyObject *data)
     return PyBool_FromLong(ps_clean(data));
 }
 
+/* ps_rename_walk for the differential test against prepared.ClientStatements.rename:
+ * (the renamed bytes, the statements bound), or None */
+static PyObject *
+module_ps_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ps_rename(names, lru, data)");
+        return NULL;
+    }
+    PyObject *bound = PyList_New(0), *out;
+    if (bound == NULL)
+        return NULL;
+    int rc = ps_rename_walk(args[0], args[1], args[2], bound, &out);
+    PyObject *result = rc < 0 ? NULL : rc == 0 ? Py_NewRef(Py_None) : Py_BuildValue("(NO)", out, bound);
+    Py_DECREF(bound);
+    return result;
+}
+
 static PyMethodDef relaycore_functions[] = {
     {"may_carry_state", (PyCFunction)Module_may_carry_state, METH_O, "settings.may_carry_state in C."},
     {"ps_clean", (PyCFunction)module_ps_clean, METH_O, "prepared.clean in C (ClientSession._forward's test)."},
+    {"ps_rename", (PyCFunction)(void (*)(void))module_ps_rename, METH_FASTCALL,
+     "ClientStatements.rename's walk in C: (renamed bytes, statements bound) or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -331,3 +331,36 @@ def test_sql_deallocate_of_an_unknown_or_folded_name_goes_as_it_is() -> None:
     p.send(parse(b"S1", b"SELECT 1") + SYNC)
     p.reply(PARSE_COMPLETE + ready())
     assert p.send(msg(b"Q", b"DEALLOCATE S1\0"))[0] == msg(b"Q", b"DEALLOCATE S1\0")  # folds to s1: not the client's
+
+
+def test_rename_differential_c_and_python() -> None:
+    """_relaycore.ps_rename (ps_rename_walk) and ClientStatements.rename give the same
+    bytes and the same statements for the same chunk, over random chunks."""
+    import random
+    from collections import OrderedDict
+
+    assert relaycore.native is not None, "the C core must be built"
+    rng = random.Random(1919)
+    registry = prepared.Registry(lambda: (200, 0))
+    stmts = {b"s%d" % i: registry.statement(b"SELECT %d\0\0\0" % i) for i in range(5)}
+    pieces = [bind(b"s0"), bind(b"s1"), bind(b"s2", portal=b"p"), bind(b"nope"), bind(b""), msg(b"D", b"Ss3\0"),
+              msg(b"D", b"P\0"), DESCRIBE_PORTAL, EXECUTE, msg(b"H"), parse(b"", b"SELECT 1"), parse(b"x", b"SELECT 1"),
+              msg(b"C", b"Ss0\0"), msg(b"Q", b"SELECT 1\0"), msg(b"Q", b"discard all\0"), SYNC]
+    for _ in range(3000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        if rng.random() < 0.2:
+            cut = bytearray(data)
+            cut[rng.randrange(len(cut))] = rng.randrange(256)
+            data = bytes(cut)
+        lru: OrderedDict[prepared.Statement, bool] = OrderedDict(
+            (s, rng.random() < 0.2) for s in stmts.values() if rng.random() < 0.8)
+        client = prepared.ClientStatements(registry)
+        client.names = dict(stmts)
+        link = prepared.LinkStatements(registry)
+        link.lru = OrderedDict(lru)
+        expected = client.rename(link, data)
+        got = relaycore.native.ps_rename(dict(stmts), OrderedDict(lru), data)
+        if expected is None:
+            assert got is None, data
+        else:
+            assert got is not None and got[0] == expected and got[1] == link.bound, data
