@@ -482,6 +482,8 @@ transport_read_tls(SocketTransport *self, char *buffer)
             if (!servertls_pending(&self->tls))
                 break; /* OpenSSL holds nothing more: the socket announces what comes next */
         }
+        /* OpenSSL's failure, held while the bytes before it are delivered */
+        PyObject *failure = n == TLS_FAILED ? take_exception() : NULL;
         if (got > 0) {
             PyObject *data = PyBytes_FromStringAndSize(buffer, got);
             PyObject *callback = Py_NewRef(self->data_received);
@@ -489,12 +491,17 @@ transport_read_tls(SocketTransport *self, char *buffer)
             Py_DECREF(callback);
             Py_XDECREF(data);
             if (r == NULL) {
-                if (n == TLS_FAILED) /* the callback's exception is the one reported */
-                    PyErr_Clear();
+                Py_XDECREF(failure);
                 transport_callback_failed(self, "protocol.data_received() failed");
                 return;
             }
             Py_DECREF(r);
+        }
+        if (failure != NULL) {
+            if (!self->closed)
+                transport_finish(self, failure);
+            Py_DECREF(failure);
+            return;
         }
         if (self->closed)
             return;
@@ -508,17 +515,22 @@ transport_read_tls(SocketTransport *self, char *buffer)
                 transport_callback_failed(self, "epoll_ctl failed");
             return;
         }
-        if (n == 0) { /* EOF: as a socket's, the protocol closes (ServerLink has no eof_received) */
-            self->reading = 0;
+        /* EOF (close_notify, or the socket closed): as a socket's, eof_received() false closes */
+        self->reading = 0;
+        PyObject *r = PyObject_CallMethodNoArgs(self->protocol, s_eof_received);
+        if (r == NULL) {
+            transport_callback_failed(self, "protocol.eof_received() failed");
+            return;
+        }
+        int keep = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (keep <= 0 && !self->closed) {
             self->closing = 1;
             if (self->wlen == self->whead)
                 transport_finish(self, NULL);
-            else if (transport_rewatch(self) < 0)
-                transport_callback_failed(self, "epoll_ctl failed");
-            return;
         }
-        errno = EPROTO;
-        transport_fail(self); /* with OpenSSL's words */
+        if (!self->closed && transport_rewatch(self) < 0)
+            transport_callback_failed(self, "epoll_ctl failed");
         return;
     }
 }

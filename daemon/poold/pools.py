@@ -606,7 +606,7 @@ class Pool(PoolCore):
             raise self._timed_out() from exc
         except OperationalError as exc:
             self.last_error = str(exc)
-            raise PooldError("08006", f"cannot connect to the database: {exc}") from exc
+            raise PooldError("08006", f"cannot connect to the database {self.db.name!r}: {exc}") from exc
         try:
             _, link = await backend.open_stream(conn, lambda: ServerLink(self._on_link_lost))
         except BaseException as exc:  # OSError, or cancelled: the connection goes back
