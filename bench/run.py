@@ -94,7 +94,13 @@ def workloads() -> list[Workload]:
     for script, flag in (("select-only", ["-S"]), ("tpcb", [])):
         for clients in (16, 200):
             for mode in ("simple", "extended", "prepared"):
-                out.append(Workload(f"{script} c{clients} {mode}", [*flag, "-M", mode, "-c", str(clients)], clients))
+                # -M prepared: a thread per client. pgbench prepares with a synchronous
+                # PQprepare, which blocks its thread's other clients; one of them may hold
+                # (inside BEGIN ... END) the pooled server connection that Parse waits for,
+                # and both PgBouncer 1.25.2 and poold then wait out their timeouts.
+                threads = ["-j", str(clients)] if mode == "prepared" else []
+                out.append(Workload(f"{script} c{clients} {mode}",
+                                    [*flag, "-M", mode, "-c", str(clients), *threads], clients))
     out.append(Workload("select-only c16 -C", ["-S", "-C", "-c", "16"], 16))
     out.append(Workload("select-only c16 -C plain", ["-S", "-C", "-c", "16"], 16, PLAIN_USER))
     return out

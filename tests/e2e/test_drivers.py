@@ -184,7 +184,10 @@ def _pgbench(p: Poold, *args: str) -> subprocess.CompletedProcess[str]:
 def test_pgbench_prepared(pooled: Poold, script: str) -> None:
     init = _pgbench(pooled, "-i", "-q", "-s", "1")
     assert init.returncode == 0, init.stderr
-    r = _pgbench(pooled, "-n", "-M", "prepared", "-b", script, "-c", "16", "-j", "2", "-T", "4")
+    # A thread per client: pgbench prepares with a synchronous PQprepare that blocks its
+    # thread's other clients, one of which may hold, inside BEGIN ... END, the server
+    # connection that Parse waits for (PgBouncer 1.25.2 then waits out query_wait_timeout too).
+    r = _pgbench(pooled, "-n", "-M", "prepared", "-b", script, "-c", "16", "-j", "16", "-T", "4")
     assert r.returncode == 0, r.stderr + r.stdout
     processed = int(re.search(r"number of transactions actually processed: (\d+)", r.stdout).group(1))  # type: ignore[union-attr]
     failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
