@@ -59,7 +59,7 @@ static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
-    *s_settle, *s_session_statement,
+    *s_settle, *s_release_settings, *s_session_statement,
     *s_give_back, *s_retire, *s_set_aside, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
     *s_ssl_context, *s_welcome, *s_pool_key, *s_pools, *s_defaults, *s_clients, *s_logins, *s_by_key,
@@ -404,6 +404,7 @@ typedef struct {
     char closed;
     char dirty;     /* an internal query failed: discarded at its release */
     char expecting; /* poold's own requests in flight, or held (prepared.LinkStatements.busy): no fast path */
+    char carries;   /* params hold a setting beyond the reported ones: reset before release (relay.carries_settings) */
 } ServerCore;
 
 typedef struct {
@@ -571,6 +572,7 @@ static PyMemberDef Server_members[] = {
     {"status", T_OBJECT, offsetof(ServerCore, status), 0, NULL},
     {"stats", T_OBJECT, offsetof(ServerCore, stats), 0, NULL},
     {"params", T_OBJECT, offsetof(ServerCore, params), 0, NULL},
+    {"carries", T_BOOL, offsetof(ServerCore, carries), 0, NULL},
     {"pending", T_PYSSIZET, offsetof(ServerCore, pending), 0, NULL},
     {"swallow", T_PYSSIZET, offsetof(ServerCore, swallow), 0, NULL},
     {"cancels", T_PYSSIZET, offsetof(ServerCore, cancels), 0, NULL},
@@ -2152,6 +2154,9 @@ client_server_ready(ClientCore *self, PyObject *status)
         rc = call_done(PyObject_CallMethodOneArg((PyObject *)self, s_unpause, link));
     if (rc == 0 && self->settle) /* learn the settings first: ClientSession._settle */
         rc = call_done(PyObject_CallMethodOneArg((PyObject *)self, s_settle, link));
+    else if (rc == 0 && is_core(link, &ServerCoreType) && ((ServerCore *)link)->carries)
+        /* no client's settings wait in the pool: ClientSession._release_settings */
+        rc = call_done(PyObject_CallMethodOneArg((PyObject *)self, s_release_settings, link));
     else if (rc == 0) {
         if (is_core(link, &ServerCoreType))
             rc = pool_release(pool, (ServerCore *)link, now);
@@ -2547,6 +2552,7 @@ PyInit__relaycore(void)
     INTERN(s_fatal, "_fatal");
     INTERN(s_unpause, "_unpause");
     INTERN(s_settle, "_settle");
+    INTERN(s_release_settings, "_release_settings");
     INTERN(s_session_statement, "_session_statement");
     INTERN(s_give_back, "_give_back");
     INTERN(s_retire, "_retire");

@@ -201,6 +201,8 @@ class ClientCorePy:
                     self._unpause(link)
                 if self.settle:
                     self._settle(link)
+                elif link.carries:
+                    self._release_settings(link)
                 else:
                     pool.release(link, now)  # type: ignore[union-attr]
 
@@ -242,6 +244,9 @@ class ClientCorePy:
         raise NotImplementedError
 
     def _settle(self, link: ServerLink) -> None:
+        raise NotImplementedError
+
+    def _release_settings(self, link: ServerLink) -> None:
         raise NotImplementedError
 
     def _session_statement(self, data: bytes) -> bytes:
@@ -574,6 +579,12 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         self.settle = False
         settings.Settle(self).start(link)  # type: ignore[arg-type]  # self is a ClientSession
 
+    def _release_settings(self, link: ServerLink) -> None:
+        """The release of a link that carries the client's settings beyond the reported
+        ones (link.carries): reset them first (_relaycore.c, on_server_ready, calls this)."""
+        assert self.pool is not None
+        settings.release_settings(link, self.pool.release_if_idle)
+
     def terminate_now(self, sqlstate: str, message: str) -> None:
         self._fatal(sqlstate, message)
 
@@ -589,8 +600,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             if link.ps is not None:  # DISCARD ALL drops poold's statements there too
                 link.ps.clear()
             link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + ["DISCARD ALL"], pool.release_if_idle)
-        elif self.settle:  # its last requests may have changed settings: none stays on the link
+        elif self.settle or link.carries:  # its last requests may have changed settings: none stays on the link
             link.params = {}
+            link.carries = False
             link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + [settings.RESET_SQL],
                               pool.release_if_idle)
         elif link.status != b"I":

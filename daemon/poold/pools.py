@@ -46,7 +46,7 @@ from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError, ServerRefusal
 from .protocol import messages
-from .relay import ServerLink
+from .relay import ServerLink, carries_settings
 from .spellings import Spellings
 from .stats import PoolStats
 
@@ -625,6 +625,7 @@ class Pool(PoolCore):
         link.defaults = self.defaults
         link.expires_at = backend.expires_at(conn)
         link.params = self._carried_params.pop(conn, {})
+        link.carries = carries_settings(link.params)
         link.ps = self._carried_statements.pop(conn, None)
         link.epoch = self.epoch
         link.stats = self.stats

@@ -56,6 +56,13 @@ TRACKED_PARAMETERS = frozenset(
 _TRACKED_BY_LOWER = {p.lower(): p for p in TRACKED_PARAMETERS}
 
 
+def carries_settings(params: dict[str, str]) -> bool:
+    """Whether a link's settings hold one that is not reported (ParameterStatus): such a
+    link is reset before it goes back to the pool (ClientSession._release_settings).
+    Reported ones may stay: every client learns them, and its next lease corrects them."""
+    return any(name not in TRACKED_PARAMETERS for name in params)
+
+
 def canonical_parameter(name: str) -> str | None:
     """The tracked parameter's canonical spelling, or None if not tracked."""
     return _TRACKED_BY_LOWER.get(name.lower())
@@ -82,7 +89,7 @@ class ServerCorePy:
     itself and hands only the others to ``_on_frames``.
     """
 
-    __slots__ = ("busy_since", "cancel_at", "cancels", "closed", "dirty", "epoch", "expecting", "expires_at",
+    __slots__ = ("busy_since", "cancel_at", "cancels", "carries", "closed", "dirty", "epoch", "expecting", "expires_at",
                  "idle_since", "owner", "params", "pending", "scanner", "stats", "status", "swallow", "transport")
 
     owner: ServerOwner | None
@@ -97,6 +104,7 @@ class ServerCorePy:
     cancel_at: float
     cancels: int  # CancelRequests for this server in flight: it goes to no other client until they are delivered
     dirty: bool  # an internal query failed: the link is discarded at its release
+    carries: bool  # params hold a setting beyond the reported ones: reset before the link goes back to the pool
     expecting: bool  # poold's own requests in flight, or held (prepared.LinkStatements.busy): no fast path
     expires_at: float
     idle_since: float
@@ -140,6 +148,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.swallow = 0  # ReadyForQuery messages owed to internal queries
         self.status = b"I"  # transaction status from the last ReadyForQuery
         self.params = {}  # settings beyond the pool's defaults (settings.py)
+        self.carries = False  # one of them is not a reported setting (settings.carried)
         self.defaults: dict[str, str] = {}
         self.busy_since = 0.0  # monotonic time the oldest pending request began
         self.idle_since = 0.0
@@ -250,6 +259,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if sql:
             self.run_internal([sql])
         self.params = dict(wanted)
+        self.carries = carries_settings(self.params)
 
     def close(self) -> None:
         if self.transport is not None:

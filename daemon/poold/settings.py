@@ -11,9 +11,12 @@ SET ROLE, SET SESSION AUTHORIZATION, set_config() and DISCARD ALL. A session's
 ``wanted`` holds them; a link's ``params`` holds what its server connection
 carries beyond the pool's defaults. At hand-off, a link whose ``params`` differ
 gets the client's in one round trip (``sync_sql``); the same client on the same
-link costs nothing. So a link may sit in the pool with its last client's
-settings, but no one else's bytes ever run under them: each client's first
-request on it is preceded by the difference.
+link costs nothing. A link never goes back to the pool with a setting beyond
+the reported ones (statement_timeout, work_mem, role...): those are reset at
+its release (``release_settings``, when ``link.carries``). Reported settings
+(application_name, TimeZone... the ones every client is told of with
+ParameterStatus) may stay, as PgBouncer's do: the next client's first request
+is preceded by the difference, in the same write.
 
 What a client's statements did is not parsed: the first bytes of each Query and
 Parse in a chunk the client sends (each statement of a Query) tell whether it
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -44,7 +47,7 @@ import structlog
 from .errors import ServerRefusal
 from .protocol import messages
 from .protocol.framing import PyFrameScanner
-from .relay import canonical_parameter, quote_literal
+from .relay import canonical_parameter, carries_settings, quote_literal
 
 if TYPE_CHECKING:
     from .client import ClientSession
@@ -91,6 +94,8 @@ _SKIP = re.compile(rb"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _WORD = re.compile(rb"[A-Za-z_]+")
 _WITH_HOLD = re.compile(rb"\bwith\s+hold\b", re.I)
 _TEMP = re.compile(rb"create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?temp(?:orary)?\s", re.I)
+#: a setting's name as SQL may write it bare (custom ones have a dot)
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?")
 _PREPARE_TRANSACTION = re.compile(rb"prepare\s+transaction\b", re.I)
 
 
@@ -331,6 +336,24 @@ def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> str:
     return "; ".join(parts)
 
 
+def reset_sql(params: Mapping[str, str]) -> str:
+    """The RESETs that leave a server connection with only its reported settings of
+    ``params`` (the pool's defaults for every other): identity first."""
+    names = [n for n in _IDENTITY if n in params]
+    names += [n for n in params if n not in _IDENTITY and canonical_parameter(n) is None]
+    return "; ".join(f"RESET {n if _PLAIN_NAME.fullmatch(n) else quote_ident(n)}" for n in names)
+
+
+def release_settings(link: ServerLink, release: Callable[[ServerLink], None]) -> None:
+    """Give ``link`` back to its pool without the settings it carries beyond the reported
+    ones: one internal query, then ``release`` (a server connection never waits in the
+    pool with a client's statement_timeout, role or work_mem)."""
+    sql = reset_sql(link.params)
+    link.params = {n: v for n, v in link.params.items() if canonical_parameter(n) is not None}
+    link.carries = False
+    link.run_internal([sql], release)
+
+
 def session_settings(rows: Iterable[tuple[str, str]], defaults: Mapping[str, str]) -> dict[str, str]:
     """SETTLE_SQL's answer as a link's ``params``: role 'none' and a session
     authorization that is the pool's own are no settings of the client's."""
@@ -380,12 +403,15 @@ class Settle:
         assert pool is not None
         if not link.dirty:
             link.params = session_settings(self._rows, link.defaults)
+            link.carries = carries_settings(link.params)
             # RESET ALL, and RESET of one, return to the client's startup values, as PostgreSQL's
             client.wanted = {**(client.startup or {}), **link.params}
         link.owner = None
         client.waiting = False
         if not client.closed and client.buffered:
             client.on_server(link)
+        elif link.carries:
+            release_settings(link, pool.release_if_idle)
         else:
             pool.release(link)
 

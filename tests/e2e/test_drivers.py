@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from scripts import pgcluster
-from tests.conftest import APP_PASSWORD, Poold
+from tests.conftest import APP_PASSWORD, Poold, wait_until
 
 CORES = {
     "c": {},
@@ -257,6 +257,28 @@ def test_a_client_setting_statement_timeout_leaves_others_the_pools(poold_factor
         # and the first client keeps what it set
         assert a.execute("SHOW statement_timeout").fetchone() == ("0",)
         assert a.execute("SHOW work_mem").fetchone() == ("7MB",)
+
+
+@pytest.mark.parametrize("core", list(CORES))
+def test_no_client_setting_waits_in_the_pool(poold_factory: Callable[..., Poold], core: str) -> None:
+    """A server connection goes back to the pool with the pool's settings: after each of a
+    client's transactions, its work_mem (from options) and its SET statement_timeout are
+    reset before another client could be given the connection; the client keeps both."""
+    p = poold_factory(mode="transaction", max_size=1, min_size=1, environ=CORES[core])
+
+    def last_statement(pid: int) -> str:
+        return p.pg.psql(f"SELECT query FROM pg_stat_activity WHERE pid = {pid} AND state = 'idle'")
+
+    with psycopg.connect(p.dsn(options="'-c work_mem=5MB'"), autocommit=True) as a:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert wait_until(lambda: last_statement(pid).startswith("RESET work_mem"))
+        a.execute("SET statement_timeout = 0")
+        assert wait_until(lambda: last_statement(pid).startswith("RESET"))
+        reset = last_statement(pid)
+        assert "statement_timeout" in reset and "work_mem" in reset, reset
+        assert a.execute("SHOW statement_timeout").fetchone() == ("0",)
+        assert a.execute("SHOW work_mem").fetchone() == ("5MB",)
+        assert a.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
 
 
 def test_options_search_path_follows_the_client(pooled: Poold) -> None:
