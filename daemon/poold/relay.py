@@ -255,9 +255,9 @@ class ServerLink(ServerCore, asyncio.Protocol):
         round trip, for the difference (settings.sync_sql)."""
         from .settings import sync_sql  # settings.py builds on this module
 
-        sql = sync_sql(self.params, wanted)
-        if sql:
-            self.run_internal([sql])
+        sqls = sync_sql(self.params, wanted)
+        if sqls:
+            self.run_internal(sqls)
         self.params = dict(wanted)
         self.carries = carries_settings(self.params)
 

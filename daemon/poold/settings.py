@@ -317,13 +317,16 @@ def _refusal(data: bytes, pos: int, start: int, end: int, reason: str) -> bytes:
 # -- a server connection's settings ---------------------------------------------------
 
 
-def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> str:
-    """One query that takes a server connection from the settings ``have`` to ``want``
-    (each beyond the pool's defaults); "" when they are the same.
+def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> list[str]:
+    """The queries that take a server connection from the settings ``have`` to ``want``
+    (each beyond the pool's defaults), written together; none when they are the same.
 
-    Values go through set_config(), which reads them as a startup packet's are (a
-    list such as search_path included). Role and session authorization are reset
-    first and set last, so that the other settings are set by the pool's user."""
+    The RESETs are one Query and the set_config() calls another, each its own
+    transaction: should a value of the new client's fail (a role dropped since its
+    login), the RESETs of the last client's still hold. Values go through set_config(),
+    which reads them as a startup packet's are (a list such as search_path included).
+    Role and session authorization are reset first and set last, so that the other
+    settings are set by the pool's user."""
     identity = any(have.get(n) != want.get(n) for n in _IDENTITY)
     parts = [f"RESET {n}" for n in _IDENTITY if identity and n in have]
     parts += [f"RESET {quote_ident(n)}" for n in have if n not in want and n not in _IDENTITY]
@@ -331,9 +334,10 @@ def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> str:
              for n, v in want.items() if n not in _IDENTITY and have.get(n) != v]
     if identity:
         calls += [f"set_config({quote_literal(n)}, {quote_literal(want[n])}, false)" for n in _IDENTITY if n in want]
+    queries = ["; ".join(parts)] if parts else []
     if calls:
-        parts.append("SELECT " + ", ".join(calls))
-    return "; ".join(parts)
+        queries.append("SELECT " + ", ".join(calls))
+    return queries
 
 
 def reset_sql(params: Mapping[str, str]) -> str:

@@ -281,6 +281,22 @@ def test_no_client_setting_waits_in_the_pool(poold_factory: Callable[..., Poold]
         assert a.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
 
 
+def test_a_failing_setting_of_the_next_client_leaves_it_no_other_clients(poold_factory: Callable[..., Poold]) -> None:
+    """Client A's TimeZone stays on the server connection (a reported setting); client B's
+    role, valid at its login, is dropped before B's next request. B's setting fails there,
+    but the reset of A's TimeZone, written with it, holds: B never runs under A's settings."""
+    p = poold_factory(mode="transaction", max_size=1, min_size=1)
+    p.pg.psql("CREATE ROLE doomed_role; GRANT doomed_role TO app", dbname="app")
+    with psycopg.connect(p.dsn(), autocommit=True) as a:
+        default = a.execute("SHOW TimeZone").fetchone()
+        with psycopg.connect(p.dsn(options="'-c role=doomed_role'"), autocommit=True) as b:
+            assert b.execute("SELECT current_user").fetchone() == ("doomed_role",)
+            a.execute("SET TimeZone = 'Asia/Tokyo'")
+            assert a.execute("SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
+            p.pg.psql("DROP ROLE doomed_role", dbname="app")
+            assert b.execute("SHOW TimeZone").fetchone() == default
+
+
 def test_options_search_path_follows_the_client(pooled: Poold) -> None:
     with psycopg.connect(pooled.dsn(), autocommit=True) as setup:
         setup.execute("CREATE SCHEMA IF NOT EXISTS driver_schema")

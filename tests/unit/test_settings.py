@@ -142,12 +142,14 @@ def test_refused_keeps_the_rest_of_the_chunk() -> None:
 
 
 def test_sync_sql() -> None:
-    assert settings.sync_sql({"work_mem": "1MB"}, {"work_mem": "1MB"}) == ""
-    assert settings.sync_sql({}, {"work_mem": "1MB"}) == "SELECT set_config('work_mem', '1MB', false)"
-    assert settings.sync_sql({"work_mem": "1MB", "x.y": "1"}, {}) == 'RESET "work_mem"; RESET "x.y"'
-    assert settings.sync_sql({"role": "r", "work_mem": "1MB"}, {"work_mem": "2MB", "role": "s"}) == (
-        "RESET role; SELECT set_config('work_mem', '2MB', false), set_config('role', 's', false)")
-    assert settings.sync_sql({}, {"search_path": "a, \"B\""}) == "SELECT set_config('search_path', 'a, \"B\"', false)"
+    assert settings.sync_sql({"work_mem": "1MB"}, {"work_mem": "1MB"}) == []
+    assert settings.sync_sql({}, {"work_mem": "1MB"}) == ["SELECT set_config('work_mem', '1MB', false)"]
+    assert settings.sync_sql({"work_mem": "1MB", "x.y": "1"}, {}) == ['RESET "work_mem"; RESET "x.y"']
+    # the RESETs apart from the set_config() calls: a failing value of the new client's
+    # cannot roll back the reset of the last client's
+    assert settings.sync_sql({"role": "r", "work_mem": "1MB"}, {"work_mem": "2MB", "role": "s"}) == [
+        "RESET role", "SELECT set_config('work_mem', '2MB', false), set_config('role', 's', false)"]
+    assert settings.sync_sql({}, {"search_path": "a, \"B\""}) == ["SELECT set_config('search_path', 'a, \"B\"', false)"]
 
 
 def test_session_settings() -> None:
