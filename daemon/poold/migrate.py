@@ -482,19 +482,11 @@ def _pool(w: _Writer, settings: dict[str, str], get: Get) -> None:
 
 
 def _prepared_statements(w: _Writer, settings: dict[str, str], get: Get) -> None:
-    prepared = int_value(get("max_prepared_statements"), "max_prepared_statements")
-    modes = {v for table, rows in w.tables.items() for k, v, _ in rows if k == "mode"}
-    if prepared > 0 and "transaction" in modes:
-        unset = "" if "max_prepared_statements" in settings else " (PgBouncer's default)"
-        w.note("max_prepared_statements", "unsupported", f"{prepared}{unset}: poold does not carry named "
-               "prepared statements across server connections in transaction mode; clients must use unnamed "
-               "ones there (pgbench -M extended, psycopg's prepare_threshold=None) or session mode")
-    elif prepared == 0 and "max_prepared_statements" in settings:
-        w.note("max_prepared_statements", "carried", "0: neither PgBouncer nor poold carries named prepared "
-               "statements across server connections")
-    elif prepared > 0 and "max_prepared_statements" in settings:
-        w.note("max_prepared_statements", "not-applicable", "every pool is in session mode, where a client "
-               "keeps its server connection and its prepared statements")
+    """PgBouncer's max_prepared_statements is poold's, per server connection, in
+    transaction mode; the same default (200), so only a value set is written."""
+    if "max_prepared_statements" in settings:
+        prepared = int_value(get("max_prepared_statements"), "max_prepared_statements")
+        w.set("pool", "max_prepared_statements", prepared, "max_prepared_statements")
 
 
 def _parameters(w: _Writer, key: str, value: str) -> None:

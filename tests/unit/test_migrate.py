@@ -159,14 +159,14 @@ def test_e2e_config_carries_each_setting(certs: Path) -> None:
     assert config.database("other") is not None and config.database("other").conninfo["dbname"] == "other"  # type: ignore[union-attr]
     got = notes(result)
     assert {k for k, (kind, _) in got.items() if kind == "unsupported"} == {
-        "reserve_pool_size", "max_prepared_statements", "client_tls_ciphers"}
+        "reserve_pool_size", "client_tls_ciphers"}
     assert {k for k, (kind, _) in got.items() if kind == "changed"} == {"query_timeout"}
     assert {k for k, (kind, _) in got.items() if kind == "not-applicable"} == {"logfile", "pidfile", "auth_hba_file"}
     # auth_user and auth_query: users userlist.txt lacks are looked up, at every login as PgBouncer does
     assert (config.auth.user, config.auth.query) == ("app", "SELECT usename, passwd FROM pg_shadow WHERE usename=$1")
     assert config.auth.query_ttl == 0
     assert (config.auth.admin_users, config.auth.stats_users) == ("app", "app,stats")  # the admin console's
-    assert "named prepared statements" in got["max_prepared_statements"][1]
+    assert "max_prepared_statements" not in got  # carried, as it is
 
 
 @pytest.mark.parametrize(("ini", "key", "expected"), [
@@ -188,6 +188,9 @@ def test_e2e_config_carries_each_setting(certs: Path) -> None:
     ("auth_query = SELECT * FROM lookup($1)", "auth.query", None),
     ("default_pool_size = 2\nmin_pool_size = 5", "pool.min_size", 2),
     ("server_lifetime = 0", "pool.max_lifetime", None),
+    ("max_prepared_statements = 50", "pool.max_prepared_statements", 50),
+    ("max_prepared_statements = 0", "pool.max_prepared_statements", 0),
+    ("pool_mode = transaction", "pool.max_prepared_statements", None),  # PgBouncer's default is poold's
 ])
 def test_single_settings(ini: str, key: str, expected: object) -> None:
     result = convert(f"[pgbouncer]\nlisten_addr = 127.0.0.1\n{ini}\n")
@@ -308,7 +311,7 @@ def test_cli_writes_the_file_and_prints_what_it_could_not_carry(certs: Path) -> 
     assert run.stdout == ""
     assert "auth_hba_file: not-applicable: auth_type = scram-sha-256" in run.stderr
     assert "auth_query" not in run.stderr and "auth_user" not in run.stderr  # carried
-    assert "max_prepared_statements: unsupported" in run.stderr
+    assert "max_prepared_statements" not in run.stderr  # carried
     checked = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(out)],
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
