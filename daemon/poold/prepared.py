@@ -119,7 +119,7 @@ def _names_statement(data: bytes, t: int, start: int, end: int) -> bool:
     return data[start] == _STATEMENT_S and (start + 1 >= end or data[start + 1] != 0)
 
 
-def _may_drop(data: bytes, start: int, end: int) -> bool:
+def _may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
     """A command text that starts with DEAL or DISC in any case, or with white space or a comment."""
     if start >= end:
         return False
@@ -131,12 +131,13 @@ def _may_drop(data: bytes, start: int, end: int) -> bool:
 class ClientStatements:
     """A client's statement names, and the rewriting of its requests (sans-IO)."""
 
-    __slots__ = ("_partial", "_skip", "names", "registry")
+    __slots__ = ("_partial", "_skip", "_want", "names", "registry")
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.names: dict[bytes, Statement] = {}
         self._partial = bytearray()  # a naming request (or a header) not complete yet
+        self._want = 0  # the bytes _partial must reach before it is looked at again (0: any)
         self._skip = 0  # bytes of a passing request still to come
 
     @property
@@ -152,8 +153,11 @@ class ClientStatements:
         out: list[bytes] = []
         if self._partial:
             self._partial += data
+            if len(self._partial) < self._want:  # a large named Parse: read on, look once it is whole
+                return b""
             buf: bytes | bytearray = self._partial
             self._partial = bytearray()
+            self._want = 0
         else:
             buf = data
         n = len(buf)
@@ -171,7 +175,14 @@ class ClientStatements:
             end = pos + 1 + length
             if t in _NAMING:
                 if end > n:
-                    self._partial += buf[pos:]
+                    # A large Bind (or unnamed Parse) streams once its names are read;
+                    # the rest waits, whole, in _partial (read on linearly: _want).
+                    head = self._head(link, t, buf, pos, end, n, out)
+                    if head:
+                        self._skip = end - n
+                    else:
+                        self._partial += buf[pos:]
+                        self._want = end - pos if length >= 4 else 0
                     break
                 self._request(link, t, bytes(buf[pos:end]), out)
             elif t == _Q and length < 512 and end <= n and self._deallocate(link, bytes(buf[pos + 5 : end]), out):
@@ -240,6 +251,35 @@ class ClientStatements:
         self.registry.hits += len(bound)
         link.bound = bound
         return b"".join(out)
+
+    def _head(self, link: LinkStatements, t: int, buf: bytes | bytearray, pos: int, end: int, n: int,
+              out: list[bytes]) -> bool:
+        """The start of a Bind or unnamed Parse that ends in a later chunk: sent (renamed)
+        when its names are all here, the rest of it to stream through; False otherwise
+        (a named Parse, whose whole text is the registry's key, or names cut short)."""
+        start = pos + 5
+        if t == _P:
+            if n - start < 5 or buf[start] != 0 or _may_drop(buf, start + 1, min(n, start + 5)):
+                return False
+            link.expect_request(t)
+            out.append(bytes(buf[pos:n]))
+            return True
+        if t != _B:
+            return False
+        portal_end = buf.find(b"\0", start, n)
+        name_end = buf.find(b"\0", portal_end + 1, n) if portal_end >= 0 else -1
+        if name_end < 0:
+            return False
+        stmt = self.names.get(bytes(buf[portal_end + 1 : name_end])) if name_end > portal_end + 1 else None
+        if stmt is None:  # unnamed, or unknown to this client (the server answers 26000)
+            link.expect_request(t)
+            out.append(bytes(buf[pos:n]))
+            return True
+        link.prepare(stmt, out)
+        length = end - pos - 1 - (name_end - portal_end - 1) + len(stmt.name)
+        out.append(HEADER.pack(_B, length) + bytes(buf[start : portal_end + 1]) + stmt.name + bytes(buf[name_end:n]))
+        link.push(Expect(BIND, stmt))
+        return True
 
     def _request(self, link: LinkStatements, t: int, msg: bytes, out: list[bytes]) -> None:
         """A whole Parse, Bind, Describe or Close."""

@@ -143,20 +143,29 @@ def _vm(pid: int, field: str) -> int:
 
 @pytest.mark.rss
 @pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("form", ["query", "bind", "named-bind"])
 def test_large_request_streams_in_bounded_memory(poold_factory: Callable[..., Poold], core: dict[str, str],
-                                                 mode: str) -> None:
-    """A 60 MB query passes with poold's peak memory growing by a small fraction of it."""
+                                                 mode: str, form: str) -> None:
+    """A 60 MB query, or a Bind of a 60 MB parameter (to an unnamed statement, or to a
+    named one that transaction mode renames), passes with poold's peak memory growing by a
+    small fraction of it."""
     p = poold_factory(mode=mode, max_size=2, min_size=1, environ=core)
     assert p.proc is not None
     size = 60 * 1024 * 1024
     big = "x" * size
     with psycopg.connect(p.dsn(), prepare_threshold=None, autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)  # warm: the pool, the login
+        if form == "named-bind":  # prepared (and its name carried) before the measurement
+            assert conn.execute("SELECT length(%s::text)", ("warm",), prepare=True).fetchone() == (4,)
         time.sleep(0.2)
         _rss_peak_reset(p.proc.pid)
         base = _vm(p.proc.pid, "VmRSS")
         for _ in range(2):
-            assert conn.execute(f"SELECT length('{big}')").fetchone() == (size,)
+            if form == "query":
+                assert conn.execute(f"SELECT length('{big}')").fetchone() == (size,)
+            else:
+                row = conn.execute("SELECT length(%s::text)", (big,), prepare=form == "named-bind").fetchone()
+                assert row == (size,)
         grown = _vm(p.proc.pid, "VmHWM") - base
     # bounded extra memory: well under the message's size (the old replay buffer held all of it, twice)
     assert grown < size // 4, f"poold's peak RSS grew {grown / 2**20:.1f} MB for a {size / 2**20:.0f} MB query"

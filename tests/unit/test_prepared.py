@@ -288,6 +288,23 @@ def test_a_large_plain_request_streams_through() -> None:
     assert out1 + out2 == big + msg(b"c") and not p.client.mid
 
 
+@pytest.mark.parametrize("stmt", [b"s1", b""])
+def test_a_large_bind_streams_once_its_names_are_read(stmt: bytes) -> None:
+    """A Bind of a large parameter is renamed (or passed) from its first chunk on, the
+    rest streaming through: nothing of it waits whole in poold."""
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT $1::text") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    param = b"x" * 100_000
+    big = msg(b"B", b"\0" + stmt + b"\0\0\0\0\1" + struct.pack("!i", len(param)) + param + b"\0\0")
+    out1 = p.client.feed(p.link, big[:1000])
+    assert p.client.mid and len(p.client._partial) == 0  # streaming, not held
+    out2 = p.client.feed(p.link, big[1000:] + EXECUTE + SYNC)
+    renamed = b"poold_1" if stmt else b""
+    whole = msg(b"B", b"\0" + renamed + b"\0\0\0\0\1" + struct.pack("!i", len(param)) + param + b"\0\0")
+    assert out1 + out2 == whole + EXECUTE + SYNC and not p.client.mid
+
+
 def test_rename_only_when_every_statement_is_ready() -> None:
     p = Pair()
     p.send(parse(b"s1", b"SELECT 1") + SYNC)
