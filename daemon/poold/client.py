@@ -56,7 +56,6 @@ _READY_IDLE = messages.ready_for_query()
 
 _P = messages.PARSE
 _Q_OR_P = frozenset((_Q, _P))
-_Q_OR_P_BYTE = frozenset((b"Q", b"P"))
 #: the first letters of CREATE and DROP, and of what may come before them (white space, a comment)
 _DATABASE_COMMAND_FIRST = frozenset(b"CcDd-/ \t\r\n")
 _DATABASE_COMMAND_LEAD = frozenset(b"-/ \t\r\n")
@@ -337,8 +336,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     # -- relay: client -> server (hot path) ----------------------------------
 
     def _relay(self, data: bytes) -> None:
-        # A Query or Parse that starts the chunk and may change the session's state (settings.py)
-        look = data[:1] in _Q_OR_P_BYTE and self.scanner.at_boundary and settings.may_carry_state(data)
+        # A Query or Parse in the chunk that may change the session's state (settings.py; the
+        # C core's same walk): looked at wherever it is in a chunk that starts a message
+        look = self.scanner.at_boundary and settings.may_carry_state(data)
         try:
             # Query, Sync and FunctionCall each owe one ReadyForQuery; Terminate ends it.
             syncs, stop_at, last = self.scanner.tally(data, _SYNC_POINTS, _X)
@@ -597,6 +597,7 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             pool.discard(link, cancel=bool(link.pending))
         elif self.session_mode:  # session mode, or pinned in transaction mode
             link.params = {}
+            link.carries = False
             if link.ps is not None:  # DISCARD ALL drops poold's statements there too
                 link.ps.clear()
             link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + ["DISCARD ALL"], pool.release_if_idle)

@@ -341,6 +341,7 @@ class Pool(PoolCore):
         self._held.discard(link)
         if not link.closed:
             link.closed = True
+            link.drop_statements()
             link.abort()
             self._forget(link, cancel=cancel)
 
@@ -765,6 +766,7 @@ class Pool(PoolCore):
 
     def _retire(self, link: ServerLink) -> None:
         """Close an idle link for good: the pool is shrinking."""
+        link.drop_statements()
         conn = self._detach(link)
         if conn is not None:
             self._spawn(backend.retire(self._pg, conn))

@@ -214,9 +214,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        if self.ps is not None:
-            self.ps.close()
-            self.expecting = False
+        self.drop_statements()
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.on_server_lost(None if self.told else "08006")
@@ -231,6 +229,13 @@ class ServerLink(ServerCore, asyncio.Protocol):
             self.owner.resume_reading()
 
     # -- used by client sessions and the pool ----------------------------
+
+    def drop_statements(self) -> None:
+        """The connection ends: its prepared statements' registry holds go (statements.py)."""
+        if self.ps is not None:
+            self.ps.close()
+            self.ps = None
+            self.expecting = False
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -278,7 +283,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
             self._idle_frames(frames)
             return
         ps = self.ps
-        if ps is not None and (ps.queue or ps.tail):  # replies to poold's own requests among them
+        if ps is not None and (ps.queue or ps.tail or ps.failed):  # replies to poold's own requests among them
             data, watched = ps.filter(data, getattr(owner, "ps", None))  # a client's statements (client.py)
             frames = [(t, 0, 0, body) for t, body in watched]
         if data:
@@ -334,6 +339,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
                 if fields.get("S") in ("FATAL", "PANIC") and not self.closed:
                     # Its EOF follows; retire it now so no client is handed it in between.
                     self.closed = True
+                    self.drop_statements()
                     self.abort()
                     self._on_lost(self)
                     return

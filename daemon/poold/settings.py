@@ -355,6 +355,7 @@ def release_settings(link: ServerLink, release: Callable[[ServerLink], None]) ->
     sql = reset_sql(link.params)
     link.params = {n: v for n, v in link.params.items() if canonical_parameter(n) is not None}
     link.carries = False
+    link.owner = None  # the client may lease another link meanwhile: this one's fate is not its
     link.run_internal([sql], release)
 
 

@@ -151,8 +151,9 @@ class LinkStatements:
 
     @property
     def busy(self) -> bool:
-        """Whether this connection's traffic must come here rather than take the fast path."""
-        return bool(self.queue or self.tail or self.held)
+        """Whether this connection's traffic must come here rather than take the fast path:
+        also while an error's skip lasts (``failed``), until the ReadyForQuery that ends it."""
+        return bool(self.queue or self.tail or self.held or self.failed)
 
     def has(self, stmt: Statement) -> bool:
         stale = self.lru.get(stmt)
@@ -279,6 +280,8 @@ class LinkStatements:
             if client is not None:
                 client.clear()
         if not q or t in _ASYNC_REPLIES:
+            if t == _Z:  # the Sync that ends an error's skip came by the fast path's side
+                self.failed = False
             return msg
         head = q[0]
         if t == _Z:

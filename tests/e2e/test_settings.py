@@ -17,13 +17,14 @@ import json
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable
 
 import psycopg
 import pytest
 import scramp
 
-from tests.conftest import APP_PASSWORD, Poold, pgcluster, wait_until
+from tests.conftest import APP_PASSWORD, Poold, RawClient, pgcluster, wait_until
 from tests.e2e.test_parameters import _msg, _Reader, direct_dsn, raw_login
 
 CORES = {"c": {}, "python": {"POOLD_RELAY_CORE": "python"}}
@@ -347,3 +348,34 @@ def test_direct_connection_premise(pg: pgcluster.Cluster) -> None:
     """The pool's defaults the tests above compare with are PostgreSQL's: work_mem 4MB, lock_timeout 0."""
     with psycopg.connect(direct_dsn(pg), autocommit=True) as conn:
         assert (show(conn, "work_mem"), show(conn, "lock_timeout")) == ("4MB", "0")
+
+
+@pytest.mark.parametrize("core", [*CORES, "python-twins"])
+def test_set_in_a_chunk_that_starts_with_sync_is_seen(poold_factory: Callable[..., Poold], core: str) -> None:
+    """A SET that reaches poold behind a Sync in one read (the chunk starts with 'S') is
+    looked at as one at the start of a chunk is: it does not stay on the connection."""
+    environ = CORES.get(core, {"POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python",
+                               "POOLD_SOCKET_IO": "asyncio"})
+    p = poold_factory(mode="transaction", max_size=1, min_size=1, auth_type="trust", environ=environ)
+    a = RawClient(p.port)
+    try:
+        a.startup()
+        while a.read_message()[0] != b"Z":
+            pass
+        a.sock.sendall(_msg(b"P", b"\0SELECT 1\0\0\0") + _msg(b"B", b"\0\0\0\0\0\0\0\0") + _msg(b"E", b"\0\0\0\0\0"))
+        time.sleep(0.3)  # read apart: the next chunk starts with the Sync
+        a.sock.sendall(_msg(b"S", b"") + _msg(b"Q", b"SET work_mem = '3MB'\0"))
+        replies = []
+        while len([t for t in replies if t == b"Z"]) < 2:
+            replies.append(a.read_message()[0])
+        assert b"E" not in replies, replies
+        with psycopg.connect(p.dsn(), autocommit=True) as b:
+            assert b.execute("SHOW work_mem").fetchone() != ("3MB",)
+        a.send(b"Q", b"SHOW work_mem\0")
+        rows = []
+        while (m := a.read_message())[0] != b"Z":
+            if m[0] == b"D":
+                rows.append(m[1][6:].decode())
+        assert rows == ["3MB"]
+    finally:
+        a.close()

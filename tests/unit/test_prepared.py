@@ -221,6 +221,24 @@ def test_synthesized_reply_after_an_error_is_dropped() -> None:
     assert other.names == {}
 
 
+def test_an_errors_skip_keeps_the_connection_off_the_fast_path_until_its_sync() -> None:
+    """Parse/Bind/Execute/Flush, an error, then the client's Sync (clean, so not fed here):
+    the connection stays busy until that Sync's ReadyForQuery, and the next client's
+    Parse of a statement it has is answered again."""
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    p.send(parse(b"s2", b"SELECT 1/0") + bind(b"s2") + EXECUTE + msg(b"H"))
+    got = b"".join(p.link.filter(d, p.client)[0] for d in (PARSE_COMPLETE, BIND_COMPLETE, error("22012")))
+    assert types(got) == "12E"
+    assert p.link.busy  # the server skips to the Sync: its ReadyForQuery must come through filter
+    assert p.link.filter(ready(), p.client)[0] == ready()
+    assert not p.link.busy
+    other = prepared.ClientStatements(p.registry)
+    out = other.feed(p.link, parse(b"mine", b"SELECT 1") + bind(b"mine") + EXECUTE + SYNC)
+    assert types(out) == "BES" and p.link.ready() == PARSE_COMPLETE
+
+
 def test_eviction_closes_the_least_recently_used_ahead() -> None:
     p = Pair(limit=2)
     for i, q in enumerate((b"SELECT 1", b"SELECT 2")):
