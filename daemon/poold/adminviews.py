@@ -130,7 +130,8 @@ def clients(console: Console) -> Table:
 
 
 def servers(rt: Runtime) -> Table:
-    """Every open server connection (``poolctl servers``' rows): its state, age and backend pid."""
+    """Every open server connection (``poolctl servers``' rows): its state, age, backend pid
+    and TLS protocol (empty for a plain leg, as PgBouncer's)."""
     now, wall = time.monotonic(), time.time()
     owners = {c.key[0]: c for c in rt.clients}
     rows = []
@@ -144,7 +145,7 @@ def servers(rt: Runtime) -> Table:
             owner = owners.get(r["client"]) if r["client"] != "" else None
             rows.append(["S", p.user, p.db.name, "none", _SERVER_STATES.get(r["state"], r["state"]), addr, port,
                          "", 0, born, born, 0, 0, 0, f"{r['pid']:#x}", f"{id(owner):#x}" if owner is not None else "",
-                         r["pid"], "", "", 0, r["pid"]])
+                         r["pid"], r["tls"] if r["tls"] != "no" else "", "", 0, r["pid"]])
     return SOCKET, rows
 
 

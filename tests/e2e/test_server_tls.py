@@ -110,7 +110,7 @@ def test_every_sslmode_and_client_certificates(poold_factory: Callable[..., Pool
         m_cert_pw=server_dsn(cluster, **cert, sslkey=str(encrypted_key(files, tmp_path, b"k3y-pw")),
                              sslpassword="k3y-pw"),
     )
-    p = poold_factory(raw=raw, environ=twin, min_size=0)
+    p = poold_factory(raw=raw, environ=twin | {"POOLD_AUTH__ADMIN_USERS": "app"}, min_size=0)
     expected = {"m_disable": False, "m_allow": False, "m_prefer": True, "m_default": True, "m_require": True,
                 "m_verify_ca": True, "m_verify_full": True, "m_tls13": True, "m_cert": True, "m_cert_pw": True}
     for name, tls in expected.items():
@@ -136,6 +136,13 @@ def test_every_sslmode_and_client_certificates(poold_factory: Callable[..., Pool
     assert by_pool["m_verify_full.app"]["tls"].startswith("TLSv1.")
     table = p.poolctl("servers").stdout
     assert table.splitlines()[0].split()[-1] == "TLS" and "TLSv1.3" in table
+    # the admin console's SHOW SERVERS: PgBouncer's tls column, empty for a plain leg
+    with psycopg.connect(p.dsn(dbname="pgbouncer"), autocommit=True) as console:
+        res = console.pgconn.exec_(b"SHOW SERVERS")
+        names = [res.fname(i).decode() for i in range(res.nfields)]  # type: ignore[union-attr]
+        shown = {res.get_value(r, names.index("database")).decode():  # type: ignore[union-attr]
+                 (res.get_value(r, names.index("tls")) or b"").decode() for r in range(res.ntuples)}
+    assert shown["m_disable"] == "" and shown["m_tls13"] == "TLSv1.3"
 
 
 def test_large_results_and_copy_both_ways(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
