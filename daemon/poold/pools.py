@@ -60,6 +60,9 @@ PRESSURE_LOG_INTERVAL = 10.0
 RECONNECT_TIMEOUT = 2.0
 #: seconds a server's refusal is answered from memory, without connecting again
 REFUSAL_KEPT = 5.0
+#: after close_idle (a DROP DATABASE waits for the database's sessions to go, up to 5 s):
+#: connections on their way back to psycopg_pool in this window are closed, not pooled
+IDLE_CLOSED_WINDOW = 6.0
 
 
 class Waiter(Protocol):
@@ -234,6 +237,7 @@ class Pool(PoolCore):
         # Tracked settings a connection carried when it went back to
         # psycopg_pool (libpq never saw the relayed SETs), restored on re-lease.
         self._carried_params: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+        self._idle_closed_until = 0.0  # close_idle: returns until then close instead
         # Likewise the named statements prepared on it (prepared.py): still there when it comes back.
         self._carried_statements: weakref.WeakKeyDictionary[Any, prepared.LinkStatements] = weakref.WeakKeyDictionary()
 
@@ -398,6 +402,9 @@ class Pool(PoolCore):
         """Close the idle server connections, poold's and psycopg_pool's, without
         replacement (a DROP DATABASE is waiting for them to go); how many."""
         closed = len(self.free) + self._pg.get_stats().get("pool_available", 0)
+        self._idle_closed_until = time.monotonic() + IDLE_CLOSED_WINDOW
+        for link in self.active:  # in use, perhaps by a client just leaving: closed at release
+            link.expires_at = 0.0  # (expired, it goes back to psycopg_pool: _return closes it)
         while self.free:
             self._retire(self.free.pop())
         self._spawn(backend.shrink(self._pg, 0))
@@ -780,7 +787,14 @@ class Pool(PoolCore):
         return conn
 
     async def _return(self, conn: AsyncConnection[Any]) -> None:
+        # A connection on its way back when close_idle ran (a DROP DATABASE waits for it)
+        # must not land in psycopg_pool's idle ones after that close: closed instead.
+        if time.monotonic() < self._idle_closed_until:
+            await backend.retire(self._pg, conn)
+            return
         await self._pg.putconn(conn)
+        if time.monotonic() < self._idle_closed_until:  # close_idle ran while it went back
+            await backend.shrink(self._pg, 0)
 
     async def _close_and_return(self, conn: AsyncConnection[Any], cancel: bool = False) -> None:
         if cancel:
