@@ -596,14 +596,12 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             log.info("server_discarded_mid_query", server_pid=link.pid, peer=self.peer)
             pool.discard(link, cancel=bool(link.pending))
         elif self.session_mode:  # session mode, or pinned in transaction mode
-            link.params = {}
-            link.carries = False
+            link.take_params({})
             if link.ps is not None:  # DISCARD ALL drops poold's statements there too
                 link.ps.clear()
             link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + ["DISCARD ALL"], pool.release_if_idle)
         elif self.settle or link.carries:  # its last requests may have changed settings: none stays on the link
-            link.params = {}
-            link.carries = False
+            link.take_params({})
             link.run_internal((["ROLLBACK"] if link.status != b"I" else []) + [settings.RESET_SQL],
                               pool.release_if_idle)
         elif link.status != b"I":

@@ -46,7 +46,7 @@ from .breaker import CLOSED, Breaker
 from .config import DatabaseSettings, PoolSettings
 from .errors import PooldError, ServerRefusal
 from .protocol import messages
-from .relay import ServerLink, carries_settings
+from .relay import ServerLink
 from .spellings import Spellings
 from .stats import PoolStats
 
@@ -632,8 +632,7 @@ class Pool(PoolCore):
         link.pid = backend.backend_pid(conn)
         link.defaults = self.defaults
         link.expires_at = backend.expires_at(conn)
-        link.params = self._carried_params.pop(conn, {})
-        link.carries = carries_settings(link.params)
+        link.take_params(self._carried_params.pop(conn, {}))
         link.ps = self._carried_statements.pop(conn, None)
         link.epoch = self.epoch
         link.stats = self.stats

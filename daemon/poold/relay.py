@@ -148,7 +148,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.swallow = 0  # ReadyForQuery messages owed to internal queries
         self.status = b"I"  # transaction status from the last ReadyForQuery
         self.params = {}  # settings beyond the pool's defaults (settings.py)
-        self.carries = False  # one of them is not a reported setting (settings.carried)
+        self.carries = False  # one of them is not a reported setting (take_params)
         self.defaults: dict[str, str] = {}
         self.busy_since = 0.0  # monotonic time the oldest pending request began
         self.idle_since = 0.0
@@ -237,6 +237,12 @@ class ServerLink(ServerCore, asyncio.Protocol):
             self.ps = None
             self.expecting = False
 
+    def take_params(self, params: dict[str, str]) -> None:
+        """The settings this server connection now carries, and with them ``carries`` (the
+        flag the C core's release reads, derived here only)."""
+        self.params = params
+        self.carries = carries_settings(params)
+
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
@@ -263,8 +269,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         sqls = sync_sql(self.params, wanted)
         if sqls:
             self.run_internal(sqls)
-        self.params = dict(wanted)
-        self.carries = carries_settings(self.params)
+        self.take_params(dict(wanted))
 
     def close(self) -> None:
         if self.transport is not None:

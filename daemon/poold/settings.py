@@ -47,7 +47,7 @@ import structlog
 from .errors import ServerRefusal
 from .protocol import messages
 from .protocol.framing import PyFrameScanner
-from .relay import canonical_parameter, carries_settings, quote_literal
+from .relay import canonical_parameter, quote_literal
 
 if TYPE_CHECKING:
     from .client import ClientSession
@@ -353,8 +353,7 @@ def release_settings(link: ServerLink, release: Callable[[ServerLink], None]) ->
     ones: one internal query, then ``release`` (a server connection never waits in the
     pool with a client's statement_timeout, role or work_mem)."""
     sql = reset_sql(link.params)
-    link.params = {n: v for n, v in link.params.items() if canonical_parameter(n) is not None}
-    link.carries = False
+    link.take_params({n: v for n, v in link.params.items() if canonical_parameter(n) is not None})
     link.owner = None  # the client may lease another link meanwhile: this one's fate is not its
     link.run_internal([sql], release)
 
@@ -407,8 +406,7 @@ class Settle:
         pool = client.pool
         assert pool is not None
         if not link.dirty:
-            link.params = session_settings(self._rows, link.defaults)
-            link.carries = carries_settings(link.params)
+            link.take_params(session_settings(self._rows, link.defaults))
             # RESET ALL, and RESET of one, return to the client's startup values, as PostgreSQL's
             client.wanted = {**(client.startup or {}), **link.params}
         link.owner = None
