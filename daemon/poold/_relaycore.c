@@ -947,8 +947,9 @@ same_settings(PyObject *a, PyObject *b)
 /* prepared.clean: whether a client chunk may go to the server as it is: whole
  * messages, the last a sync point (Query, Sync, FunctionCall), none naming a
  * statement (Parse, Bind, Describe 'S', Close 'S' with a name), no Query or
- * unnamed Parse text that may be DEALLOCATE or DISCARD (or starts with white
- * space or a comment). A header walk and a byte or two per message. */
+ * unnamed Parse text that may be or hold DEALLOCATE or DISCARD (or starts with
+ * white space or a comment, or is a Query of more than one statement). A header
+ * walk, a byte or two per message and a look for ';' in each Query. */
 static uint32_t be32(const char *p);
 static void put_be32(char *p, uint32_t v);
 
@@ -964,6 +965,24 @@ ps_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
         return 0;
     unsigned char c1 = p[start + 1] | 0x20, c2 = p[start + 2] | 0x20, c3 = p[start + 3] | 0x20;
     return (c1 == 'e' && c2 == 'a' && c3 == 'l') || (c1 == 'i' && c2 == 's' && c3 == 'c');
+}
+
+/* prepared._query_may_drop: a whole Query's text that may be or hold DEALLOCATE or
+ * DISCARD: its first statement may (ps_may_drop), or there is more than one (a ';'
+ * with more than white space or ';' after it), whose tags must then be watched. */
+static int
+ps_query_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
+{
+    if (ps_may_drop(p, start, end))
+        return 1;
+    Py_ssize_t last = end;
+    while (last > start) {
+        unsigned char c = p[last - 1];
+        if (c != ';' && c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != 0)
+            break;
+        last--;
+    }
+    return last > start && memchr(p + start, ';', (size_t)(last - start)) != NULL;
 }
 
 /* prepared._names_statement: a Parse, Bind, Describe or Close naming a statement (or an
@@ -1000,7 +1019,7 @@ ps_clean(PyObject *data)
             if (ps_names_statement(p, t, start, end))
                 return 0;
         }
-        else if (t == 'Q' && ps_may_drop(p, start, end)) {
+        else if (t == 'Q' && ps_query_may_drop(p, start, end)) {
             return 0;
         }
         last = t;
@@ -1085,7 +1104,7 @@ ps_rename_walk(PyObject *names, PyObject *lru, PyObject *data, PyObject *bound, 
         else if ((t == 'P' || t == 'C' || t == 'D') && ps_names_statement(p, t, start, end)) {
             goto done;
         }
-        else if (t == 'Q' && ps_may_drop(p, start, end)) {
+        else if (t == 'Q' && ps_query_may_drop(p, start, end)) {
             goto done;
         }
         last = t;

@@ -67,6 +67,8 @@ _NAMING = frozenset(b"PBDC")
 #: the first bytes of a command text that may drop statements (DEALLOCATE, DISCARD), or may hide one
 _DROPPING = frozenset((b"deal", b"disc"))
 _LEADING = frozenset(b" \t\r\n-/")
+#: what may end a Query's text after its last statement
+_TRAILING = frozenset(b"; \t\r\n\0")
 
 #: poold's Parse that fails (column "poold_refused" does not exist, 42703), for an
 #: error poold answers in the server's stead so that the server skips the batch
@@ -98,7 +100,7 @@ def clean(data: bytes) -> bool:
         if t in _NAMING:
             if _names_statement(data, t, start, end):
                 return False
-        elif t == _Q and _may_drop(data, start, end):
+        elif t == _Q and _query_may_drop(data, start, end):
             return False
         last = t
         pos = end
@@ -126,6 +128,19 @@ def _may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
     if data[start] in _LEADING:
         return True
     return bytes(data[start : min(start + 4, end)]).lower() in _DROPPING
+
+
+def _query_may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
+    """A whole Query's text (``start`` to its NUL at ``end - 1``) that may be or hold
+    DEALLOCATE or DISCARD: its first statement may (``_may_drop``), or it has more than
+    one statement (a ';' with more than white space or ';' after it), whose tags poold
+    must then watch."""
+    if _may_drop(data, start, end):
+        return True
+    last = end
+    while last > start and data[last - 1] in _TRAILING:
+        last -= 1
+    return data.find(b";", start, last) >= 0
 
 
 class ClientStatements:
@@ -241,7 +256,7 @@ class ClientStatements:
             elif t in _NAMING:
                 if _names_statement(data, t, start, end):
                     return None
-            elif t == _Q and _may_drop(data, start, end):
+            elif t == _Q and _query_may_drop(data, start, end):
                 return None
             last = t
             pos = end

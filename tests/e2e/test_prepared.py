@@ -338,14 +338,26 @@ def test_close_is_answered_and_forgets_the_name(poold_factory: Callable[..., Poo
         s.close()
 
 
-@pytest.mark.parametrize("command", ["DEALLOCATE ALL", "DISCARD ALL"])
+def _drop_all(s: Session, command: str) -> list[tuple[str, bytes]]:
+    """Run ``command`` (its last statement DEALLOCATE ALL or DISCARD ALL) as a simple
+    Query, or, written ``extended: ...``, through an unnamed Parse; the replies."""
+    if command.startswith("extended: "):
+        return s.batch(_parse("", command.removeprefix("extended: ")), _bind(""), _execute())
+    return s.query(command)
+
+
+@pytest.mark.parametrize("command", ["DEALLOCATE ALL", "DISCARD ALL", "SELECT 1; DEALLOCATE ALL",
+                                     "select 1;deallocate all", "extended: DEALLOCATE ALL", "extended: DISCARD ALL"])
 def test_deallocate_all_and_discard_all(poold_factory: Callable[..., Poold], core: dict[str, str], command: str) -> None:
+    """Wherever DEALLOCATE ALL or DISCARD ALL comes (alone, after another statement in
+    one Query, or through the extended protocol), poold sees it by its tag."""
     p = _poold(poold_factory, core, max_size=1, min_size=1)
     s = Session(p)
+    tag = b"DEALLOCATE ALL" if "deallocate" in command.lower() else b"DISCARD ALL"
     try:
         assert s.types(_parse("d1", "SELECT 'd1'")) == "1Z"
         assert _rows(s.batch(_bind("d1"), _execute())) == ["d1"]
-        assert s.query(command)[-2][1].rstrip(b"\0") == command.encode()
+        assert _drop_all(s, command)[-2][1].rstrip(b"\0") == tag
         # the client's statements are gone, as on PostgreSQL
         assert _error(s.batch(_bind("d1"), _execute()))["C"] == "26000"
         # and the name and the text prepare again on the same server connection
@@ -355,7 +367,7 @@ def test_deallocate_all_and_discard_all(poold_factory: Callable[..., Poold], cor
         t = Session(p)
         try:
             assert t.types(_parse("t1", "SELECT 'd1'"), _bind("t1"), _execute()) == "12DCZ"
-            assert s.query(command)[-1][0] == "Z"
+            assert _drop_all(s, command)[-1][0] == "Z"
             assert _rows(t.batch(_bind("t1"), _execute())) == ["d1"]
         finally:
             t.close()

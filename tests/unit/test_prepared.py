@@ -99,6 +99,10 @@ CLEAN_CASES = [
     (msg(b"Q", b"discard all\0"), False),
     (msg(b"Q", b" SELECT 1\0"), False),  # white space first: looked at in Python
     (msg(b"Q", b"DELETE FROM t\0"), True),
+    (msg(b"Q", b"SELECT 1; DEALLOCATE ALL\0"), False),  # more than one statement: the tags are watched
+    (msg(b"Q", b"SELECT 1;discard all;\0"), False),
+    (msg(b"Q", b"SELECT 1;\0"), True),  # one statement, its ';' last
+    (msg(b"Q", b"SELECT 1 ; \n\0"), True),
     (parse(b"", b"deallocate all") + SYNC, False),
     (bind(b"") + EXECUTE, False),  # no sync point last: the batch is left open
     (msg(b"Q", b"SELECT 1\0")[:-1], False),  # cut short
