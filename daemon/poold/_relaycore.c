@@ -57,7 +57,7 @@ static PyObject *IDLE;          /* b"I" */
 static PyObject *EMPTY;         /* b"" */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
-static PyObject *s_feed, *s_tally, *s_at_boundary, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
+static PyObject *s_feed, *s_tally, *s_at_boundary, *s_resume, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
     *s_settle, *s_release_settings, *s_session_statement,
     *s_give_back, *s_retire, *s_set_aside, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
@@ -150,6 +150,32 @@ scanner_at_boundary(PyObject *scanner)
     int result = PyObject_IsTrue(boundary);
     Py_DECREF(boundary);
     return result;
+}
+
+/* Where the next chunk's first whole message starts: *skip body bytes of the current
+ * message still to come, or *carry (a new reference; NULL if none) the bytes of a cut
+ * header. 0, or -1 with an exception set. */
+static int
+scanner_resume(PyObject *scanner, Py_ssize_t *skip, PyObject **carry)
+{
+    if (framing != NULL && Py_IS_TYPE(scanner, framing->scanner_type)) {
+        PyObject *cut = framing->resume(scanner, skip);
+        *carry = cut != NULL && PyBytes_GET_SIZE(cut) ? Py_NewRef(cut) : NULL;
+        return 0;
+    }
+    PyObject *resume = PyObject_GetAttr(scanner, s_resume);
+    if (resume == NULL)
+        return -1;
+    if (!PyTuple_Check(resume) || PyTuple_GET_SIZE(resume) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(resume, 1))) {
+        Py_DECREF(resume);
+        PyErr_SetString(PyExc_TypeError, "a scanner's resume is (int, bytes)");
+        return -1;
+    }
+    *skip = PyLong_AsSsize_t(PyTuple_GET_ITEM(resume, 0));
+    PyObject *cut = PyTuple_GET_ITEM(resume, 1);
+    *carry = PyBytes_GET_SIZE(cut) ? Py_NewRef(cut) : NULL;
+    Py_DECREF(resume);
+    return *skip == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
 /* Call and drop the result; 0, or -1 with an exception set. */
@@ -1352,19 +1378,16 @@ request_may_carry(const char *p, Py_ssize_t avail)
     return 0;
 }
 
-/* settings.may_carry_state: a chunk (starting at a message boundary) with a Query or
+/* settings.may_carry_state: a chunk (its messages starting at ``at``) with a Query or
  * Parse whose text starts with SET, RESET, DISCARD, LISTEN, PREPARE, DECLARE or CREATE
  * (any case, a whole word), or with white space or a comment, or a Query of more than
  * one statement; or a chunk with a Query or Parse that names advisory_lock or
  * set_config (lower or upper case). A walk over the chunk's message headers, the first
  * bytes of each Query and Parse, and one memchr pass. */
 static int
-may_carry_state(PyObject *data)
+may_carry_state(const char *p, Py_ssize_t n, Py_ssize_t at)
 {
-    if (!PyBytes_CheckExact(data))
-        return 0;
-    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
-    const char *p = PyBytes_AS_STRING(data);
+    Py_ssize_t pos = at;
     int seen = 0;
     while (pos + 5 <= n) {
         const unsigned char *h = (const unsigned char *)p + pos;
@@ -2052,15 +2075,34 @@ Client_data_received(ClientCore *self, PyObject *data)
         stats = stats_of(((PoolCore *)self->pool)->stats);
     if (stats == NULL)
         return PyObject_CallMethodOneArg((PyObject *)self, s_relay, data);
-    Py_ssize_t syncs, stop_at;
-    int last;
-    /* a Query or Parse that starts the chunk and may change the session's state (settings.py) */
-    int look = may_carry_state(data);
-    if (look)
-        look = scanner_at_boundary(self->scanner);
-    if (look < 0)
+    Py_ssize_t syncs, stop_at, at;
+    int last, look;
+    /* A Query or Parse that may change the session's state (settings.py), looked at from
+     * the chunk's first whole message; or, when the last chunk ended inside a header, over
+     * that header's bytes (prefix) and the chunk (ClientSession._look_inside, the same). */
+    PyObject *prefix;
+    if (scanner_resume(self->scanner, &at, &prefix) < 0)
         return NULL;
+    if (prefix == NULL) {
+        look = at < PyBytes_GET_SIZE(data) && may_carry_state(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), at);
+    }
+    else {
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + PyBytes_GET_SIZE(data));
+        if (joined == NULL) {
+            Py_DECREF(prefix);
+            return NULL;
+        }
+        memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix));
+        memcpy(PyBytes_AS_STRING(joined) + PyBytes_GET_SIZE(prefix), PyBytes_AS_STRING(data),
+               (size_t)PyBytes_GET_SIZE(data));
+        look = may_carry_state(PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined), 0);
+        Py_DECREF(joined);
+        at = 0;
+    }
+    if (!look)
+        Py_CLEAR(prefix);
     if (scanner_tally(self->scanner, data, &syncs, &stop_at, &last) < 0) {
+        Py_XDECREF(prefix);
         if (!PyErr_ExceptionMatches(ProtocolError))
             return NULL;
         PyObject *type, *value, *tb;
@@ -2082,10 +2124,22 @@ Client_data_received(ClientCore *self, PyObject *data)
     else {
         chunk = Py_NewRef(data);
     }
-    if (chunk == NULL)
+    if (chunk == NULL) {
+        Py_XDECREF(prefix);
         return NULL;
-    if (look && PyBytes_GET_SIZE(chunk)) { /* ClientSession._session_statement: what goes to the server */
-        Py_SETREF(chunk, PyObject_CallMethodOneArg((PyObject *)self, s_session_statement, chunk));
+    }
+    if (look && PyBytes_GET_SIZE(chunk) > at) { /* ClientSession._session_statement: what goes to the server */
+        PyObject *from = PyLong_FromSsize_t(at);
+        if (from == NULL) {
+            Py_XDECREF(prefix);
+            Py_DECREF(chunk);
+            return NULL;
+        }
+        PyObject *args[4] = {(PyObject *)self, chunk, from, prefix != NULL ? prefix : EMPTY};
+        Py_SETREF(chunk, PyObject_VectorcallMethod(s_session_statement, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                   NULL));
+        Py_DECREF(from);
+        Py_CLEAR(prefix);
         if (chunk == NULL)
             return NULL;
         if (!PyBytes_CheckExact(chunk)) {
@@ -2094,6 +2148,7 @@ Client_data_received(ClientCore *self, PyObject *data)
             return NULL;
         }
     }
+    Py_XDECREF(prefix); /* a Terminate cut the chunk before its first whole message */
     Py_ssize_t n = PyBytes_GET_SIZE(chunk);
     stats->bytes_in += n;
     stats->queries += syncs;
@@ -2479,15 +2534,20 @@ static PyTypeObject ClientCoreType = {
 
 /* ------------------------------------------------------------------------ */
 
-/* may_carry_state(data): settings.may_carry_state, for the differential test of the pair */
+/* may_carry_state(data, at=0): settings.may_carry_state, for the differential test of the pair */
 static PyObject *
-Module_may_carry_state(PyObject *module, PyObject *data)
+Module_may_carry_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!PyBytes_CheckExact(data)) {
-        PyErr_SetString(PyExc_TypeError, "may_carry_state takes bytes");
+    Py_ssize_t at = 0;
+    if (nargs < 1 || nargs > 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "may_carry_state(data: bytes, at: int = 0)");
         return NULL;
     }
-    return PyBool_FromLong(may_carry_state(data));
+    if (nargs == 2 && (at = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (at < 0)
+        at = 0;
+    return PyBool_FromLong(may_carry_state(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), at));
 }
 
 /* ps_clean for the differential test against prepared.clean */
@@ -2520,7 +2580,8 @@ module_ps_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef relaycore_functions[] = {
-    {"may_carry_state", (PyCFunction)Module_may_carry_state, METH_O, "settings.may_carry_state in C."},
+    {"may_carry_state", (PyCFunction)(void (*)(void))Module_may_carry_state, METH_FASTCALL,
+     "settings.may_carry_state in C."},
     {"ps_clean", (PyCFunction)module_ps_clean, METH_O, "prepared.clean in C (ClientSession._forward's test)."},
     {"ps_rename", (PyCFunction)(void (*)(void))module_ps_rename, METH_FASTCALL,
      "ClientStatements.rename's walk in C: (renamed bytes, statements bound) or None."},
@@ -2547,6 +2608,7 @@ PyInit__relaycore(void)
     INTERN(s_feed, "feed");
     INTERN(s_tally, "tally");
     INTERN(s_at_boundary, "at_boundary");
+    INTERN(s_resume, "resume");
     INTERN(s_draining, "draining");
     INTERN(s_max_size, "max_size");
     INTERN(s_max_prepared_statements, "max_prepared_statements");

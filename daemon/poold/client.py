@@ -248,7 +248,7 @@ class ClientCorePy:
     def _release_settings(self, link: ServerLink) -> None:
         raise NotImplementedError
 
-    def _session_statement(self, data: bytes) -> bytes:
+    def _session_statement(self, data: bytes, at: int = 0, prefix: bytes = b"") -> bytes:
         raise NotImplementedError
 
     def _start_login(self) -> None:
@@ -338,7 +338,10 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     def _relay(self, data: bytes) -> None:
         # A Query or Parse in the chunk that may change the session's state (settings.py; the
         # C core's same walk): looked at wherever it is in a chunk that starts a message
-        look = self.scanner.at_boundary and settings.may_carry_state(data)
+        if self.scanner.at_boundary:
+            look, at, prefix = settings.may_carry_state(data), 0, b""
+        else:  # the chunk starts inside a message: look from the next one
+            look, at, prefix = self._look_inside(data)
         try:
             # Query, Sync and FunctionCall each owe one ReadyForQuery; Terminate ends it.
             syncs, stop_at, last = self.scanner.tally(data, _SYNC_POINTS, _X)
@@ -350,8 +353,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         if stop_at is not None:
             data = data[:stop_at] if stop_at > 0 else b""
             self.terminating = True
-        if look and data:
-            data = self._session_statement(data)
+        if look and len(data) > at:
+            data = self._session_statement(data, at, prefix)
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)
@@ -376,6 +379,15 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                     self._forward(server, data, syncs)
         if self.terminating:
             self._close()
+
+    def _look_inside(self, data: bytes) -> tuple[bool, int, bytes]:
+        """may_carry_state for a chunk that starts inside a message (_relaycore.c,
+        Client_data_received, the same): from the end of the message's body, or, when
+        its header was cut, over the carried header bytes and the chunk (``prefix``)."""
+        skip, carried = self.scanner.resume
+        if carried:
+            return settings.may_carry_state(carried + data), 0, carried
+        return skip < len(data) and settings.may_carry_state(data, skip), skip, b""
 
     def _relay_error(self, exc: ProtocolError) -> None:
         self._fatal(exc.sqlstate, str(exc))
@@ -554,17 +566,20 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             link.transport.resume_reading()
         self._server_paused = False
 
-    def _session_statement(self, data: bytes) -> bytes:
+    def _session_statement(self, data: bytes, at: int = 0, prefix: bytes = b"") -> bytes:
         """A request that may change the session's state (settings.may_carry_state): note a
         setting to learn at the release, or pin, or refuse what cannot be carried. Returns
-        what goes to the server."""
+        what goes to the server. Its messages start at ``at``; or, when ``prefix`` (a cut
+        header, sent already) is given, in front of ``data``: a request that began there
+        cannot be replaced, and pins."""
         if self.session_mode or self.pool is None:  # the server connection is the client's anyway
             return data
-        touched, reason = settings.classify(data)
+        touched, reason = settings.classify(prefix + data if prefix else data, at)
         if touched:
             self.settle = True
         if reason is not None:
-            if self.pool.settings.session_state == "error" and (replaced := settings.refused(data)) is not None:
+            if (self.pool.settings.session_state == "error" and not prefix
+                    and (replaced := settings.refused(data, at)) is not None):
                 log.info("session_state_refused", peer=self.peer, db=self.database, user=self.user, reason=reason)
                 return replaced
             self.session_mode = True

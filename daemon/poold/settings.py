@@ -187,11 +187,12 @@ def _split_options(options: str) -> list[str]:
 # -- the client's requests ---------------------------------------------------------
 
 
-def requests(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """The Queries and Parses of a chunk that starts at a message boundary: (where the
-    message starts, where its text starts, where it ends in this chunk), each with some
-    text in the chunk. The walk stops at a length below 4 (the relay refuses it)."""
-    n, pos = len(data), 0
+def requests(data: bytes, at: int = 0) -> Iterator[tuple[int, int, int]]:
+    """The Queries and Parses of a chunk whose messages start at ``at`` (what comes
+    before is the end of one that began earlier): (where the message starts, where its
+    text starts, where it ends in this chunk), each with some text in the chunk. The
+    walk stops at a length below 4 (the relay refuses it)."""
+    n, pos = len(data), at
     while pos + 5 <= n:
         t = data[pos]
         length = int.from_bytes(data[pos + 1 : pos + 5], "big")
@@ -207,14 +208,14 @@ def requests(data: bytes) -> Iterator[tuple[int, int, int]]:
         pos += 1 + length
 
 
-def may_carry_state(data: bytes) -> bool:
-    """Whether a chunk (starting at a message boundary) must be looked at: the text of one
+def may_carry_state(data: bytes, at: int = 0) -> bool:
+    """Whether a chunk (its messages starting at ``at``) must be looked at: the text of one
     of its Queries or Parses starts with one of the keywords, or with white space or a
     comment, or is a Query of more than one statement; or the chunk has a Query or Parse
     and names a session advisory lock or set_config. Cheap, for every request: the first
     bytes of each; _relaycore.c, may_carry_state."""
     seen = False
-    for pos, start, end in requests(data):
+    for pos, start, end in requests(data, at):
         seen = True
         if _may_carry(data, data[pos] == messages.QUERY, start, end):
             return True
@@ -235,12 +236,12 @@ def _may_carry(data: bytes, is_query: bool, start: int, end: int) -> bool:
     return False
 
 
-def classify(data: bytes) -> tuple[bool, str | None]:
+def classify(data: bytes, at: int = 0) -> tuple[bool, str | None]:
     """What a chunk that ``may_carry_state`` does to its session: (it may change a
     setting, what it makes that cannot be carried or None)."""
     touched = b"set_config" in data or b"SET_CONFIG" in data
     reason = "advisory lock" if b"advisory_lock" in data or b"ADVISORY_LOCK" in data else None
-    for pos, start, end in requests(data):
+    for pos, start, end in requests(data, at):
         one_touched, one_reason = _classify_request(data, pos, start, end)
         touched = touched or one_touched
         reason = reason or one_reason
@@ -279,7 +280,7 @@ def _classify_statement(text: bytes) -> tuple[bool, str | None]:
     return word in (b"set", b"reset", b"discard"), None
 
 
-def refused(data: bytes) -> bytes | None:
+def refused(data: bytes, at: int = 0) -> bytes | None:
     """The chunk with each Query or Parse that makes what cannot be carried replaced by one
     that fails with 0A000 on the server: so that the error takes the statement's place in
     the client's transaction as its own would (a block is aborted, a pipeline skips to its
@@ -287,7 +288,7 @@ def refused(data: bytes) -> bytes | None:
     chunk (it cannot be replaced: the caller pins instead), or when the chunk names an
     advisory lock only outside its Queries and Parses."""
     out, done, found = [], 0, False
-    for pos, start, end in requests(data):
+    for pos, start, end in requests(data, at):
         reason = _classify_request(data, pos, start, end)[1]
         if reason is None:
             continue

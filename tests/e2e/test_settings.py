@@ -379,3 +379,41 @@ def test_set_in_a_chunk_that_starts_with_sync_is_seen(poold_factory: Callable[..
         assert rows == ["3MB"]
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("cut", ["in-a-body", "in-a-header"])
+@pytest.mark.parametrize("core", [*CORES, "python-twins"])
+def test_set_in_a_chunk_that_starts_inside_a_message_is_seen(poold_factory: Callable[..., Poold], core: str,
+                                                              cut: str) -> None:
+    """A SET whose chunk begins inside an earlier message (the rest of a long Query's
+    text, or the rest of the SET's own header) is looked at too: it does not stay on
+    the connection for the next client, and it stays with its own client."""
+    environ = CORES.get(core, {"POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python",
+                               "POOLD_SOCKET_IO": "asyncio"})
+    p = poold_factory(mode="transaction", max_size=1, min_size=1, auth_type="trust", environ=environ)
+    a = RawClient(p.port)
+    try:
+        a.startup()
+        while a.read_message()[0] != b"Z":
+            pass
+        long_query = _msg(b"Q", b"SELECT length('" + b"x" * 20_000 + b"')\0")
+        setting = _msg(b"Q", b"SET work_mem = '3MB'\0")
+        first = long_query[:100] if cut == "in-a-body" else long_query + setting[:3]
+        a.sock.sendall(first)
+        time.sleep(0.3)  # read apart: the next chunk starts inside a message
+        a.sock.sendall((long_query + setting)[len(first):])
+        replies = []
+        while len([t for t in replies if t == b"Z"]) < 2:
+            replies.append(a.read_message()[0])
+        assert b"E" not in replies, replies
+        with psycopg.connect(p.dsn(), autocommit=True) as b:
+            assert b.execute("SHOW work_mem").fetchone() == ("4MB",)
+        a.send(b"Q", b"SHOW work_mem\0")
+        rows = []
+        while (m := a.read_message())[0] != b"Z":
+            if m[0] == b"D":
+                rows.append(m[1][6:].decode())
+        assert rows == ["3MB"]
+    finally:
+        a.close()
+

@@ -124,6 +124,21 @@ def test_may_carry_state_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes)
                  one + framed + tail, framed + one + tail, one + kind + struct.pack("!i", 40) + b"n\0" + head + tail,
                  kind + struct.pack("!i", 9) + head + tail):
         assert native.may_carry_state(data) == settings.may_carry_state(data), data
+        for at in (1, 5, len(one)):  # a chunk whose first whole message starts further in
+            assert native.may_carry_state(data, at) == settings.may_carry_state(data, at), (data, at)
+
+
+def test_may_carry_state_from_the_first_whole_message() -> None:
+    """A chunk that starts inside a message: the SET after it is seen from ``at``, and
+    bytes before ``at`` (the end of a long text) are not read as a header."""
+    native = relaycore.native
+    assert native is not None, "the C core was not built"
+    tail = b"x" * 30 + b"')\0"
+    data = tail + query("SET work_mem = '3MB'")
+    for test in (settings.may_carry_state, native.may_carry_state):
+        assert test(data, len(tail))
+        assert not test(tail + query("SELECT 1"), len(tail))
+        assert not test(data, len(data))
 
 
 def test_refused_keeps_the_rest_of_the_chunk() -> None:

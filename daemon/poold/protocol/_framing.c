@@ -307,6 +307,21 @@ Scanner_at_boundary(Scanner *self, void *closure)
     return PyBool_FromLong(self->skip == 0 && self->carry == NULL);
 }
 
+static PyObject *
+capi_resume(PyObject *scanner, Py_ssize_t *skip)
+{
+    Scanner *self = (Scanner *)scanner;
+    *skip = self->skip;
+    return self->carry;
+}
+
+static PyObject *
+Scanner_resume(Scanner *self, void *closure)
+{
+    return Py_BuildValue("(nN)", self->skip,
+                         self->carry != NULL ? Py_NewRef(self->carry) : PyBytes_FromStringAndSize(NULL, 0));
+}
+
 static int
 Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
 {
@@ -358,6 +373,9 @@ static PyMethodDef Scanner_methods[] = {
 static PyGetSetDef Scanner_getset[] = {
     {"at_boundary", (getter)Scanner_at_boundary, NULL,
      "True when the stream so far ends exactly at a message boundary.", NULL},
+    {"resume", (getter)Scanner_resume, NULL,
+     "(body bytes of the current message still to come, the carried bytes of a cut header), as "
+     "framing.PyFrameScanner.resume.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -401,6 +419,7 @@ PyInit__framing(void)
     capi.feed = capi_feed;
     capi.at_boundary = capi_at_boundary;
     capi.new_scanner = capi_new_scanner;
+    capi.resume = capi_resume;
     PyObject *capsule = PyCapsule_New(&capi, FRAMING_CAPI_NAME, NULL);
     if (capsule == NULL || PyModule_AddObject(m, "_C_API", capsule) < 0) {
         Py_XDECREF(capsule);

@@ -73,6 +73,12 @@ class PyFrameScanner:
         """True when the stream so far ends exactly at a message boundary."""
         return not self._skip and not self._carry
 
+    @property
+    def resume(self) -> tuple[int, bytes]:
+        """Where the next chunk's first whole message starts: (body bytes of the current
+        message still to come, the carried bytes of a cut header); (0, b"") at a boundary."""
+        return self._skip, self._carry
+
     def feed(self, data: bytes) -> list[Frame]:
         return self._walk(data, -1)
 

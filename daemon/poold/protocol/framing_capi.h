@@ -1,6 +1,6 @@
 /*
  * The native FrameScanner's C API, for the relay core (poold/_relaycore.c):
- * the walks of FrameScanner.tally and .feed and the at_boundary test, callable
+ * the walks of FrameScanner.tally and .feed, the at_boundary and resume tests, callable
  * without a method call, and a constructor. Exported by _framing as the capsule named below.
  */
 #ifndef POOLD_FRAMING_CAPI_H
@@ -20,6 +20,9 @@ typedef struct {
     int (*at_boundary)(PyObject *scanner);
     /* FrameScanner(b"", report_all, max_length), without parsing arguments: a new reference or NULL */
     PyObject *(*new_scanner)(int report_all, long long max_length);
+    /* resume: where the next chunk's first whole message starts: *skip body bytes of the
+     * current message still to come, or the bytes of a cut header (borrowed; NULL if none) */
+    PyObject *(*resume)(PyObject *scanner, Py_ssize_t *skip);
 } FramingCAPI;
 
 #endif
