@@ -431,7 +431,7 @@ class Pool(PoolCore):
         excess = len(self.open_connections()) - self.settings.min_size if self.free else 0
         while self.free and now - self.free[0].idle_since > hold:  # oldest first
             if excess <= 0:
-                self._give_back(self.free.pop(0))
+                self._reset_and_give_back(self.free.pop(0))
             elif now - self.free[0].idle_since >= self.settings.idle_timeout:
                 self._retire(self.free.pop(0))
                 excess -= 1
@@ -759,6 +759,26 @@ class Pool(PoolCore):
                 statements.close()
         self._spawn(self._return(conn))
         self._grow()
+
+    def _reset_and_give_back(self, link: ServerLink) -> None:
+        """An idle link past ``hold_time`` goes back to psycopg_pool at the pool's defaults:
+        the reported settings its last client left (application_name, TimeZone, ...:
+        kept between transactions, and changed before the next client's first request
+        when that client's differ) are reset first (RESET ALL, one internal query)."""
+        if not link.params:
+            self._give_back(link)
+            return
+        self.active.add(link)  # busy meanwhile: close() and close_idle() see it
+        link.run_internal(["RESET ALL"], self._reset_done)
+
+    def _reset_done(self, link: ServerLink) -> None:
+        self.active.discard(link)
+        if link.closed:
+            return
+        if link.dirty or link.status != b"I" or link.params:
+            self.discard(link)
+        else:
+            self._give_back(link)
 
     def _set_aside(self, link: ServerLink) -> None:
         """A released link that cannot serve the next client yet: one whose internal

@@ -417,3 +417,33 @@ def test_set_in_a_chunk_that_starts_inside_a_message_is_seen(poold_factory: Call
     finally:
         a.close()
 
+
+
+def test_reported_settings_are_reset_before_psycopg_pool_gets_the_connection_back(
+        poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, core: dict[str, str]) -> None:
+    """A client's application_name (and the other reported settings) stays on its server
+    connection between transactions, to be changed before the next client's first
+    request if that client's differs; when the connection goes back to psycopg_pool
+    (idle past hold_time: 0.5 s with idle_timeout 1 s) it goes back at the pool's defaults."""
+    p = poold_factory(max_size=1, min_size=1, idle_timeout=1, environ=core)
+    with psycopg.connect(direct_dsn(pg), autocommit=True) as direct:
+        def server_names() -> list[str]:
+            return [r[0] for r in direct.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = 'app' AND usename = 'app'"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchall()]
+
+        default = server_names()
+        assert len(default) == 1 and default[0] != "client_a"
+        with connect(p, application_name="client_a") as a:
+            a.execute("SET TimeZone = 'Asia/Tokyo'")
+            assert show(a, "application_name") == "client_a"
+            assert server_names() == ["client_a"]  # kept between transactions, as PgBouncer does
+
+            def given_back() -> bool:
+                rows = json.loads(p.poolctl("--json", "servers").stdout)
+                return bool(rows) and all(r["state"] == "pool" for r in rows)
+
+            wait_until(given_back, timeout=20)
+            assert server_names() == default
+            # and the client still has its own, on its next transaction
+            assert (show(a, "application_name"), show(a, "TimeZone")) == ("client_a", "Asia/Tokyo")

@@ -198,20 +198,29 @@ def test_idle_link_killed_by_the_server_is_replaced_silently(tmp_path: Path, pg:
     asyncio.run(main())
 
 
-def test_idle_links_go_back_to_psycopg_pool_with_their_settings(tmp_path: Path, pg: pgcluster.Cluster) -> None:
+def test_idle_links_go_back_to_psycopg_pool_at_the_pools_defaults(tmp_path: Path, pg: pgcluster.Cluster) -> None:
     async def main() -> None:
         async with opened_pool(tmp_path, pg, max_size=1, min_size=1, idle_timeout=0.2) as pool:
             link = await lease(pool)
+            _status, data = await query(link, "SHOW TimeZone")
+            default = data
             link.sync_parameters({"TimeZone": "Asia/Tokyo"})  # its reply is swallowed
             _status, data = await query(link, "SHOW TimeZone")
             assert b"Asia/Tokyo" in data
             pool.release(link)
             await asyncio.sleep(0.3)
-            pool.maintain(time.monotonic())  # past hold_time, within min_size: back to psycopg_pool
-            assert not pool.free and pool.leased == 0
+            pool.maintain(time.monotonic())  # past hold_time, within min_size: reset, back to psycopg_pool
+            assert not pool.free
+            for _ in range(100):  # RESET ALL's round trip
+                if pool.leased == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool.leased == 0
             again = await lease(pool)
             assert again is not link and again.pid == link.pid  # same server connection, new link
-            assert again.params == {"TimeZone": "Asia/Tokyo"}  # what the server really has
+            assert again.params == {}  # what the server really has: the pool's defaults
+            _status, data = await query(again, "SHOW TimeZone")
+            assert data == default
             pool.release(again)
 
     asyncio.run(main())
