@@ -34,6 +34,7 @@ test: venv $(EXPORTER)
 	$(BIN)/python scripts/pgcluster.py
 	$(BIN)/python scripts/pgbouncer_ref.py
 	$(BIN)/python scripts/node_pg.py
+	$(BIN)/python scripts/pg_npm.py
 	$(BIN)/python -m pytest tests
 	$(MAKE) test-server-tls
 

@@ -27,10 +27,15 @@ def _apt_install(*packages: str) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env, check=True)
 
 
-def main() -> None:
+def ensure_node() -> None:
+    """``node`` and ``npm`` on PATH: Debian's, installed with apt-get when we are root."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
         _apt_install(*("nodejs" if tool == "node" else tool for tool in missing))
+
+
+def main() -> None:
+    ensure_node()
     if not (PREFIX / "node_modules" / "pg" / "package.json").is_file():
         PREFIX.mkdir(parents=True, exist_ok=True)
         subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(PREFIX), PACKAGE],

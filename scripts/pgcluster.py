@@ -105,8 +105,9 @@ def ensure_os_user() -> str | None:
 class Cluster:
     """initdb + pg_ctl in a temporary directory, on a free loopback port."""
 
-    def __init__(self, base: str | None = None, port: int | None = None) -> None:
-        self.bindir = find_bindir()
+    def __init__(self, base: str | None = None, port: int | None = None, bindir: Path | None = None) -> None:
+        #: the server's binaries: find_bindir()'s, or another PostgreSQL's (pg_npm.py)
+        self.bindir = bindir or find_bindir()
         self.os_user = ensure_os_user()
         self.base = Path(base or tempfile.mkdtemp(prefix="poold-pg-"))
         self.datadir = self.base / "data"

@@ -111,12 +111,13 @@ def connection_class(
 
 async def _explained(exc: OperationalError, conninfo: str) -> OperationalError:
     """A failed TLS verification with OpenSSL's reason, which libpq leaves out
-    (servertls.explain_verify_failure); any other error as it is."""
+    (servertls.explain_verify_failure), and a direct TLS handshake the server hung up
+    on with what that means (servertls.explain_direct_failure); any other error as it is."""
     message = str(exc)
-    if servertls.VERIFY_FAILED not in message:
+    if servertls.VERIFY_FAILED not in message and "SSL" not in message:
         return exc
     info = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
-    explained = await servertls.explain_verify_failure(message, info)
+    explained = await servertls.explain_verify_failure(servertls.explain_direct_failure(message, info), info)
     return exc if explained == message else OperationalError(explained)
 
 

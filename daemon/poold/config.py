@@ -435,7 +435,10 @@ def _build_databases(
         try:
             info = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
         except Exception as exc:  # psycopg.ProgrammingError: libpq's own message
-            errors.append(f"{prefix}.dsn: invalid connection string: {exc}")
+            from .servertls import older_libpq_hint
+
+            message = str(exc).strip()
+            errors.append(f"{prefix}.dsn: invalid connection string: {message}{older_libpq_hint(message)}")
             continue
         from .servertls import dsn_problems
 

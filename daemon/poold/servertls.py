@@ -56,19 +56,32 @@ HIGH_WATER = 64 * 1024  # asyncio's default write buffer limits
 
 #: libpq's sslmode values
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: libpq's sslnegotiation values (libpq 17+): direct starts the TLS handshake at once,
+#: without the SSLRequest round trip (PostgreSQL 17+ servers), and needs one of DIRECT_SSLMODES
+SSLNEGOTIATIONS = ("postgres", "direct")
+DIRECT_SSLMODES = ("require", "verify-ca", "verify-full")
 #: DSN keys naming files libpq reads for TLS
 TLS_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 def dsn_problems(info: dict[str, str]) -> list[str]:
     """What libpq would refuse in a DSN's TLS settings, said at config check
-    rather than at every connect: an unknown sslmode, a file that is not there,
-    and a private key others may read (libpq's rule: 0600 or less when poold's
-    user owns it, 0640 or less when root does)."""
+    rather than at every connect: an unknown sslmode or sslnegotiation, direct
+    negotiation under a weaker sslmode than require (the DSN's, else PGSSLMODE's,
+    else libpq's default, prefer), a file that is not there, and a private key
+    others may read (libpq's rule: 0600 or less when poold's user owns it, 0640 or
+    less when root does)."""
     problems = []
     mode = info.get("sslmode")
     if mode is not None and mode not in SSLMODES:
         problems.append(f"invalid sslmode value: \"{mode}\" (one of {', '.join(SSLMODES)})")
+    negotiation = info.get("sslnegotiation")
+    if negotiation is not None and negotiation not in SSLNEGOTIATIONS:
+        problems.append(f"invalid sslnegotiation value: \"{negotiation}\" (one of {', '.join(SSLNEGOTIATIONS)})")
+    effective_mode = mode or os.environ.get("PGSSLMODE") or "prefer"
+    if negotiation == "direct" and effective_mode in SSLMODES and effective_mode not in DIRECT_SSLMODES:
+        problems.append(f"weak sslmode \"{effective_mode}\" may not be used with sslnegotiation=direct "
+                        "(use \"require\", \"verify-ca\", or \"verify-full\")")  # libpq's words
     for key in TLS_FILES:
         path = info.get(key)
         if not path or (key == "sslrootcert" and path == "system"):
@@ -84,6 +97,38 @@ def dsn_problems(info: dict[str, str]) -> list[str]:
                             "permissions u=rw (0600) or less if owned by the current user, or permissions "
                             "u=rw,g=r (0640) or less if owned by root")
     return problems
+
+
+#: DSN keys of TLS that an older libpq does not know, with the libpq major version that brought them
+NEWER_KEYS = {"sslnegotiation": 17}
+
+
+def older_libpq_hint(message: str) -> str:
+    """What to add to libpq's ``invalid connection option "sslnegotiation"`` when the
+    libpq in use predates the key (the system's libpq under PSYCOPG_IMPL=python can);
+    empty for any other message."""
+    from psycopg import pq
+
+    for key, major in NEWER_KEYS.items():
+        if f'invalid connection option "{key}"' in message:
+            return f" ({key} needs libpq {major} or later; poold runs with libpq {pq.version() // 10000})"
+    return ""
+
+
+#: libpq's words for a server that hung up during the TLS handshake (OpenSSL 3's, 1.1's)
+_HUNG_UP = re.compile(r"SSL error: unexpected eof while reading|SSL SYSCALL error: EOF detected")
+
+
+def explain_direct_failure(message: str, info: Mapping[str, str]) -> str:
+    """libpq's words when a server hangs up on a direct TLS handshake, with what they
+    mean: a server before PostgreSQL 17 reads the handshake as a startup packet and
+    refuses it, and a 17+ without ssl refuses it too. Any other message comes back as it was."""
+    found = _HUNG_UP.search(message) if info.get("sslnegotiation") == "direct" else None
+    if found is None:
+        return message
+    meaning = ("sslnegotiation=direct: the server closed the connection at the TLS handshake; "
+               "direct needs PostgreSQL 17 or later, with ssl = on")
+    return f"{message[:found.end()]} ({meaning}){message[found.end():]}"
 
 
 #: libpq's words for a failed verification, and where it says which server

@@ -5,6 +5,9 @@ cancel and query_timeout, verification failures, a reload to a new CA, and what
 (``_servertls.c`` in ``_sockio``) and the Python reference (``servertls.TlsTransport``,
 ``POOLD_SOCKET_IO=asyncio``, with the Python relay core).
 
+``sslnegotiation=direct`` runs against PostgreSQL 18 (scripts/pg_npm.py: the
+distribution's PostgreSQL is older than 17, which brought it).
+
 The whole e2e tier also runs through TLS legs: ``POOLD_TEST_SERVER_TLS=1``
 (``make test`` does, see the Makefile) gives the session's cluster ssl=on and
 every poold DSN ``sslmode=verify-full``.
@@ -17,11 +20,14 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -30,6 +36,9 @@ from cryptography.hazmat.primitives import serialization
 
 from tests import tlsca
 from tests.conftest import APP_PASSWORD, Poold, pgcluster, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import pg_npm  # noqa: E402
 
 TWINS = {
     "c": {},
@@ -41,15 +50,17 @@ TWINS = {
 SSL_OF_BACKEND = "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 
 
-def start_tls_cluster(authority: trustme.CA | None = None, not_after: datetime.datetime | None = None
+def start_tls_cluster(authority: trustme.CA | None = None, not_after: datetime.datetime | None = None,
+                      bindir: Path | None = None, conf: tuple[str, ...] = ()
                       ) -> tuple[pgcluster.Cluster, tlsca.TlsFiles]:
     """A cluster with ssl=on in a short temporary directory (a Unix socket path has
-    at most 107 bytes); destroy() removes it."""
+    at most 107 bytes), of the PostgreSQL in ``bindir`` (pgcluster's by default), with
+    ``conf``'s lines in its postgresql.conf; destroy() removes it."""
     base = Path(tempfile.mkdtemp(prefix="poold-tls-"))
     os.chmod(base, 0o755)
-    cluster = pgcluster.Cluster(base=str(base))
+    cluster = pgcluster.Cluster(base=str(base), bindir=bindir)
     tls = tlsca.issue(base / "tls", cluster.os_user, authority, not_after)
-    cluster.init(*tlsca.server_conf(tls))
+    cluster.init(*tlsca.server_conf(tls), *conf)
     tlsca.require_cert_for(cluster.datadir)
     cluster.tls_params = tlsca.dsn_params(tls)
     cluster.start()
@@ -155,33 +166,38 @@ def test_large_results_and_copy_both_ways(poold_factory: Callable[..., Poold], t
     p = poold_factory(environ=twin, raw=raw, min_size=0)
     with psycopg.connect(p.dsn(dbname="tls"), prepare_threshold=None, autocommit=True) as conn:
         assert conn.execute(SSL_OF_BACKEND).fetchone()[0] is True  # type: ignore[index]
-        rows = conn.execute("SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 100000) g").fetchall()
-        assert len(rows) == 100000 and sum(len(r[1]) for r in rows) == 100000 * 224
-        assert rows[-1][0] == 100000 and rows[4242][1] == hashlib.md5(b"4243").hexdigest() * 7
-        out = bytearray()
-        with conn.cursor().copy("COPY (SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 100000) g) "
-                                "TO STDOUT") as copy:
-            for chunk in copy:
-                out += chunk
-        assert len(out) > 20_000_000
-        expected = b"".join(b"%d\t%s\n" % (g, hashlib.md5(b"%d" % g).hexdigest().encode() * 7)
-                            for g in range(1, 100001))
-        assert hashlib.sha256(out).digest() == hashlib.sha256(expected).digest()
-        table = f"copy_in_{os.getpid()}_{len(twin)}"
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.execute(f"CREATE TABLE {table} (g int, t text)")
-        with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
-            for start in range(0, len(expected), 1 << 20):
-                copy.write(expected[start:start + (1 << 20)])
-        count, total, digest = conn.execute(  # type: ignore[misc]
-            f"SELECT count(*), sum(length(t)), md5(string_agg(t, '' ORDER BY g)) FROM {table}").fetchone()
-        assert (count, total) == (100000, 100000 * 224)
-        want = hashlib.md5(b"".join(hashlib.md5(b"%d" % g).hexdigest().encode() * 7 for g in range(1, 100001)))
-        assert digest == want.hexdigest()
-        conn.execute(f"DROP TABLE {table}")
-        with conn.pipeline():
-            curs = [conn.execute("SELECT %s::int, repeat('z', 40000)", (i,)) for i in range(50)]
-        assert [c.fetchone()[0] for c in curs] == list(range(50))  # type: ignore[index]
+        large_results_and_copy(conn, f"copy_in_{os.getpid()}_{len(twin)}")
+
+
+def large_results_and_copy(conn: psycopg.Connection[Any], table: str) -> None:
+    """100k rows / 20 MB, COPY out and in of 20 MB, and 50 pipelined queries on ``conn``,
+    checked byte for byte; ``table`` is created and dropped."""
+    rows = conn.execute("SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 100000) g").fetchall()
+    assert len(rows) == 100000 and sum(len(r[1]) for r in rows) == 100000 * 224
+    assert rows[-1][0] == 100000 and rows[4242][1] == hashlib.md5(b"4243").hexdigest() * 7
+    out = bytearray()
+    with conn.cursor().copy("COPY (SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 100000) g) "
+                            "TO STDOUT") as copy:
+        for chunk in copy:
+            out += chunk
+    assert len(out) > 20_000_000
+    expected = b"".join(b"%d\t%s\n" % (g, hashlib.md5(b"%d" % g).hexdigest().encode() * 7)
+                        for g in range(1, 100001))
+    assert hashlib.sha256(out).digest() == hashlib.sha256(expected).digest()
+    conn.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.execute(f"CREATE TABLE {table} (g int, t text)")
+    with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+        for start in range(0, len(expected), 1 << 20):
+            copy.write(expected[start:start + (1 << 20)])
+    count, total, digest = conn.execute(  # type: ignore[misc]
+        f"SELECT count(*), sum(length(t)), md5(string_agg(t, '' ORDER BY g)) FROM {table}").fetchone()
+    assert (count, total) == (100000, 100000 * 224)
+    want = hashlib.md5(b"".join(hashlib.md5(b"%d" % g).hexdigest().encode() * 7 for g in range(1, 100001)))
+    assert digest == want.hexdigest()
+    conn.execute(f"DROP TABLE {table}")
+    with conn.pipeline():
+        curs = [conn.execute("SELECT %s::int, repeat('z', 40000)", (i,)) for i in range(50)]
+    assert [c.fetchone()[0] for c in curs] == list(range(50))  # type: ignore[index]
 
 
 def test_cancel_and_query_timeout(poold_factory: Callable[..., Poold], tls_pg: tuple,  # type: ignore[type-arg]
@@ -347,3 +363,90 @@ def test_reload_takes_a_new_ca_for_new_connections(poold_factory: Callable[..., 
         assert held.execute("SELECT 'old session goes on'").fetchone() == ("old session goes on",)
     finally:
         held.close()
+
+
+# -- sslnegotiation=direct: PostgreSQL 17+ and libpq 17+ -----------------------
+
+
+@pytest.fixture(scope="module")
+def direct_pg() -> Iterator[tuple[pgcluster.Cluster, tlsca.TlsFiles]]:
+    """PostgreSQL 18 (scripts/pg_npm.py) with ssl=on, logging how each connection
+    negotiated TLS (trace_connection_negotiation, PostgreSQL 17+)."""
+    cluster, files = start_tls_cluster(bindir=pg_npm.ensure_bindir(), conf=("trace_connection_negotiation = on",))
+    yield cluster, files
+    cluster.destroy()
+
+
+def negotiated(cluster: pgcluster.Cluster, pid: int) -> list[str]:
+    """How the server says backend ``pid`` negotiated TLS: "direct SSL connection
+    accepted" (the handshake came first) or "SSLRequest accepted" (the round trip
+    before it), from its log (log_line_prefix's "[%p]")."""
+    log = (cluster.base / "server.log").read_text()
+    return [line.split("LOG:  ", 1)[1] for line in log.splitlines()
+            if f"[{pid}] LOG:  " in line and ("direct SSL" in line or "SSLRequest" in line)]
+
+
+@pytest.mark.parametrize("twin", ["c", "python"], indirect=True)
+def test_direct_negotiation_relays_through_the_session(poold_factory: Callable[..., Poold], direct_pg: tuple,  # type: ignore[type-arg]
+                                                       twin: dict[str, str]) -> None:
+    """A pool with sslnegotiation=direct (the TLS handshake without the SSLRequest round
+    trip): the server's log says each of its server connections came direct, where a
+    pool with sslnegotiation=postgres beside it came by SSLRequest; a large result,
+    COPY both ways and a pipeline go through the relay on that session. (The system's
+    libpq, 15, does not know the key: test_direct_negotiation_with_an_older_libpq.)"""
+    cluster, files = direct_pg
+    assert int(cluster.psql("SHOW server_version_num")) >= 170000
+    tls = {"sslmode": "verify-full", "sslrootcert": str(files.ca)}
+    raw = databases(direct=server_dsn(cluster, **tls, sslnegotiation="direct"),
+                    request=server_dsn(cluster, **tls, sslnegotiation="postgres"))
+    p = poold_factory(cluster, environ=twin, raw=raw, min_size=0)
+    pids: dict[str, set[int]] = {"direct": set(), "request": set()}
+    for name in pids:
+        with psycopg.connect(p.dsn(dbname=name), prepare_threshold=None, autocommit=True) as conn:
+            ssl, version = conn.execute(SSL_OF_BACKEND).fetchone()  # type: ignore[misc]
+            assert (ssl, version) == (True, "TLSv1.3"), name
+            if name == "direct":
+                large_results_and_copy(conn, f"copy_direct_{os.getpid()}_{len(twin)}")
+            for _ in range(3):
+                pids[name].add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+    for pid in pids["direct"]:
+        assert negotiated(cluster, pid) == ["direct SSL connection accepted"], pid
+    for pid in pids["request"]:
+        assert negotiated(cluster, pid) == ["SSLRequest accepted"], pid
+    rows = {r["pool"]: r for r in json.loads(p.poolctl("--json", "servers").stdout)}
+    assert rows["direct.app"]["tls"] == "TLSv1.3"
+
+
+def test_direct_negotiation_with_an_older_libpq(tmp_path: Path, pg: pgcluster.Cluster) -> None:
+    """The system's libpq (PSYCOPG_IMPL=python: Debian's 15) does not know sslnegotiation:
+    poold's config check says so, naming the pool's DSN and the libpq it runs with."""
+    config = Poold(tmp_path, pg, raw=databases(direct=server_dsn(
+        pg, sslmode="require", sslnegotiation="direct"))).config_path
+    env = {k: v for k, v in os.environ.items() if k != "POOLD_CONFIG"} | TWINS["system-libpq"]
+    out = subprocess.run([sys.executable, "-m", "poold", "--check-config", str(config)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2, out
+    assert ('databases.direct.dsn: invalid connection string: invalid connection option "sslnegotiation" '
+            "(sslnegotiation needs libpq 17 or later; poold runs with libpq 15)") in out.stderr, out.stderr
+
+
+def test_direct_negotiation_to_a_server_before_17(poold_factory: Callable[..., Poold], tls_pg: tuple  # type: ignore[type-arg]
+                                                  ) -> None:
+    """sslnegotiation=direct to PostgreSQL 15, which reads the TLS handshake as a bad
+    startup packet and hangs up: a failed connect like a failed verification (the
+    breaker counts it, then opens); the pool's client gets a FATAL naming the pool,
+    libpq's words and what they mean here, and poolctl pools shows the same."""
+    cluster, files = tls_pg
+    assert int(cluster.psql("SHOW server_version_num")) < 170000
+    raw = databases(direct=server_dsn(cluster, sslmode="verify-full", sslrootcert=str(files.ca),
+                                      sslnegotiation="direct"))
+    p = poold_factory(raw=raw, min_size=0, breaker_failures=2, breaker_reset=30)
+    reason = ("SSL error: unexpected eof while reading (sslnegotiation=direct: the server closed the connection "
+              "at the TLS handshake; direct needs PostgreSQL 17 or later, with ssl = on)")
+    text = str(connect_error(p, "direct"))
+    assert "FATAL:  poold: " in text and ("'direct'" in text or '"direct"' in text), text
+    assert reason in text, text
+    assert "Traceback" not in text and APP_PASSWORD not in text
+    row = pool_row(p, "direct.app")
+    assert row["breaker"] == "open" and reason in str(row["last_error"]), row
+    assert "invalid length of startup packet" in (cluster.base / "server.log").read_text()

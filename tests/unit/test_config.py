@@ -149,6 +149,28 @@ def test_server_tls_files_are_checked(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslmode"] == "verify-full"
 
 
+def test_sslnegotiation_is_checked_as_libpq_checks_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sslnegotiation=direct (libpq 17+) takes an sslmode of require or stronger, the
+    DSN's or PGSSLMODE's: libpq refuses a weaker one at every connect, poold at config
+    check, in libpq's words. An unknown value is refused too."""
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    errs = errors_of(tmp_path, "[databases.a]\ndsn = 'host=x sslnegotiation=direct'\n"
+                     "[databases.b]\ndsn = 'host=x sslnegotiation=direct sslmode=allow'\n"
+                     "[databases.c]\ndsn = 'host=x sslnegotiation=drect sslmode=require'\n")
+    weak = 'weak sslmode "{}" may not be used with sslnegotiation=direct (use "require", "verify-ca", or "verify-full")'
+    assert f"databases.a.dsn: {weak.format('prefer')}" in errs, errs
+    assert f"databases.b.dsn: {weak.format('allow')}" in errs, errs
+    assert 'databases.c.dsn: invalid sslnegotiation value: "drect" (one of postgres, direct)' in errs, errs
+    for mode in ("require", "verify-ca", "verify-full"):
+        text = f"[databases.a]\ndsn = 'host=x sslnegotiation=direct sslmode={mode}'\n"
+        assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslnegotiation"] == "direct"
+    monkeypatch.setenv("PGSSLMODE", "require")  # libpq takes it where the DSN names no sslmode
+    text = "[databases.a]\ndsn = 'host=x sslnegotiation=direct'\n"
+    assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslnegotiation"] == "direct"
+    text = "[databases.a]\ndsn = 'host=x sslnegotiation=postgres sslmode=prefer'\n"
+    assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslnegotiation"] == "postgres"
+
+
 def test_wildcard_database(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, "[databases.'*']\ndsn = 'host=127.0.0.1'\n"), {})
     db = c.database("anything")

@@ -315,3 +315,17 @@ def test_addresses_are_the_same_functions_for_both_twins() -> None:
         ours = next(p for p in libssl if "psycopg_binary" in p)
         base = min(int(line.split("-")[0], 16) for line in open("/proc/self/maps") if line.rstrip().endswith(ours))
         assert all(a > base for a in addresses[:5])
+
+
+def test_a_direct_handshake_the_server_hung_up_on_is_explained() -> None:
+    """libpq's words for a server that closed the connection at the handshake get what
+    they mean under sslnegotiation=direct (OpenSSL 3's and 1.1's wording), and only there."""
+    direct = {"sslnegotiation": "direct", "sslmode": "require"}
+    meaning = ("(sslnegotiation=direct: the server closed the connection at the TLS handshake; "
+               "direct needs PostgreSQL 17 or later, with ssl = on)")
+    for words in ("SSL error: unexpected eof while reading", "SSL SYSCALL error: EOF detected"):
+        message = f'connection to server at "127.0.0.1", port 5432 failed: {words}\n'
+        assert servertls.explain_direct_failure(message, direct) == message.replace(words, f"{words} {meaning}")
+        assert servertls.explain_direct_failure(message, {"sslmode": "require"}) == message
+    refused = 'connection to server at "127.0.0.1", port 5432 failed: Connection refused'
+    assert servertls.explain_direct_failure(refused, direct) == refused
