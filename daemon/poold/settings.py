@@ -318,6 +318,11 @@ def _refusal(data: bytes, pos: int, start: int, end: int, reason: str) -> bytes:
 # -- a server connection's settings ---------------------------------------------------
 
 
+def identity_differs(have: Mapping[str, str], want: Mapping[str, str]) -> bool:
+    """Whether ``want``'s role or session authorization is not ``have``'s."""
+    return any(have.get(n) != want.get(n) for n in _IDENTITY)
+
+
 def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> list[str]:
     """The queries that take a server connection from the settings ``have`` to ``want``
     (each beyond the pool's defaults), written together; none when they are the same.
@@ -328,7 +333,7 @@ def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> list[str]:
     which reads them as a startup packet's are (a list such as search_path included).
     Role and session authorization are reset first and set last, so that the other
     settings are set by the pool's user."""
-    identity = any(have.get(n) != want.get(n) for n in _IDENTITY)
+    identity = identity_differs(have, want)
     parts = [f"RESET {n}" for n in _IDENTITY if identity and n in have]
     parts += [f"RESET {quote_ident(n)}" for n in have if n not in want and n not in _IDENTITY]
     calls = [f"set_config({quote_literal(n)}, {quote_literal(v)}, false)"

@@ -447,3 +447,30 @@ def test_reported_settings_are_reset_before_psycopg_pool_gets_the_connection_bac
             assert server_names() == default
             # and the client still has its own, on its next transaction
             assert (show(a, "application_name"), show(a, "TimeZone")) == ("client_a", "Asia/Tokyo")
+
+
+@pytest.mark.parametrize("how", ["options", "set"])
+def test_a_role_that_can_no_longer_be_set_ends_the_session(poold_factory: Callable[..., Poold],
+                                                           pg: pgcluster.Cluster, core: dict[str, str],
+                                                           how: str) -> None:
+    """A client's role, applied on another server connection, fails there (the pool's user
+    was removed from it since): the client's statement must not run as the pool's user.
+    Its session ends with the server's reason; the other clients go on."""
+    pg.psql("DO $$BEGIN CREATE ROLE settings_revoked NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    pg.psql("GRANT settings_revoked TO app")
+    poold = poold_factory(max_size=1, min_size=1, environ=core)
+    try:
+        extra = {"options": "-c role=settings_revoked"} if how == "options" else {}
+        with connect(poold, **extra) as a, connect(poold) as b:
+            if how == "set":
+                a.execute("SET ROLE settings_revoked")
+            assert one(a, "SELECT current_user") == "settings_revoked"
+            assert one(b, "SELECT current_user") == "app"  # the one server connection is b's now
+            pg.psql("REVOKE settings_revoked FROM app")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="settings_revoked") as failed:
+                one(a, "SELECT current_user")
+            assert failed.value.sqlstate == "42501"
+            assert a.closed or a.broken
+            assert one(b, "SELECT current_user") == "app"
+    finally:
+        pg.psql("DROP ROLE IF EXISTS settings_revoked")
