@@ -283,18 +283,23 @@ def test_no_client_setting_waits_in_the_pool(poold_factory: Callable[..., Poold]
 
 def test_a_failing_setting_of_the_next_client_leaves_it_no_other_clients(poold_factory: Callable[..., Poold]) -> None:
     """Client A's TimeZone stays on the server connection (a reported setting); client B's
-    role, valid at its login, is dropped before B's next request. B's setting fails there,
-    but the reset of A's TimeZone, written with it, holds: B never runs under A's settings."""
+    text search configuration, valid at its login, is dropped before B's next request.
+    B's setting fails there, but the reset of A's TimeZone, written with it, holds: B
+    never runs under A's settings. (A role that fails so ends B's session instead:
+    test_settings.py, test_a_role_that_can_no_longer_be_set_ends_the_session.)"""
     p = poold_factory(mode="transaction", max_size=1, min_size=1)
-    p.pg.psql("CREATE ROLE doomed_role; GRANT doomed_role TO app", dbname="app")
+    p.pg.psql("DROP TEXT SEARCH CONFIGURATION IF EXISTS doomed_cfg; "
+              "CREATE TEXT SEARCH CONFIGURATION doomed_cfg (COPY = english)", dbname="app")
     with psycopg.connect(p.dsn(), autocommit=True) as a:
         default = a.execute("SHOW TimeZone").fetchone()
-        with psycopg.connect(p.dsn(options="'-c role=doomed_role'"), autocommit=True) as b:
-            assert b.execute("SELECT current_user").fetchone() == ("doomed_role",)
+        with psycopg.connect(p.dsn(options="'-c default_text_search_config=doomed_cfg'"), autocommit=True) as b:
+            assert b.execute("SHOW default_text_search_config").fetchone() == ("public.doomed_cfg",)
             a.execute("SET TimeZone = 'Asia/Tokyo'")
             assert a.execute("SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
-            p.pg.psql("DROP ROLE doomed_role", dbname="app")
+            p.pg.psql("DROP TEXT SEARCH CONFIGURATION doomed_cfg", dbname="app")
             assert b.execute("SHOW TimeZone").fetchone() == default
+            # (its own setting failed there: the server's default stands in, logged)
+            assert b.execute("SHOW default_text_search_config").fetchone() == ("pg_catalog.english",)
 
 
 def test_options_search_path_follows_the_client(pooled: Poold) -> None:
