@@ -39,11 +39,16 @@ test: venv $(EXPORTER)
 	$(MAKE) test-server-tls
 
 # The relay's tiers again through TLS server legs: the session's cluster speaks TLS
-# and every poold DSN says sslmode=verify-full (tests/conftest.py, SERVER_TLS).
-# tests/e2e/test_server_tls.py (in `pytest tests`) covers what only TLS has.
+# and every poold DSN says sslmode=verify-full (tests/conftest.py, SERVER_TLS): every
+# test file whose clients go through a server leg (the others test logins, the
+# control socket, HTTP, systemd, docs and config). tests/e2e/test_server_tls.py (in
+# `pytest tests`) covers what only TLS has.
 SERVER_TLS_TESTS = tests/integration tests/e2e/test_psql.py tests/e2e/test_psycopg.py tests/e2e/test_pgbench.py \
 	tests/e2e/test_cancel.py tests/e2e/test_timeouts.py tests/e2e/test_database_outage.py \
-	tests/e2e/test_reload_under_load.py tests/e2e/test_integrity.py
+	tests/e2e/test_reload_under_load.py tests/e2e/test_integrity.py tests/e2e/test_prepared.py \
+	tests/e2e/test_settings.py tests/e2e/test_drivers.py tests/e2e/test_parameters.py tests/e2e/test_shutdown.py \
+	tests/e2e/test_pool_failures.py tests/e2e/test_pool_limits.py tests/e2e/test_idle_timeout.py \
+	tests/e2e/test_hostile_input.py tests/e2e/test_status_truth.py tests/e2e/test_admin_console.py
 test-server-tls: venv
 	POOLD_TEST_SERVER_TLS=1 $(BIN)/python -m pytest $(SERVER_TLS_TESTS)
 
