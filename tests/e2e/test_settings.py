@@ -350,10 +350,9 @@ def test_direct_connection_premise(pg: pgcluster.Cluster) -> None:
         assert (show(conn, "work_mem"), show(conn, "lock_timeout")) == ("4MB", "0")
 
 
-@pytest.mark.parametrize("core", [*CORES, "python-twins"])
-def test_set_in_a_chunk_that_starts_with_sync_is_seen(poold_factory: Callable[..., Poold], core: str) -> None:
-    """A SET that reaches poold behind a Sync in one read (the chunk starts with 'S') is
-    looked at as one at the start of a chunk is: it does not stay on the connection."""
+def _set_sent_in_two_reads(poold_factory: Callable[..., Poold], core: str, first: bytes, rest: bytes) -> None:
+    """A raw client sends ``first``, then (read apart) ``rest``: two requests, the last
+    ``SET work_mem = '3MB'``. The next client must not see it; its own client must."""
     environ = CORES.get(core, {"POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python",
                                "POOLD_SOCKET_IO": "asyncio"})
     p = poold_factory(mode="transaction", max_size=1, min_size=1, auth_type="trust", environ=environ)
@@ -362,46 +361,9 @@ def test_set_in_a_chunk_that_starts_with_sync_is_seen(poold_factory: Callable[..
         a.startup()
         while a.read_message()[0] != b"Z":
             pass
-        a.sock.sendall(_msg(b"P", b"\0SELECT 1\0\0\0") + _msg(b"B", b"\0\0\0\0\0\0\0\0") + _msg(b"E", b"\0\0\0\0\0"))
-        time.sleep(0.3)  # read apart: the next chunk starts with the Sync
-        a.sock.sendall(_msg(b"S", b"") + _msg(b"Q", b"SET work_mem = '3MB'\0"))
-        replies = []
-        while len([t for t in replies if t == b"Z"]) < 2:
-            replies.append(a.read_message()[0])
-        assert b"E" not in replies, replies
-        with psycopg.connect(p.dsn(), autocommit=True) as b:
-            assert b.execute("SHOW work_mem").fetchone() != ("3MB",)
-        a.send(b"Q", b"SHOW work_mem\0")
-        rows = []
-        while (m := a.read_message())[0] != b"Z":
-            if m[0] == b"D":
-                rows.append(m[1][6:].decode())
-        assert rows == ["3MB"]
-    finally:
-        a.close()
-
-
-@pytest.mark.parametrize("cut", ["in-a-body", "in-a-header"])
-@pytest.mark.parametrize("core", [*CORES, "python-twins"])
-def test_set_in_a_chunk_that_starts_inside_a_message_is_seen(poold_factory: Callable[..., Poold], core: str,
-                                                              cut: str) -> None:
-    """A SET whose chunk begins inside an earlier message (the rest of a long Query's
-    text, or the rest of the SET's own header) is looked at too: it does not stay on
-    the connection for the next client, and it stays with its own client."""
-    environ = CORES.get(core, {"POOLD_RELAY_CORE": "python", "POOLD_FRAME_SCANNER": "python",
-                               "POOLD_SOCKET_IO": "asyncio"})
-    p = poold_factory(mode="transaction", max_size=1, min_size=1, auth_type="trust", environ=environ)
-    a = RawClient(p.port)
-    try:
-        a.startup()
-        while a.read_message()[0] != b"Z":
-            pass
-        long_query = _msg(b"Q", b"SELECT length('" + b"x" * 20_000 + b"')\0")
-        setting = _msg(b"Q", b"SET work_mem = '3MB'\0")
-        first = long_query[:100] if cut == "in-a-body" else long_query + setting[:3]
         a.sock.sendall(first)
-        time.sleep(0.3)  # read apart: the next chunk starts inside a message
-        a.sock.sendall((long_query + setting)[len(first):])
+        time.sleep(0.3)  # read apart
+        a.sock.sendall(rest)
         replies = []
         while len([t for t in replies if t == b"Z"]) < 2:
             replies.append(a.read_message()[0])
@@ -418,6 +380,27 @@ def test_set_in_a_chunk_that_starts_inside_a_message_is_seen(poold_factory: Call
         a.close()
 
 
+SETTING = _msg(b"Q", b"SET work_mem = '3MB'\0")
+
+
+@pytest.mark.parametrize("core", [*CORES, "python-twins"])
+def test_set_in_a_chunk_that_starts_with_sync_is_seen(poold_factory: Callable[..., Poold], core: str) -> None:
+    """A SET that reaches poold behind a Sync in one read (the chunk starts with 'S') is
+    looked at as one at the start of a chunk is: it does not stay on the connection."""
+    _set_sent_in_two_reads(poold_factory, core,
+                           _msg(b"P", b"\0SELECT 1\0\0\0") + _msg(b"B", b"\0\0\0\0\0\0\0\0") + _msg(b"E", b"\0\0\0\0\0"),
+                           _msg(b"S", b"") + SETTING)
+
+
+@pytest.mark.parametrize("cut", ["in-a-body", "in-a-header"])
+@pytest.mark.parametrize("core", [*CORES, "python-twins"])
+def test_set_in_a_chunk_that_starts_inside_a_message_is_seen(poold_factory: Callable[..., Poold], core: str,
+                                                              cut: str) -> None:
+    """A SET whose chunk begins inside an earlier message (the rest of a long Query's
+    text, or the rest of the SET's own header) is looked at too."""
+    long_query = _msg(b"Q", b"SELECT length('" + b"x" * 20_000 + b"')\0")
+    first = long_query[:100] if cut == "in-a-body" else long_query + SETTING[:3]
+    _set_sent_in_two_reads(poold_factory, core, first, (long_query + SETTING)[len(first):])
 
 def test_reported_settings_are_reset_before_psycopg_pool_gets_the_connection_back(
         poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, core: dict[str, str]) -> None:
