@@ -452,6 +452,7 @@ typedef struct {
     PyObject *login, *login_wait, *peer, *plan, *reader, *key, *user, *database;
     double connected_at;
     char tls, self_paused;
+    char cancel_request; /* it brought a CancelRequest: nothing is written to it (set by _negotiate, read by _refuse) */
     /* named prepared statements (prepared.py): the client's ClientStatements or None, and
      * whether its stream stopped inside a request that the Python path holds or passes */
     PyObject *ps;
@@ -2507,6 +2508,7 @@ static PyMemberDef Client_members[] = {
     {"database", T_OBJECT, offsetof(ClientCore, database), 0, NULL},
     {"connected_at", T_DOUBLE, offsetof(ClientCore, connected_at), 0, NULL},
     {"tls", T_BOOL, offsetof(ClientCore, tls), 0, NULL},
+    {"cancel_request", T_BOOL, offsetof(ClientCore, cancel_request), 0, NULL},
     {"_self_paused", T_BOOL, offsetof(ClientCore, self_paused), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };

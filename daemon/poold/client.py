@@ -81,10 +81,10 @@ class ClientCorePy:
 
     # Slots: one of these lives per client connection, idle ones included.
     __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
-                 "buffered_syncs", "closed", "connected_at", "database", "in_batch", "key", "native_login", "pinned",
-                 "pool", "ps", "ps_mid", "relaying", "rt", "scanner", "server", "session_mode", "settle", "startup",
-                 "terminating", "tls", "transactions", "transport", "user", "wait_start", "waiting", "wanted",
-                 "xact_start")
+                 "buffered_syncs", "cancel_request", "closed", "connected_at", "database", "in_batch", "key",
+                 "native_login", "pinned", "pool", "ps", "ps_mid", "relaying", "rt", "scanner", "server",
+                 "session_mode", "settle", "startup", "terminating", "tls", "transactions", "transport", "user",
+                 "wait_start", "waiting", "wanted", "xact_start")
 
     scanner_type: type[PyFrameScanner]  # the class's: ClientSession.scanner_type
 
@@ -113,6 +113,7 @@ class ClientCorePy:
     _server_paused: bool
     native_login: bool  # the C core reads the login (never here: see connection_made)
     tls: bool
+    cancel_request: bool  # it brought a CancelRequest: nothing is written to it (see _refuse)
     key: tuple[int, int]  # the cancel key (pid, secret), (0, 0) until logged in
     user: str
     database: str
@@ -143,7 +144,7 @@ class ClientCorePy:
         self.buffered_syncs = self.transactions = 0
         self.xact_start = self.wait_start = 0.0
         self.relaying = self.waiting = self.terminating = self.closed = self.in_batch = False
-        self.session_mode = self._server_paused = self.native_login = False
+        self.session_mode = self._server_paused = self.native_login = self.cancel_request = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -590,6 +591,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
 
     def terminate_at_boundary(self, sqlstate: str, message: str) -> bool:
         """Close now if no transaction is open; False if it must wait."""
+        if self.cancel_request:
+            return False  # it closes once its cancel is delivered (Runtime.cancel), as PostgreSQL's does
         if self.server is not None and (self.server.pending or self.server.status != b"I" or self.in_batch):
             return False
         if self.buffered:
@@ -673,9 +676,14 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     def _refuse(self, sqlstate: str, message: str, response: bytes | None = None) -> None:
         """Tell the client why, then end its connection, with no log line of its own (the
         caller logs, or logs in aggregate): a lingering close (sockio.linger), so that the
-        error is what it reads, and not a reset."""
+        error is what it reads, and not a reset.
+
+        A CancelRequest's connection is closed without a word, whatever ends it (drain,
+        shutdown_timeout, login_timeout, max_login_conn, a failure): PostgreSQL never
+        answers one, and libpq 17+ (PQcancelPoll) takes any byte for a failed cancel
+        ("unexpected response from server")."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.cancel_request:
             self._close()
             return
         transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))

@@ -417,6 +417,7 @@ class LoginSteps(_Session):
                     raise PooldError("28000", "TLS is required: connect with sslmode=require")
                 return request
             if isinstance(request, messages.CancelRequest):
+                self.cancel_request = True  # from now on nothing is written to it, not even an error (_refuse)
                 delivered = self.rt.cancel(request.pid, request.secret)
                 if delivered is not None:
                     yield delivered  # closed after the server closed its own cancel connection

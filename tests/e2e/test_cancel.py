@@ -6,6 +6,9 @@ later query. Through poold the same must hold, whoever gets the server connectio
 next. Each reproduction runs RUNS times and counts the queries cancelled that no
 cancel was sent for: there must be none. The counts are in the assertion messages.
 
+And nothing but that close answers a cancel, even when poold stops while the cancel is
+in flight: libpq 17+ fails a cancel that reads any byte ("unexpected response from server").
+
 And the backend's identity: in session mode a client is told its server's process
 id, so pg_backend_pid() and a notification's sender are what the driver knows.
 """
@@ -13,13 +16,20 @@ id, so pg_backend_pid() and a notification's sender are what the driver knows.
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from tests.conftest import APP_PASSWORD, Poold, pgcluster
+from tests import tlsca
+from tests.conftest import APP_PASSWORD, Poold, pgcluster, wait_until
 
 RUNS = 50
 
@@ -158,3 +168,88 @@ def test_session_mode_clients_know_their_server(poold_factory: Callable[..., Poo
             finally:
                 timer.join()
             assert other.execute("SELECT 1").fetchone() == (1,)  # not the other connection's query
+
+
+#: the client leg of a cancel connection: poold's client TLS configured, and the client's sslmode
+CLIENT_LEGS = {
+    "sslrequest-answered-n": (False, "prefer"),  # SSLRequest, 'N', then the CancelRequest
+    "cancelrequest-first": (False, "disable"),
+    "tls": (True, "require"),  # SSLRequest, 'S', TLS, then the CancelRequest in it
+}
+
+
+def accept_backlog(port: int) -> int:
+    """Connections the kernel has completed on ``port`` that its listener has not
+    accepted yet: the rx_queue of a LISTEN socket (state 0A) in /proc/net/tcp*."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in rows.readlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    waiting += int(cols[4].split(":")[1], 16)
+    return waiting
+
+
+@contextmanager
+def postmaster_stopped(pg: pgcluster.Cluster) -> Iterator[None]:
+    """The cluster's postmaster stopped (SIGSTOP): its backends run on, but a new
+    connection to it, poold's CancelRequest among them, waits in its listen backlog."""
+    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+
+
+def in_thread(outcome: dict[str, Any], name: str, call: Callable[[], object]) -> threading.Thread:
+    """Run ``call`` in a thread; ``outcome[name]``: its exception, or None."""
+    def run() -> None:
+        try:
+            call()
+            outcome[name] = None
+        except Exception as exc:
+            outcome[name] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("leg", list(CLIENT_LEGS))
+def test_a_cancel_in_flight_when_poold_stops_is_answered_by_its_close_alone(
+        poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, core: dict[str, str], tmp_path: Path,
+        leg: str) -> None:
+    """SIGTERM while poold forwards a CancelRequest (the server has not closed poold's own
+    cancel connection yet): the drain ends an idle client with 57P01, but writes nothing on
+    the cancel connection, which closes once the cancel is delivered, as PostgreSQL's does.
+    libpq 17+ (psycopg's cancel_safe) takes any byte there for a failed cancel: before, the
+    drain wrote its 57P01 there too, and the cancel failed with "unexpected response from
+    server" (as a cancel still in flight at a test's end met poold's teardown)."""
+    tls, sslmode = CLIENT_LEGS[leg]
+    raw = ""
+    if tls:
+        files = tlsca.issue(tmp_path / "tls", None)
+        raw = f'\n[tls]\ncert_file = "{files.server_cert}"\nkey_file = "{files.server_key}"\n'
+    p = poold_factory(mode="transaction", max_size=2, min_size=1, environ=core, raw=raw)
+    outcome: dict[str, Any] = {}
+    sql = "SELECT pg_sleep(30) AS cancel_in_flight"
+    with psycopg.connect(p.dsn(sslmode=sslmode), autocommit=True) as conn, \
+            psycopg.connect(p.dsn(sslmode=sslmode), autocommit=True) as idle:
+        assert conn.pgconn.ssl_in_use is tls
+        idle.execute("SELECT 1")
+        query = in_thread(outcome, "query", lambda: conn.execute(sql))
+        wait_until(lambda: pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}'") == "1")
+        with postmaster_stopped(pg):
+            queued = accept_backlog(pg.port)
+            cancel = in_thread(outcome, "cancel", conn.cancel_safe)
+            wait_until(lambda: accept_backlog(pg.port) > queued)  # poold's cancel waits for the postmaster
+            p.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            # the drain's pass over the clients: idle's 57P01 arrives, the cancel connection was passed too
+            assert select.select([idle.fileno()], [], [], 10)[0]
+            assert cancel.is_alive(), outcome.get("cancel")  # not delivered yet, so not answered
+        cancel.join(10)
+        query.join(10)
+    assert outcome["cancel"] is None, outcome["cancel"]
+    assert isinstance(outcome["query"], psycopg.errors.QueryCanceled), outcome["query"]
+    assert p.proc.wait(timeout=30) == 0  # type: ignore[union-attr]
