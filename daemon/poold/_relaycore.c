@@ -57,7 +57,7 @@ static PyObject *IDLE;          /* b"I" */
 static PyObject *EMPTY;         /* b"" */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
-static PyObject *s_feed, *s_tally, *s_at_boundary, *s_resume, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
+static PyObject *s_feed, *s_tally, *s_at_boundary, *s_in_progress, *s_max_length, *s_is_closing, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
     *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
     *s_settle, *s_release_settings, *s_session_statement,
     *s_give_back, *s_retire, *s_set_aside, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
@@ -152,30 +152,30 @@ scanner_at_boundary(PyObject *scanner)
     return result;
 }
 
-/* Where the next chunk's first whole message starts: *skip body bytes of the current
- * message still to come, or *carry (a new reference; NULL if none) the bytes of a cut
- * header. 0, or -1 with an exception set. */
+/* The message the scanner's stream is inside: *skip its bytes still to come, and its
+ * type (or -1); *max_length, the longest message it takes; -2 with an exception set
+ * (FrameScanner.in_progress and .max_length). */
 static int
-scanner_resume(PyObject *scanner, Py_ssize_t *skip, PyObject **carry)
+scanner_in_progress(PyObject *scanner, Py_ssize_t *skip, long long *max_length)
 {
-    if (framing != NULL && Py_IS_TYPE(scanner, framing->scanner_type)) {
-        PyObject *cut = framing->resume(scanner, skip);
-        *carry = cut != NULL && PyBytes_GET_SIZE(cut) ? Py_NewRef(cut) : NULL;
-        return 0;
+    if (framing != NULL && Py_IS_TYPE(scanner, framing->scanner_type))
+        return framing->in_progress(scanner, skip, max_length);
+    PyObject *state = PyObject_GetAttr(scanner, s_in_progress);
+    PyObject *limit = state ? PyObject_GetAttr(scanner, s_max_length) : NULL;
+    int type = -2;
+    if (limit != NULL && PyTuple_Check(state) && PyTuple_GET_SIZE(state) == 2) {
+        *skip = PyLong_AsSsize_t(PyTuple_GET_ITEM(state, 0));
+        type = (int)PyLong_AsLong(PyTuple_GET_ITEM(state, 1));
+        *max_length = PyLong_AsLongLong(limit);
+        if (PyErr_Occurred())
+            type = -2;
     }
-    PyObject *resume = PyObject_GetAttr(scanner, s_resume);
-    if (resume == NULL)
-        return -1;
-    if (!PyTuple_Check(resume) || PyTuple_GET_SIZE(resume) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(resume, 1))) {
-        Py_DECREF(resume);
-        PyErr_SetString(PyExc_TypeError, "a scanner's resume is (int, bytes)");
-        return -1;
+    else if (limit != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a scanner's in_progress is (int, int)");
     }
-    *skip = PyLong_AsSsize_t(PyTuple_GET_ITEM(resume, 0));
-    PyObject *cut = PyTuple_GET_ITEM(resume, 1);
-    *carry = PyBytes_GET_SIZE(cut) ? Py_NewRef(cut) : NULL;
-    Py_DECREF(resume);
-    return *skip == -1 && PyErr_Occurred() ? -1 : 0;
+    Py_XDECREF(limit);
+    Py_XDECREF(state);
+    return type;
 }
 
 /* Call and drop the result; 0, or -1 with an exception set. */
@@ -436,6 +436,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *transport, *write, *scanner, *pool, *server, *buffered, *wanted, *rt;
+    PyObject *head; /* bytes: a message's start too short to look at, kept for the next read (settings.look) */
     PyObject *startup, *pinned; /* settings.py: the startup settings (or None), what pins it (or None) */
     Py_ssize_t buffered_syncs, transactions;
     double xact_start, wait_start;
@@ -479,6 +480,7 @@ typedef struct {
 
 static PyObject *client_server_ready(ClientCore *self, PyObject *status);
 static PyObject *Client_data_received(ClientCore *self, PyObject *data);
+static PyObject *client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ssize_t at, int tail);
 static int client_on_server(ClientCore *self, ServerCore *link);
 
 static int
@@ -1379,41 +1381,14 @@ request_may_carry(const char *p, Py_ssize_t avail)
     return 0;
 }
 
-/* settings.may_carry_state: a chunk (its messages starting at ``at``) with a Query or
- * Parse whose text starts with SET, RESET, DISCARD, LISTEN, PREPARE, DECLARE or CREATE
- * (any case, a whole word), or with white space or a comment, or a Query of more than
- * one statement; or a chunk with a Query or Parse that names advisory_lock or
- * set_config (lower or upper case). A walk over the chunk's message headers, the first
- * bytes of each Query and Parse, and one memchr pass. */
+/* settings.HEAD_BYTES: a Query's or Parse's first bytes (and every header) reach the look in one read */
+#define HEAD_BYTES 256
+
+/* The memchr pass of settings._ANYWHERE over p[0:n]: each name has one '_', so one
+ * pass finds the few places to compare. */
 static int
-may_carry_state(const char *p, Py_ssize_t n, Py_ssize_t at)
+names_anywhere(const char *p, Py_ssize_t n)
 {
-    Py_ssize_t pos = at;
-    int seen = 0;
-    while (pos + 5 <= n) {
-        const unsigned char *h = (const unsigned char *)p + pos;
-        Py_ssize_t length = (Py_ssize_t)((uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 8 | h[4]);
-        if (length < 4)
-            return 0;
-        Py_ssize_t avail = n - pos < 1 + length ? n - pos : 1 + length;
-        int is_request = 0; /* with some text in the chunk: settings.requests */
-        if (p[pos] == 'Q') {
-            is_request = avail > 5;
-        }
-        else if (p[pos] == 'P' && avail > 5) {
-            const char *nul = memchr(p + pos + 5, 0, (size_t)(avail - 5));
-            is_request = nul != NULL && nul - (p + pos) + 1 < avail;
-        }
-        if (is_request) {
-            seen = 1;
-            if (request_may_carry(p + pos, avail))
-                return 1;
-        }
-        pos += 1 + length;
-    }
-    if (!seen)
-        return 0;
-    /* each name has one '_': one memchr pass finds the few places to compare */
     const char *end = p + n, *u = p;
     while ((u = memchr(u, '_', (size_t)(end - u))) != NULL) {
         for (size_t k = 0; k < sizeof CARRY_ANYWHERE / sizeof CARRY_ANYWHERE[0]; k++) {
@@ -1425,6 +1400,60 @@ may_carry_state(const char *p, Py_ssize_t n, Py_ssize_t at)
         u++;
     }
     return 0;
+}
+
+/* settings.look: whether a chunk (its messages starting at ``at``; before it, the rest
+ * of a message of type ``tail`` begun in an earlier read, -1 if not known) may change
+ * the session's state: a Query or Parse whose text starts with SET, RESET, DISCARD,
+ * LISTEN, PREPARE, DECLARE or CREATE (any case, a whole word), or with white space or a
+ * comment, or a Query of more than one statement; or a chunk with a Query or Parse that
+ * names advisory_lock or set_config (lower or upper case); or the rest of a Query with a
+ * ';', of a Query or Parse with one of those names. *cut: where a message's start too
+ * short to look at begins (a header, or less than a Query's or Parse's first HEAD_BYTES,
+ * of one no longer than ``limit``, the longest the scanner takes), kept for the next
+ * read; n if none. A walk over the chunk's message headers, the first
+ * bytes of each Query and Parse, and one memchr pass. */
+static int
+may_carry_state(const char *p, Py_ssize_t n, Py_ssize_t at, int tail, long long limit, Py_ssize_t *cut)
+{
+    Py_ssize_t pos = at;
+    int seen = 0, look = 0;
+    *cut = n;
+    while (pos < n) {
+        if (n - pos < 5) {
+            *cut = pos;
+            break;
+        }
+        const unsigned char *h = (const unsigned char *)p + pos;
+        Py_ssize_t length = (Py_ssize_t)((uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 8 | h[4]);
+        if (length < 4)
+            break; /* the relay refuses it */
+        if (length + 1 > n - pos && (p[pos] == 'Q' || p[pos] == 'P') && n - pos < 5 + HEAD_BYTES &&
+            (long long)length <= limit) {
+            *cut = pos;
+            break;
+        }
+        Py_ssize_t avail = n - pos < 1 + length ? n - pos : 1 + length;
+        int is_request = 0; /* with some text in the chunk: settings.requests */
+        if (p[pos] == 'Q') {
+            is_request = avail > 5;
+        }
+        else if (p[pos] == 'P' && avail > 5) {
+            const char *nul = memchr(p + pos + 5, 0, (size_t)(avail - 5));
+            is_request = nul != NULL && nul - (p + pos) + 1 < avail;
+        }
+        if (is_request) {
+            seen = 1;
+            if (!look)
+                look = request_may_carry(p + pos, avail);
+        }
+        pos += 1 + length;
+    }
+    if (!look && seen)
+        look = names_anywhere(p, *cut);
+    if (!look && at > 0 && (tail == 'Q' || tail == 'P')) /* settings.rest_may_carry */
+        look = (tail == 'Q' && memchr(p, ';', (size_t)at) != NULL) || names_anywhere(p, at);
+    return look;
 }
 
 /* _lease_and_send: a free link at once, else wait for one (Pool._acquire_wait queues). */
@@ -1465,7 +1494,15 @@ client_on_server(ClientCore *self, ServerCore *link)
             observe(stats->wait, monotonic() - self->wait_start);
         self->wait_start = 0.0;
     }
-    if (self->closed) {
+    int ended = self->closed || self->transport == NULL || is_none(self->transport);
+    if (!ended) { /* ended meanwhile, its connection_lost not run yet (ClientSession._refuse) */
+        PyObject *closing = PyObject_CallMethodNoArgs(self->transport, s_is_closing);
+        ended = closing == NULL ? -1 : PyObject_IsTrue(closing);
+        Py_XDECREF(closing);
+        if (ended < 0)
+            return -1;
+    }
+    if (ended) {
         self->waiting = 0;
         return pool_release(pool, link, 0.0);
     }
@@ -2076,34 +2113,55 @@ Client_data_received(ClientCore *self, PyObject *data)
         stats = stats_of(((PoolCore *)self->pool)->stats);
     if (stats == NULL)
         return PyObject_CallMethodOneArg((PyObject *)self, s_relay, data);
-    Py_ssize_t syncs, stop_at, at;
-    int last, look;
-    /* A Query or Parse that may change the session's state (settings.py), looked at from
-     * the chunk's first whole message; or, when the last chunk ended inside a header, over
-     * that header's bytes (prefix) and the chunk (ClientSession._look_inside, the same). */
-    PyObject *prefix;
-    if (scanner_resume(self->scanner, &at, &prefix) < 0)
-        return NULL;
-    if (prefix == NULL) {
-        look = at < PyBytes_GET_SIZE(data) && may_carry_state(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), at);
+    /* A Query or Parse that may change the session's state (settings.look), from the
+     * chunk's first whole message on, and the rest of a Query or Parse begun in an
+     * earlier read. A message's start too short to look at (a header, a Query's or
+     * Parse's first bytes) waits for the next read (self->head): ClientSession._relay. */
+    PyObject *in;
+    if (self->head != NULL && PyBytes_Check(self->head) && PyBytes_GET_SIZE(self->head)) {
+        Py_ssize_t k = PyBytes_GET_SIZE(self->head);
+        in = PyBytes_FromStringAndSize(NULL, k + PyBytes_GET_SIZE(data));
+        if (in == NULL)
+            return NULL;
+        memcpy(PyBytes_AS_STRING(in), PyBytes_AS_STRING(self->head), (size_t)k);
+        memcpy(PyBytes_AS_STRING(in) + k, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
     }
     else {
-        PyObject *joined = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + PyBytes_GET_SIZE(data));
-        if (joined == NULL) {
-            Py_DECREF(prefix);
-            return NULL;
-        }
-        memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix));
-        memcpy(PyBytes_AS_STRING(joined) + PyBytes_GET_SIZE(prefix), PyBytes_AS_STRING(data),
-               (size_t)PyBytes_GET_SIZE(data));
-        look = may_carry_state(PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined), 0);
-        Py_DECREF(joined);
-        at = 0;
+        in = Py_NewRef(data);
     }
-    if (!look)
-        Py_CLEAR(prefix);
+    Py_CLEAR(self->head);
+    Py_ssize_t skip = 0, cut, n_in = PyBytes_GET_SIZE(in);
+    long long limit = 0;
+    int tail = scanner_in_progress(self->scanner, &skip, &limit);
+    if (tail == -2) {
+        Py_DECREF(in);
+        return NULL;
+    }
+    Py_ssize_t at = skip < 0 ? 0 : skip < n_in ? skip : n_in;
+    int look = may_carry_state(PyBytes_AS_STRING(in), n_in, at, tail, limit, &cut);
+    if (cut < n_in) {
+        self->head = PyBytes_FromStringAndSize(PyBytes_AS_STRING(in) + cut, n_in - cut);
+        PyObject *kept = self->head != NULL ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(in), cut) : NULL;
+        Py_SETREF(in, kept);
+        if (in == NULL)
+            return NULL;
+        if (cut == 0) {
+            Py_DECREF(in);
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *result = client_relay(self, stats, in, look, at, tail);
+    Py_DECREF(in);
+    return result;
+}
+
+/* ClientSession._relay's rest, for a chunk ``data`` looked at (settings.look). */
+static PyObject *
+client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ssize_t at, int tail)
+{
+    Py_ssize_t syncs, stop_at;
+    int last;
     if (scanner_tally(self->scanner, data, &syncs, &stop_at, &last) < 0) {
-        Py_XDECREF(prefix);
         if (!PyErr_ExceptionMatches(ProtocolError))
             return NULL;
         PyObject *type, *value, *tb;
@@ -2125,22 +2183,20 @@ Client_data_received(ClientCore *self, PyObject *data)
     else {
         chunk = Py_NewRef(data);
     }
-    if (chunk == NULL) {
-        Py_XDECREF(prefix);
+    if (chunk == NULL)
         return NULL;
-    }
-    if (look && PyBytes_GET_SIZE(chunk) > at) { /* ClientSession._session_statement: what goes to the server */
-        PyObject *from = PyLong_FromSsize_t(at);
-        if (from == NULL) {
-            Py_XDECREF(prefix);
+    if (look && PyBytes_GET_SIZE(chunk)) { /* ClientSession._session_statement: what goes to the server */
+        PyObject *from = PyLong_FromSsize_t(at), *kind = from ? PyLong_FromLong(tail) : NULL;
+        if (kind == NULL) {
+            Py_XDECREF(from);
             Py_DECREF(chunk);
             return NULL;
         }
-        PyObject *args[4] = {(PyObject *)self, chunk, from, prefix != NULL ? prefix : EMPTY};
+        PyObject *args[4] = {(PyObject *)self, chunk, from, kind};
         Py_SETREF(chunk, PyObject_VectorcallMethod(s_session_statement, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                                    NULL));
         Py_DECREF(from);
-        Py_CLEAR(prefix);
+        Py_DECREF(kind);
         if (chunk == NULL)
             return NULL;
         if (!PyBytes_CheckExact(chunk)) {
@@ -2149,7 +2205,6 @@ Client_data_received(ClientCore *self, PyObject *data)
             return NULL;
         }
     }
-    Py_XDECREF(prefix); /* a Terminate cut the chunk before its first whole message */
     Py_ssize_t n = PyBytes_GET_SIZE(chunk);
     stats->bytes_in += n;
     stats->queries += syncs;
@@ -2439,6 +2494,7 @@ Client_clear(ClientCore *self)
     Py_CLEAR(self->pool);
     Py_CLEAR(self->server);
     Py_CLEAR(self->buffered);
+    Py_CLEAR(self->head);
     Py_CLEAR(self->wanted);
     Py_CLEAR(self->startup);
     Py_CLEAR(self->pinned);
@@ -2479,6 +2535,7 @@ static PyMemberDef Client_members[] = {
     {"pool", T_OBJECT, offsetof(ClientCore, pool), 0, NULL},
     {"server", T_OBJECT, offsetof(ClientCore, server), 0, NULL},
     {"buffered", T_OBJECT, offsetof(ClientCore, buffered), 0, NULL},
+    {"_head", T_OBJECT, offsetof(ClientCore, head), 0, NULL},
     {"wanted", T_OBJECT, offsetof(ClientCore, wanted), 0, NULL},
     {"startup", T_OBJECT, offsetof(ClientCore, startup), 0, NULL},
     {"pinned", T_OBJECT, offsetof(ClientCore, pinned), 0, NULL},
@@ -2536,20 +2593,30 @@ static PyTypeObject ClientCoreType = {
 
 /* ------------------------------------------------------------------------ */
 
-/* may_carry_state(data, at=0): settings.may_carry_state, for the differential test of the pair */
+/* look(data, at=0, tail=-1): settings.look, for the differential test of the pair */
 static PyObject *
-Module_may_carry_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+Module_look(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t at = 0;
-    if (nargs < 1 || nargs > 2 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "may_carry_state(data: bytes, at: int = 0)");
+    Py_ssize_t at = 0, cut;
+    long tail = -1;
+    long long limit = 0x3FFFFFFF; /* framing.MAX_MESSAGE_LENGTH */
+    if (nargs < 1 || nargs > 4 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "look(data: bytes, at: int = 0, tail: int = -1, limit: int = 2**30 - 1)");
         return NULL;
     }
-    if (nargs == 2 && (at = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())
+    if (nargs >= 2 && (at = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())
         return NULL;
-    if (at < 0)
-        at = 0;
-    return PyBool_FromLong(may_carry_state(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), at));
+    if (nargs >= 3 && (tail = PyLong_AsLong(args[2])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (nargs == 4 && (limit = PyLong_AsLongLong(args[3])) == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (at < 0 || at > n) {
+        PyErr_SetString(PyExc_ValueError, "look: at is within data");
+        return NULL;
+    }
+    int look = may_carry_state(PyBytes_AS_STRING(args[0]), n, at, (int)tail, limit, &cut);
+    return Py_BuildValue("(Nn)", PyBool_FromLong(look), cut);
 }
 
 /* ps_clean for the differential test against prepared.clean */
@@ -2582,8 +2649,7 @@ module_ps_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef relaycore_functions[] = {
-    {"may_carry_state", (PyCFunction)(void (*)(void))Module_may_carry_state, METH_FASTCALL,
-     "settings.may_carry_state in C."},
+    {"look", (PyCFunction)(void (*)(void))Module_look, METH_FASTCALL, "settings.look in C."},
     {"ps_clean", (PyCFunction)module_ps_clean, METH_O, "prepared.clean in C (ClientSession._forward's test)."},
     {"ps_rename", (PyCFunction)(void (*)(void))module_ps_rename, METH_FASTCALL,
      "ClientStatements.rename's walk in C: (renamed bytes, statements bound) or None."},
@@ -2610,7 +2676,9 @@ PyInit__relaycore(void)
     INTERN(s_feed, "feed");
     INTERN(s_tally, "tally");
     INTERN(s_at_boundary, "at_boundary");
-    INTERN(s_resume, "resume");
+    INTERN(s_in_progress, "in_progress");
+    INTERN(s_max_length, "max_length");
+    INTERN(s_is_closing, "is_closing");
     INTERN(s_draining, "draining");
     INTERN(s_max_size, "max_size");
     INTERN(s_max_prepared_statements, "max_prepared_statements");

@@ -80,8 +80,8 @@ class ClientCorePy:
     """
 
     # Slots: one of these lives per client connection, idle ones included.
-    __slots__ = ("_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused", "buffered",
-                 "buffered_syncs", "cancel_request", "closed", "connected_at", "database", "in_batch", "key",
+    __slots__ = ("_head", "_login", "_login_wait", "_peer", "_plan", "_reader", "_self_paused", "_server_paused",
+                 "buffered", "buffered_syncs", "cancel_request", "closed", "connected_at", "database", "in_batch", "key",
                  "native_login", "pinned", "pool", "ps", "ps_mid", "relaying", "rt", "scanner", "server",
                  "session_mode", "settle", "startup", "terminating", "tls", "transactions", "transport", "user",
                  "wait_start", "waiting", "wanted", "xact_start")
@@ -138,6 +138,7 @@ class ClientCorePy:
         self.transport = self.pool = self.server = self.ps = None
         self.ps_mid = False
         self.buffered = []
+        self._head = b""  # a message's start too short to look at, kept for the next read (settings.look)
         self.wanted = {}
         self.startup = self.pinned = None
         self.settle = False
@@ -210,7 +211,7 @@ class ClientCorePy:
         if self.wait_start:
             self.pool.stats.wait.observe(time.monotonic() - self.wait_start)  # type: ignore[union-attr]
             self.wait_start = 0.0
-        if self.closed:
+        if self.closed or self.transport is None or self.transport.is_closing():  # ended meanwhile (_refuse)
             self.waiting = False
             assert self.pool is not None
             self.pool.release(link)
@@ -249,7 +250,7 @@ class ClientCorePy:
     def _release_settings(self, link: ServerLink) -> None:
         raise NotImplementedError
 
-    def _session_statement(self, data: bytes, at: int = 0, prefix: bytes = b"") -> bytes:
+    def _session_statement(self, data: bytes, at: int = 0, tail: int = -1) -> bytes:
         raise NotImplementedError
 
     def _start_login(self) -> None:
@@ -337,12 +338,19 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     # -- relay: client -> server (hot path) ----------------------------------
 
     def _relay(self, data: bytes) -> None:
-        # A Query or Parse in the chunk that may change the session's state (settings.py; the
-        # C core's same walk): looked at wherever it is in a chunk that starts a message
-        if self.scanner.at_boundary:
-            look, at, prefix = settings.may_carry_state(data), 0, b""
-        else:  # the chunk starts inside a message: look from the next one
-            look, at, prefix = self._look_inside(data)
+        # A Query or Parse in the chunk that may change the session's state (settings.look;
+        # the C core's same walk), from the chunk's first whole message on, and the rest of
+        # a Query or Parse begun in an earlier read. A message's start too short to look at
+        # (a header, a Query's or Parse's first bytes) waits for the next read.
+        if self._head:
+            data, self._head = self._head + data, b""
+        skip, tail = self.scanner.in_progress
+        at = min(skip, len(data))
+        look, cut = settings.look(data, at, tail, self.scanner.max_length)
+        if cut < len(data):
+            data, self._head = data[:cut], data[cut:]
+            if not data:
+                return
         try:
             # Query, Sync and FunctionCall each owe one ReadyForQuery; Terminate ends it.
             syncs, stop_at, last = self.scanner.tally(data, _SYNC_POINTS, _X)
@@ -354,8 +362,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         if stop_at is not None:
             data = data[:stop_at] if stop_at > 0 else b""
             self.terminating = True
-        if look and len(data) > at:
-            data = self._session_statement(data, at, prefix)
+        if look and data:
+            data = self._session_statement(data, at, tail)
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)
@@ -380,15 +388,6 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                     self._forward(server, data, syncs)
         if self.terminating:
             self._close()
-
-    def _look_inside(self, data: bytes) -> tuple[bool, int, bytes]:
-        """may_carry_state for a chunk that starts inside a message (_relaycore.c,
-        Client_data_received, the same): from the end of the message's body, or, when
-        its header was cut, over the carried header bytes and the chunk (``prefix``)."""
-        skip, carried = self.scanner.resume
-        if carried:
-            return settings.may_carry_state(carried + data), 0, carried
-        return skip < len(data) and settings.may_carry_state(data, skip), skip, b""
 
     def _relay_error(self, exc: ProtocolError) -> None:
         self._fatal(exc.sqlstate, str(exc))
@@ -435,26 +434,38 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
 
     def _attach_as(self, link: ServerLink, data: bytes, syncs: int) -> None:
         """A link whose role or session authorization is not the client's: those are set
-        first, and the client's requests wait (buffered) for the answer, so that none
-        runs as another role should the server refuse it now (the pool's user removed
-        from the role since): the session then ends with the server's reason."""
+        first (the last of settings.sync_sql's queries), and the client's requests wait
+        (buffered) for the answer, so that none runs as another role should the server
+        refuse it now (the pool's user removed from the role since): the session then
+        ends with the server's reason. A refusal of another setting is logged, as
+        relay.ServerLink.sync_parameters' are, and the requests go on."""
         self.waiting = True
         link.owner = self  # a server lost meanwhile ends the session (on_server_lost)
         self._buffer(data, syncs)
         refusals: list[bytes] = []
+
+        def refused(body: bytes) -> None:
+            if link.swallow == 1:  # the identity's own query, the last
+                refusals.append(body)
+            else:
+                fields = messages.parse_error_fields(body)
+                log.warning("internal_query_failed", server_pid=link.pid, sqlstate=fields.get("C"),
+                            error=fields.get("M"))
+
         link.run_internal(settings.sync_sql(link.params, self.wanted),
-                          lambda done: self._identity_set(done, refusals), refusals.append)
+                          lambda done: self._on_identity_set(done, refusals), refused)
         link.take_params(dict(self.wanted))
 
-    def _identity_set(self, link: ServerLink, refusals: list[bytes]) -> None:
+    def _on_identity_set(self, link: ServerLink, refusals: list[bytes]) -> None:
         assert self.pool is not None
-        if self.closed or refusals:
+        gone = self.closed or self.transport is None or self.transport.is_closing()
+        if gone or refusals:
             link.owner = None
             if refusals or not link.carries:
                 self.pool.release(link)  # dirty after a refusal: discarded
             else:  # the client left meanwhile: its role does not stay
                 settings.release_settings(link, self.pool.release_if_idle)
-            if self.closed:
+            if gone:
                 return
             self.waiting = False
             self.buffered.clear()
@@ -606,19 +617,23 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             link.transport.resume_reading()
         self._server_paused = False
 
-    def _session_statement(self, data: bytes, at: int = 0, prefix: bytes = b"") -> bytes:
-        """A request that may change the session's state (settings.may_carry_state): note a
-        setting to learn at the release, or pin, or refuse what cannot be carried. Returns
-        what goes to the server. Its messages start at ``at``; or, when ``prefix`` (a cut
-        header, sent already) is given, in front of ``data``: a request that began there
-        cannot be replaced, and pins."""
+    def _session_statement(self, data: bytes, at: int = 0, tail: int = -1) -> bytes:
+        """A request that may change the session's state (settings.look): note a setting to
+        learn at the release, or pin, or refuse what cannot be carried. Returns what goes
+        to the server. Its messages start at ``at``; before it is the rest of a message of
+        type ``tail`` begun in an earlier read: what that makes that cannot be carried
+        cannot be refused any more (it began on the server already), and pins."""
         if self.session_mode or self.pool is None:  # the server connection is the client's anyway
             return data
-        touched, reason = settings.classify(prefix + data if prefix else data, at)
+        touched, reason = settings.classify(data, at)
+        rest_reason = None
+        if at and settings.rest_may_carry(data[:at], tail):
+            touched, rest_reason = settings.classify_rest(data[:at], tail)
         if touched:
             self.settle = True
+        reason = rest_reason or reason
         if reason is not None:
-            if (self.pool.settings.session_state == "error" and not prefix
+            if (self.pool.settings.session_state == "error" and rest_reason is None
                     and (replaced := settings.refused(data, at)) is not None):
                 log.info("session_state_refused", peer=self.peer, db=self.database, user=self.user, reason=reason)
                 return replaced

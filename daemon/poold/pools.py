@@ -6,7 +6,8 @@ never lets the total pass ``max_size``. Going through its getconn/putconn on
 every transaction costs more than the transaction itself, so poold leases
 connections from it and keeps the leased ones in a small LIFO free list for the
 per-transaction hand-off. A link that sits in the free list longer than
-``hold_time`` goes back to psycopg_pool, which then applies its lifetime rule
+``hold_time`` goes back to psycopg_pool (at the pool's defaults: RESET ALL first
+when a client's reported settings stayed on it), which then applies its lifetime rule
 and health check, when the pool is within ``min_size``; above it, poold keeps
 it until ``idle_timeout`` and closes it then (psycopg_pool would close one per
 idle_timeout period: 8 down to 2 took 76 s). A link past its lifetime, or from
@@ -484,7 +485,7 @@ class Pool(PoolCore):
 
     def servers(self, now: float) -> list[dict[str, Any]]:
         """``open_connections``, one row each: pid, age, and state: ``active`` (a client
-        holds it), ``idle`` (poold's free list), ``held`` (kept back until a cancel for
+        holds it, or poold's RESET ALL before it goes back to psycopg_pool runs), ``idle`` (poold's free list), ``held`` (kept back until a cancel for
         it is delivered) or ``pool`` (psycopg_pool's: idle there, or being checked); and
         ``tls``: the TLS protocol version of the server leg ("TLSv1.3"), or "no"."""
         leased = {link.conn: (link, state) for state, links in (("active", self.active), ("idle", self.free),

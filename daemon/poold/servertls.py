@@ -67,18 +67,21 @@ TLS_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 def dsn_problems(info: dict[str, str]) -> list[str]:
     """What libpq would refuse in a DSN's TLS settings, said at config check
     rather than at every connect: an unknown sslmode or sslnegotiation, direct
-    negotiation under a weaker sslmode than require (the DSN's, else PGSSLMODE's,
-    else libpq's default, prefer), a file that is not there, and a private key
+    negotiation (the DSN's, else PGSSLNEGOTIATION's) under a weaker sslmode than
+    require (the DSN's, else PGSSLMODE's, else libpq's default: verify-full with
+    sslrootcert=system, prefer otherwise), a file that is not there, and a private key
     others may read (libpq's rule: 0600 or less when poold's user owns it, 0640 or
     less when root does)."""
     problems = []
     mode = info.get("sslmode")
     if mode is not None and mode not in SSLMODES:
         problems.append(f"invalid sslmode value: \"{mode}\" (one of {', '.join(SSLMODES)})")
-    negotiation = info.get("sslnegotiation")
+    negotiation = info.get("sslnegotiation") or os.environ.get("PGSSLNEGOTIATION")
     if negotiation is not None and negotiation not in SSLNEGOTIATIONS:
         problems.append(f"invalid sslnegotiation value: \"{negotiation}\" (one of {', '.join(SSLNEGOTIATIONS)})")
-    effective_mode = mode or os.environ.get("PGSSLMODE") or "prefer"
+    # libpq's default sslmode: verify-full with sslrootcert=system, else prefer
+    rootcert = info.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")
+    effective_mode = mode or os.environ.get("PGSSLMODE") or ("verify-full" if rootcert == "system" else "prefer")
     if negotiation == "direct" and effective_mode in SSLMODES and effective_mode not in DIRECT_SSLMODES:
         problems.append(f"weak sslmode \"{effective_mode}\" may not be used with sslnegotiation=direct "
                         "(use \"require\", \"verify-ca\", or \"verify-full\")")  # libpq's words

@@ -16,12 +16,15 @@ the reported ones (statement_timeout, work_mem, role...): those are reset at
 its release (``release_settings``, when ``link.carries``). Reported settings
 (application_name, TimeZone... the ones every client is told of with
 ParameterStatus) may stay, as PgBouncer's do: the next client's first request
-is preceded by the difference, in the same write.
+is preceded by the difference, in the same write (a role or session
+authorization excepted: set first, and waited for, ClientSession._attach_as).
 
 What a client's statements did is not parsed: the first bytes of each Query and
 Parse in a chunk the client sends (each statement of a Query) tell whether it
-may change a setting (``may_carry_state``, the same test as ``_relaycore.c``'s;
-a chunk that begins inside a message is not looked at: see docs/behaviour.md); then, at the
+may change a setting (``look``, the same walk as ``_relaycore.c``'s
+may_carry_state; a read that ends inside a header or a Query's or Parse's first
+``HEAD_BYTES`` keeps that start for the next read, and the rest of a long
+Query's text in later reads is looked at for a ';' or the names below); then, at the
 release after that transaction, one internal query (``SETTLE_SQL``) asks the
 server which settings the session holds. That answer is PostgreSQL's own: a SET
 in a block rolled back is gone, SET LOCAL ended with its transaction, RESET ALL
@@ -46,7 +49,7 @@ import structlog
 
 from .errors import ServerRefusal
 from .protocol import messages
-from .protocol.framing import PyFrameScanner
+from .protocol.framing import MAX_MESSAGE_LENGTH, PyFrameScanner
 from .relay import canonical_parameter, quote_literal
 
 if TYPE_CHECKING:
@@ -82,6 +85,10 @@ PIN_REASONS = ("LISTEN", "advisory lock", "CREATE TEMPORARY", "DECLARE ... WITH 
 #: a link whose client left with settings not learned yet (settings.Settle) is given back clean
 RESET_SQL = "RESET role; RESET session_authorization; RESET ALL"
 
+#: a Query's or Parse's first bytes (and every header) reach the look in one read: a read
+#: that ends inside them keeps them for the next (``look``)
+HEAD_BYTES = 256
+
 #: the keywords a chunk's first Query or Parse may start with to be looked at (lower case)
 _KEYWORDS = (b"set", b"reset", b"discard", b"listen", b"prepare", b"declare", b"create")
 #: or, anywhere in the chunk: a session advisory lock, a setting changed by a function
@@ -89,6 +96,8 @@ _ANYWHERE = (b"advisory_lock", b"ADVISORY_LOCK", b"set_config", b"SET_CONFIG")
 #: white space or a comment first: the statement is found past them
 _LEAD = frozenset(b"-/ \t\r\n")
 _IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+#: the requests with a statement's text: Query, Parse
+_TEXTS = frozenset((messages.QUERY, messages.PARSE))
 
 _SKIP = re.compile(rb"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _WORD = re.compile(rb"[A-Za-z_]+")
@@ -208,6 +217,41 @@ def requests(data: bytes, at: int = 0) -> Iterator[tuple[int, int, int]]:
         pos += 1 + length
 
 
+def look(data: bytes, at: int = 0, tail: int = -1, limit: int = MAX_MESSAGE_LENGTH) -> tuple[bool, int]:
+    """The relay's look at a client chunk whose messages start at ``at``; what comes
+    before is the rest of a message begun in an earlier read, of type ``tail`` (-1: not
+    known). Returns (whether the chunk may change the session's state, where to cut
+    it): what follows the cut is a message's start too short to look at (a header, or
+    less than a Query's or Parse's first ``HEAD_BYTES``, of one no longer than ``limit``,
+    the longest the scanner takes: a longer one goes on to be refused), kept for the
+    next read. The rest of a Query may hold more statements (a ';'), of a Query or
+    Parse the names of ``_ANYWHERE``. _relaycore.c, may_carry_state, is the same walk."""
+    cut = _cut(data, at, limit)
+    head = data[:cut]
+    return may_carry_state(head, at) or rest_may_carry(head[:at], tail), cut
+
+
+def rest_may_carry(rest: bytes, tail: int) -> bool:
+    """The rest of a message of type ``tail`` begun in an earlier read: a Query's with
+    a ';' (more statements), a Query's or Parse's naming one of ``_ANYWHERE``."""
+    return tail in _TEXTS and ((tail == messages.QUERY and b";" in rest) or any(w in rest for w in _ANYWHERE))
+
+
+def _cut(data: bytes, at: int, limit: int) -> int:
+    """Where ``data``'s last message starts if it is cut too short to look at; else its length."""
+    n, pos = len(data), at
+    while pos < n:
+        if n - pos < 5:
+            return pos
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if length < 4 or length > limit:
+            return n  # the relay refuses it
+        if pos + 1 + length > n:
+            return pos if data[pos] in _TEXTS and n - pos < 5 + HEAD_BYTES else n
+        pos += 1 + length
+    return n
+
+
 def may_carry_state(data: bytes, at: int = 0) -> bool:
     """Whether a chunk (its messages starting at ``at``) must be looked at: the text of one
     of its Queries or Parses starts with one of the keywords, or with white space or a
@@ -280,6 +324,16 @@ def _classify_statement(text: bytes) -> tuple[bool, str | None]:
     return word in (b"set", b"reset", b"discard"), None
 
 
+def classify_rest(rest: bytes, tail: int) -> tuple[bool, str | None]:
+    """``classify`` for the rest of a Query or Parse begun in an earlier read (``look``
+    found a ';' or a name of ``_ANYWHERE`` in it): it may change a setting; what it
+    makes that cannot be carried, from the statements after each ';' and the names."""
+    reason = "advisory lock" if b"advisory_lock" in rest or b"ADVISORY_LOCK" in rest else None
+    for statement in rest.split(b";")[1:] if tail == messages.QUERY else []:
+        reason = reason or _classify_statement(statement)[1]
+    return True, reason
+
+
 def refused(data: bytes, at: int = 0) -> bytes | None:
     """The chunk with each Query or Parse that makes what cannot be carried replaced by one
     that fails with 0A000 on the server: so that the error takes the statement's place in
@@ -328,21 +382,23 @@ def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> list[str]:
     (each beyond the pool's defaults), written together; none when they are the same.
 
     The RESETs are one Query and the set_config() calls another, each its own
-    transaction: should a value of the new client's fail (a role dropped since its
-    login), the RESETs of the last client's still hold. Values go through set_config(),
-    which reads them as a startup packet's are (a list such as search_path included).
-    Role and session authorization are reset first and set last, so that the other
-    settings are set by the pool's user."""
+    transaction: should a value of the new client's fail (a text search configuration
+    dropped since its login), the RESETs of the last client's still hold. Values go
+    through set_config(), which reads them as a startup packet's are (a list such as
+    search_path included). Role and session authorization are reset first and set last,
+    in a Query of their own (``IDENTITY_LAST``: ClientSession._attach_as tells its
+    refusal from the others'), so that the other settings are set by the pool's user."""
     identity = identity_differs(have, want)
     parts = [f"RESET {n}" for n in _IDENTITY if identity and n in have]
     parts += [f"RESET {quote_ident(n)}" for n in have if n not in want and n not in _IDENTITY]
     calls = [f"set_config({quote_literal(n)}, {quote_literal(v)}, false)"
              for n, v in want.items() if n not in _IDENTITY and have.get(n) != v]
-    if identity:
-        calls += [f"set_config({quote_literal(n)}, {quote_literal(want[n])}, false)" for n in _IDENTITY if n in want]
+    own = [f"set_config({quote_literal(n)}, {quote_literal(want[n])}, false)" for n in _IDENTITY if n in want]
     queries = ["; ".join(parts)] if parts else []
     if calls:
         queries.append("SELECT " + ", ".join(calls))
+    if identity and own:
+        queries.append("SELECT " + ", ".join(own))
     return queries
 
 

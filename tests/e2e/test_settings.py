@@ -457,3 +457,25 @@ def test_a_role_that_can_no_longer_be_set_ends_the_session(poold_factory: Callab
             assert one(b, "SELECT current_user") == "app"
     finally:
         pg.psql("DROP ROLE IF EXISTS settings_revoked")
+
+
+def test_a_failing_setting_beside_a_role_does_not_end_the_session(poold_factory: Callable[..., Poold],
+                                                                  pg: pgcluster.Cluster) -> None:
+    """A client with a role and a setting that fails on another server connection (its
+    text search configuration dropped since): the role is set, the request runs, the
+    session goes on; only a refused role ends it."""
+    pg.psql("DO $$BEGIN CREATE ROLE settings_kept NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    pg.psql("GRANT settings_kept TO app")
+    pg.psql("DROP TEXT SEARCH CONFIGURATION IF EXISTS settings_cfg; "
+            "CREATE TEXT SEARCH CONFIGURATION settings_cfg (COPY = english)", dbname="app")
+    poold = poold_factory(max_size=1, min_size=1)
+    try:
+        with (connect(poold, options="-c role=settings_kept -c default_text_search_config=settings_cfg") as a,
+              connect(poold) as b):
+            assert one(a, "SELECT current_user") == "settings_kept"
+            assert one(b, "SELECT current_user") == "app"
+            pg.psql("DROP TEXT SEARCH CONFIGURATION settings_cfg", dbname="app")
+            assert one(a, "SELECT current_user") == "settings_kept"
+            assert show(a, "default_text_search_config") == "pg_catalog.english"  # failed there: logged
+    finally:
+        pg.psql("DROP ROLE IF EXISTS settings_kept")

@@ -153,7 +153,8 @@ def test_sslnegotiation_is_checked_as_libpq_checks_it(tmp_path: Path, monkeypatc
     """sslnegotiation=direct (libpq 17+) takes an sslmode of require or stronger, the
     DSN's or PGSSLMODE's: libpq refuses a weaker one at every connect, poold at config
     check, in libpq's words. An unknown value is refused too."""
-    monkeypatch.delenv("PGSSLMODE", raising=False)
+    for name in ("PGSSLMODE", "PGSSLNEGOTIATION", "PGSSLROOTCERT"):
+        monkeypatch.delenv(name, raising=False)
     errs = errors_of(tmp_path, "[databases.a]\ndsn = 'host=x sslnegotiation=direct'\n"
                      "[databases.b]\ndsn = 'host=x sslnegotiation=direct sslmode=allow'\n"
                      "[databases.c]\ndsn = 'host=x sslnegotiation=drect sslmode=require'\n")
@@ -169,6 +170,12 @@ def test_sslnegotiation_is_checked_as_libpq_checks_it(tmp_path: Path, monkeypatc
     assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslnegotiation"] == "direct"
     text = "[databases.a]\ndsn = 'host=x sslnegotiation=postgres sslmode=prefer'\n"
     assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslnegotiation"] == "postgres"
+    monkeypatch.delenv("PGSSLMODE")
+    # sslrootcert=system makes libpq's default sslmode verify-full: direct may go with it
+    text = "[databases.a]\ndsn = 'host=x sslnegotiation=direct sslrootcert=system'\n"
+    assert load_config(write(tmp_path, text), {}).databases["a"].conninfo["sslnegotiation"] == "direct"
+    monkeypatch.setenv("PGSSLNEGOTIATION", "direct")  # libpq takes it where the DSN names none
+    assert f"databases.a.dsn: {weak.format('prefer')}" in errors_of(tmp_path, "[databases.a]\ndsn = 'host=x'\n")
 
 
 def test_wildcard_database(tmp_path: Path) -> None:

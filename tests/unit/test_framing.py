@@ -92,13 +92,13 @@ def test_at_boundary_tracks_partial_messages(scanner: Scanner) -> None:
     data = msg(b"Q", b"SELECT 1\x00")
     s.feed(data[:3])
     assert not s.at_boundary
-    assert s.resume == (0, data[:3])  # a cut header: its bytes are carried
+    assert s.in_progress == (0, -1)  # a cut header (the relay never feeds one: settings.look)
     s.feed(data[3:8])
     assert not s.at_boundary
-    assert s.resume == (len(data) - 8, b"")  # the body's bytes still to come
+    assert s.in_progress == (len(data) - 8, ord("Q"))  # the body's bytes still to come, and its type
     s.feed(data[8:])
     assert s.at_boundary
-    assert s.resume == (0, b"")
+    assert s.in_progress == (0, -1)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(SERVER_STREAM)), max_size=30))
@@ -212,7 +212,7 @@ def test_native_scanner_matches_the_reference(data: bytes, cuts: list[int], watc
         if isinstance(expected, tuple):
             return
         assert nat.at_boundary == ref.at_boundary
-        assert nat.resume == ref.resume
+        assert nat.in_progress == ref.in_progress
 
 
 def test_tally_counts_sync_points_and_stops_at_terminate(scanner: Scanner) -> None:
@@ -250,4 +250,4 @@ def test_native_tally_matches_the_reference(data: bytes, cuts: list[int]) -> Non
         if not isinstance(expected, tuple) or len(expected) != 3 or expected[1] is not None:
             return  # an error, or Terminate: the stream ends here
         assert nat.at_boundary == ref.at_boundary
-        assert nat.resume == ref.resume
+        assert nat.in_progress == ref.in_progress

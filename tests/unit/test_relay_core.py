@@ -180,7 +180,49 @@ def scenario() -> dict[str, Any]:
     c2_link = next(link for link in links.values() if link.swallow)
     c2_link.data_received(msg(b"E", b"SERROR\0C57014\0Mcanceling statement due to user request\0\0") + msg(b"Z", b"I"))
     step("an internal query that failed discards its link")
-    return {"core": relaycore.NAME, "trace": trace}
+    return {"core": relaycore.NAME, "trace": trace, "splits": split_scenario(rt)}
+
+
+#: a request, a SET and Terminate, sent in two reads cut at every offset (split_scenario)
+SPLIT_STREAM = query("select 7") + query("SET work_mem = '3MB'") + msg(b"X")
+#: a long Query whose second statement is a SET, its rest in a later read
+LONG_STREAM = query("SELECT '" + "x" * 1000 + "'; SET work_mem = '3MB'")
+
+
+def split_scenario(rt: Any) -> list[Any]:
+    """One client per cut: what reaches the server, whether the SET was seen (settle),
+    whether the session ended at the Terminate."""
+    from poold.breaker import Breaker
+    from poold.client import ClientSession
+    from poold.pools import Pool
+    from poold.relay import ServerLink
+    from poold.stats import PoolStats
+
+    out = []
+    for stream, cuts in ((SPLIT_STREAM, range(1, len(SPLIT_STREAM))), (LONG_STREAM, (300, 600, len(LONG_STREAM) - 3))):
+        for cut in cuts:
+            log: list[Any] = []
+            pool = Pool.__new__(Pool)
+            pool.free, pool.active, pool.waiters = [], set(), deque()
+            pool.stats = PoolStats()
+            pool.settings = types.SimpleNamespace(max_size=1, acquire_timeout=5.0, max_prepared_statements=0)
+            pool.leased, pool.epoch, pool.paused, pool._closed = 1, 0, False, False
+            pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
+            pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
+            pool.defaults, pool.name, pool.clients, pool.refusal = {}, "app.app", 1, None
+            link = ServerLink(lambda _link: None)
+            link.transport, link.stats, link.pid, link.defaults = Transport("s", log), pool.stats, 1, {}
+            pool.free.append(link)
+            c = ClientSession(rt)
+            c.transport, c.relaying, c.pool, c._peer = Transport("c", log), True, pool, "c"
+            c.data_received(query("begin"))  # in a transaction: the link stays the client's
+            link.data_received(msg(b"C", b"BEGIN\0") + msg(b"Z", b"T"))
+            log.clear()
+            c.data_received(stream[:cut])
+            c.data_received(stream[cut:])
+            sent = b"".join(bytes.fromhex(w[1]) for w in log if w[0] == "s" and w[1] != "close")
+            out.append([cut, sent.hex(), bool(c.settle), bool(c.terminating)])
+    return out
 
 
 def run_scenario(core: str, scanner: str = "native") -> dict[str, Any]:
@@ -209,6 +251,20 @@ def test_the_c_core_was_built(traces: dict[str, dict[str, Any]]) -> None:
 def test_same_trace_step_by_step(traces: dict[str, dict[str, Any]], variant: str) -> None:
     for ref, nat in zip(traces["python"]["trace"], traces[variant]["trace"], strict=True):
         assert nat == ref, ref["step"]
+
+
+@pytest.mark.parametrize("variant", ["python", "c", "c/python scanner"])
+def test_a_set_is_seen_wherever_a_read_ends(traces: dict[str, dict[str, Any]], variant: str) -> None:
+    """A SET sent in two reads, cut at every offset (inside its header, inside its first
+    bytes, inside the Terminate behind it), or behind a ';' in the rest of a long Query:
+    it is seen (settle), everything but the Terminate reaches the server once, and the
+    session ends at the Terminate."""
+    splits = traces[variant]["splits"]
+    assert len(splits) == len(SPLIT_STREAM) - 1 + 3
+    for i, (cut, sent, settle, terminating) in enumerate(splits):
+        short = i < len(SPLIT_STREAM) - 1
+        expected = (SPLIT_STREAM[:-5], True, True) if short else (LONG_STREAM, True, False)
+        assert (bytes.fromhex(sent), settle, terminating) == expected, cut
 
 
 def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:

@@ -113,8 +113,9 @@ def test_common_requests_are_not_looked_at(data: bytes) -> None:
      b"select pg_advisory_lock(", b"SELECT PG_ADVISORY_LOCK", b"select set_config", b"x_set_config_", b"_",
      b"advisory_loc", b"et_config", b"select 1;", b"; ", b"select 1; select 2", b";\0x;"]))
 @hsettings(max_examples=500, deadline=None)
-def test_may_carry_state_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes) -> None:
-    """The C core's test (_relaycore.c, may_carry_state) and the reference agree on any bytes."""
+def test_look_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes) -> None:
+    """The C core's look (_relaycore.c, may_carry_state) and the reference agree on any bytes,
+    wherever the chunk's first whole message starts and whatever message came before it."""
     native = relaycore.native
     assert native is not None, "the C core was not built"
     one = query("select 1") + b"B\0\0\0\x04"
@@ -122,23 +123,61 @@ def test_may_carry_state_is_the_same_in_c(tail: bytes, kind: bytes, head: bytes)
     for data in (kind + b"\0\0\0\0" + head + tail, kind + b"\0\0\0\0name\0" + head + tail, kind + head + tail,
                  kind + b"\0\0\0\0select " + tail + head, kind + b"\0\0\0\0" + head + b"_lock" + tail,
                  one + framed + tail, framed + one + tail, one + kind + struct.pack("!i", 40) + b"n\0" + head + tail,
-                 kind + struct.pack("!i", 9) + head + tail):
-        assert native.may_carry_state(data) == settings.may_carry_state(data), data
-        for at in (1, 5, len(one)):  # a chunk whose first whole message starts further in
-            assert native.may_carry_state(data, at) == settings.may_carry_state(data, at), (data, at)
+                 kind + struct.pack("!i", 9) + head + tail, one + kind + struct.pack("!i", 900) + head + tail):
+        for at in (0, 1, 5, len(one), len(data)):  # a chunk whose first whole message starts further in
+            at = min(at, len(data))
+            for before in (-1, ord("Q"), ord("P"), ord("d")):
+                assert native.look(data, at, before) == settings.look(data, at, before), (data, at, before)
 
 
-def test_may_carry_state_from_the_first_whole_message() -> None:
+def test_look_from_the_first_whole_message() -> None:
     """A chunk that starts inside a message: the SET after it is seen from ``at``, and
     bytes before ``at`` (the end of a long text) are not read as a header."""
     native = relaycore.native
     assert native is not None, "the C core was not built"
     tail = b"x" * 30 + b"')\0"
     data = tail + query("SET work_mem = '3MB'")
-    for test in (settings.may_carry_state, native.may_carry_state):
-        assert test(data, len(tail))
-        assert not test(tail + query("SELECT 1"), len(tail))
-        assert not test(data, len(data))
+    for look in (settings.look, native.look):
+        assert look(data, len(tail)) == (True, len(data))
+        assert look(tail + query("SELECT 1"), len(tail)) == (False, len(tail + query("SELECT 1")))
+        assert look(data, len(data)) == (False, len(data))
+
+
+def test_look_keeps_a_start_too_short_for_the_next_read() -> None:
+    """A read that ends inside a header, or inside a Query's or Parse's first HEAD_BYTES,
+    is cut there; a longer start, or another message's, is not."""
+    native = relaycore.native
+    assert native is not None, "the C core was not built"
+    setting = query("SET work_mem = '3MB'")
+    long_query = query("SELECT '" + "x" * 1000 + "'")
+    bind = b"B" + struct.pack("!i", 1000) + b"\0\0"
+    for look in (settings.look, native.look):
+        for k in range(1, len(setting)):  # every cut of a SET behind a whole query
+            assert look(query("SELECT 1") + setting[:k]) == (False, len(query("SELECT 1"))), k
+        assert look(long_query[: 5 + settings.HEAD_BYTES]) == (False, 5 + settings.HEAD_BYTES)
+        assert look(long_query[: 4 + settings.HEAD_BYTES]) == (False, 0)
+        assert look(bind) == (False, len(bind))  # a Bind's start: nothing to look at
+        assert look(bind[:4]) == (False, 0)  # a cut header
+        # a start longer than the scanner takes goes on, to be refused at once
+        assert look(b"Q" + struct.pack("!I", 0x7FFFFFF0)) == (False, 5)
+        assert look(long_query[:100], 0, -1, 500) == (False, 100)
+        assert look(long_query[:100], 0, -1, 2000) == (False, 0)
+
+
+def test_look_at_the_rest_of_a_query() -> None:
+    """The rest of a Query begun in an earlier read: a ';' may start a SET, a name of a
+    session advisory lock or set_config counts; the rest of another message does not."""
+    native = relaycore.native
+    assert native is not None, "the C core was not built"
+    rest = b"xxxx'; SET work_mem = '3MB'\0"
+    for look in (settings.look, native.look):
+        assert look(rest, len(rest), ord("Q")) == (True, len(rest))
+        assert look(rest, len(rest), ord("d")) == (False, len(rest))  # COPY data
+        assert look(b"x) FROM pg_advisory_lock(1)\0", 28, ord("P")) == (True, 28)
+        assert look(b"xxxx') + 1\0" + query("SELECT 1"), 11, ord("Q")) == (False, 11 + len(query("SELECT 1")))
+    assert settings.classify_rest(rest, ord("Q")) == (True, None)
+    assert settings.classify_rest(b"x'; LISTEN x\0", ord("Q")) == (True, "LISTEN")
+    assert settings.classify_rest(b"x) FROM pg_advisory_lock(1)\0", ord("P")) == (True, "advisory lock")
 
 
 def test_refused_keeps_the_rest_of_the_chunk() -> None:
@@ -161,9 +200,9 @@ def test_sync_sql() -> None:
     assert settings.sync_sql({}, {"work_mem": "1MB"}) == ["SELECT set_config('work_mem', '1MB', false)"]
     assert settings.sync_sql({"work_mem": "1MB", "x.y": "1"}, {}) == ['RESET "work_mem"; RESET "x.y"']
     # the RESETs apart from the set_config() calls: a failing value of the new client's
-    # cannot roll back the reset of the last client's
+    # cannot roll back the reset of the last client's; the role last, in a Query of its own
     assert settings.sync_sql({"role": "r", "work_mem": "1MB"}, {"work_mem": "2MB", "role": "s"}) == [
-        "RESET role", "SELECT set_config('work_mem', '2MB', false), set_config('role', 's', false)"]
+        "RESET role", "SELECT set_config('work_mem', '2MB', false)", "SELECT set_config('role', 's', false)"]
     assert settings.sync_sql({}, {"search_path": "a, \"B\""}) == ["SELECT set_config('search_path', 'a, \"B\"', false)"]
 
 

@@ -307,19 +307,28 @@ Scanner_at_boundary(Scanner *self, void *closure)
     return PyBool_FromLong(self->skip == 0 && self->carry == NULL);
 }
 
-static PyObject *
-capi_resume(PyObject *scanner, Py_ssize_t *skip)
+static int
+capi_in_progress(PyObject *scanner, Py_ssize_t *skip, long long *max_length)
 {
     Scanner *self = (Scanner *)scanner;
-    *skip = self->skip;
-    return self->carry;
+    *max_length = self->max_length;
+    *skip = self->carry != NULL ? 0 : self->skip;
+    return self->carry == NULL && self->skip && self->has_pending ? self->pending_type : -1;
 }
 
 static PyObject *
-Scanner_resume(Scanner *self, void *closure)
+Scanner_in_progress(Scanner *self, void *closure)
 {
-    return Py_BuildValue("(nN)", self->skip,
-                         self->carry != NULL ? Py_NewRef(self->carry) : PyBytes_FromStringAndSize(NULL, 0));
+    Py_ssize_t skip;
+    long long max_length;
+    int type = capi_in_progress((PyObject *)self, &skip, &max_length);
+    return Py_BuildValue("(ni)", skip, type);
+}
+
+static PyObject *
+Scanner_max_length(Scanner *self, void *closure)
+{
+    return PyLong_FromLongLong(self->max_length);
 }
 
 static int
@@ -373,9 +382,10 @@ static PyMethodDef Scanner_methods[] = {
 static PyGetSetDef Scanner_getset[] = {
     {"at_boundary", (getter)Scanner_at_boundary, NULL,
      "True when the stream so far ends exactly at a message boundary.", NULL},
-    {"resume", (getter)Scanner_resume, NULL,
-     "(body bytes of the current message still to come, the carried bytes of a cut header), as "
-     "framing.PyFrameScanner.resume.", NULL},
+    {"max_length", (getter)Scanner_max_length, NULL, "The longest message this scanner takes.", NULL},
+    {"in_progress", (getter)Scanner_in_progress, NULL,
+     "(bytes still to come of the message the stream is inside, its type or -1), as "
+     "framing.PyFrameScanner.in_progress.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -419,9 +429,9 @@ PyInit__framing(void)
     capi.feed = capi_feed;
     capi.at_boundary = capi_at_boundary;
     capi.new_scanner = capi_new_scanner;
-    capi.resume = capi_resume;
+    capi.in_progress = capi_in_progress;
     PyObject *capsule = PyCapsule_New(&capi, FRAMING_CAPI_NAME, NULL);
-    if (capsule == NULL || PyModule_AddObject(m, "_C_API", capsule) < 0) {
+    if (capsule == NULL || PyModule_AddObject(m, "_C_API_v2", capsule) < 0) {
         Py_XDECREF(capsule);
         Py_DECREF(m);
         return NULL;

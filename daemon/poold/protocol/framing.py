@@ -74,10 +74,18 @@ class PyFrameScanner:
         return not self._skip and not self._carry
 
     @property
-    def resume(self) -> tuple[int, bytes]:
-        """Where the next chunk's first whole message starts: (body bytes of the current
-        message still to come, the carried bytes of a cut header); (0, b"") at a boundary."""
-        return self._skip, self._carry
+    def max_length(self) -> int:
+        """The longest message this scanner takes (a longer one raises)."""
+        return self._max
+
+    @property
+    def in_progress(self) -> tuple[int, int]:
+        """The message the stream is inside: (its bytes still to come, its type, or -1
+        where the scanner does not report every message); (0, -1) at a boundary, or
+        after a cut header (the relay's client side never feeds one)."""
+        if self._carry:
+            return 0, -1
+        return self._skip, self._pending[0] if self._pending is not None else -1
 
     def feed(self, data: bytes) -> list[Frame]:
         return self._walk(data, -1)

@@ -1,6 +1,6 @@
 /*
  * The native FrameScanner's C API, for the relay core (poold/_relaycore.c):
- * the walks of FrameScanner.tally and .feed, the at_boundary and resume tests, callable
+ * the walks of FrameScanner.tally and .feed, the at_boundary and in_progress tests, callable
  * without a method call, and a constructor. Exported by _framing as the capsule named below.
  */
 #ifndef POOLD_FRAMING_CAPI_H
@@ -8,7 +8,7 @@
 
 #include <Python.h>
 
-#define FRAMING_CAPI_NAME "poold.protocol._framing._C_API"
+#define FRAMING_CAPI_NAME "poold.protocol._framing._C_API_v2" /* a new name for each change of the struct */
 
 typedef struct {
     PyTypeObject *scanner_type;
@@ -20,9 +20,10 @@ typedef struct {
     int (*at_boundary)(PyObject *scanner);
     /* FrameScanner(b"", report_all, max_length), without parsing arguments: a new reference or NULL */
     PyObject *(*new_scanner)(int report_all, long long max_length);
-    /* resume: where the next chunk's first whole message starts: *skip body bytes of the
-     * current message still to come, or the bytes of a cut header (borrowed; NULL if none) */
-    PyObject *(*resume)(PyObject *scanner, Py_ssize_t *skip);
+    /* in_progress: the message the stream is inside: *skip its bytes still to come (0 at a
+     * boundary or after a cut header); its type, or -1 (none, or not a report_all scanner);
+     * and *max_length, the longest message the scanner takes */
+    int (*in_progress)(PyObject *scanner, Py_ssize_t *skip, long long *max_length);
 } FramingCAPI;
 
 #endif
