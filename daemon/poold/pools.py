@@ -59,6 +59,8 @@ CANCEL_GRACE = 2.0
 PRESSURE_LOG_INTERVAL = 10.0
 #: the longest psycopg_pool keeps retrying one failed connect on its own
 RECONNECT_TIMEOUT = 2.0
+#: seconds poold's own queries on a link (a reset, a client's settings) may take before the link is dropped
+INTERNAL_QUERY_TIMEOUT = 30.0
 #: seconds a server's refusal is answered from memory, without connecting again
 REFUSAL_KEPT = 5.0
 #: after close_idle (a DROP DATABASE waits for the database's sessions to go, up to 5 s):
@@ -426,7 +428,8 @@ class Pool(PoolCore):
 
     def maintain(self, now: float) -> None:
         """Return links idle past ``hold_time``, close those above min_size idle past
-        idle_timeout; cancel queries past query_timeout; report pressure."""
+        idle_timeout; drop links whose internal queries are unanswered past
+        INTERNAL_QUERY_TIMEOUT; cancel queries past query_timeout; report pressure."""
         self._watch_pressure(now)
         hold = self.hold_time
         excess = len(self.open_connections()) - self.settings.min_size if self.free else 0
@@ -438,6 +441,13 @@ class Pool(PoolCore):
                 excess -= 1
             else:
                 break  # above min_size: kept until idle_timeout
+        for link in [link for link in self.active if link.swallow and now - link.internal_since > INTERNAL_QUERY_TIMEOUT]:
+            # poold's own query unanswered (a RESET, a client's settings): the server is stuck
+            log.error("internal_query_timeout", pool=self.name, server_pid=link.pid, seconds=INTERNAL_QUERY_TIMEOUT)
+            owner = link.owner
+            self.discard(link, cancel=True)
+            if owner is not None:
+                owner.on_server_lost("08006", f"the server did not answer within {INTERNAL_QUERY_TIMEOUT:g} s")
         qt = self.settings.query_timeout
         if qt > 0:
             for link in list(self.active):

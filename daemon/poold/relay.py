@@ -135,8 +135,8 @@ else:
 class ServerLink(ServerCore, asyncio.Protocol):
     """Relay state of one leased server connection."""
 
-    __slots__ = ("_on_internal_data", "_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults", "pid",
-                 "ps", "told")
+    __slots__ = ("_on_internal_data", "_on_internal_done", "_on_internal_error", "_on_lost", "conn", "defaults",
+                 "internal_since", "pid", "ps", "told")
 
     def __init__(self, on_lost: Callable[[ServerLink], None]) -> None:
         self.transport = None
@@ -163,6 +163,7 @@ class ServerLink(ServerCore, asyncio.Protocol):
         self.epoch = 0  # the pool's reconnect epoch when this link was leased
         self.stats = PoolStats()  # replaced by the pool's own at lease
         self._on_lost = on_lost
+        self.internal_since = 0.0  # monotonic time the internal queries in flight began (Pool.maintain)
         self._on_internal_done: Callable[[ServerLink], None] | None = None
         self._on_internal_error: Callable[[bytes], None] | None = None
         self._on_internal_data: Callable[[bytes], None] | None = None
@@ -255,6 +256,8 @@ class ServerLink(ServerCore, asyncio.Protocol):
         An ErrorResponse among them is logged, or given to ``refused`` (its body)
         when the caller wants to know what the server refused. ``capture`` is given
         the raw chunks that carry their replies (those may go on with what follows)."""
+        if not self.swallow:
+            self.internal_since = time.monotonic()
         self.swallow += len(sqls)
         self._on_internal_done = done
         self._on_internal_error = refused

@@ -242,3 +242,32 @@ def test_idle_links_above_min_size_are_closed_at_idle_timeout(tmp_path: Path, pg
             assert pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}") == "0"
 
     asyncio.run(main())
+
+
+def test_an_internal_query_left_unanswered_drops_its_link(tmp_path: Path, pg: pgcluster.Cluster,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """poold's own queries on a link (a reset, a client's settings) are bounded: past
+    INTERNAL_QUERY_TIMEOUT the link is dropped, its owner told, and a new one serves."""
+    from poold import pools
+
+    monkeypatch.setattr(pools, "INTERNAL_QUERY_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        async with opened_pool(tmp_path, pg, max_size=1, min_size=1) as pool:
+            link = await lease(pool)
+            owner = Collector()
+            link.owner = owner
+            link.run_internal(["SELECT pg_sleep(30)"])
+            pool.maintain(time.monotonic())
+            assert link in pool.active and not link.closed  # not yet
+            await asyncio.sleep(0.5)
+            pool.maintain(time.monotonic())
+            assert link.closed and link not in pool.active
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(owner.ready, 1)
+            again = await lease(pool)
+            assert again.pid != link.pid
+            assert (await query(again, "SELECT 1"))[0] == b"I"
+            pool.release(again)
+
+    asyncio.run(main())
