@@ -294,6 +294,9 @@ class ServerLink(ServerCore, asyncio.Protocol):
         if ps is not None and (ps.queue or ps.tail or ps.failed):  # replies to poold's own requests among them
             data, watched = ps.filter(data, getattr(owner, "ps", None))  # a client's statements (client.py)
             frames = [(t, 0, 0, body) for t, body in watched]
+            # before the owner hears of them: its ReadyForQuery may hand the link to a waiting
+            # client at once, whose requests may take the fast path only if nothing is owed
+            self.expecting = ps.busy
         if data:
             owner.on_server_data(data)
             self.stats.bytes_out += len(data)

@@ -180,7 +180,62 @@ def scenario() -> dict[str, Any]:
     c2_link = next(link for link in links.values() if link.swallow)
     c2_link.data_received(msg(b"E", b"SERROR\0C57014\0Mcanceling statement due to user request\0\0") + msg(b"Z", b"I"))
     step("an internal query that failed discards its link")
-    return {"core": relaycore.NAME, "trace": trace, "splits": split_scenario(rt)}
+    return {"core": relaycore.NAME, "trace": trace, "splits": split_scenario(rt), "handoff": handoff_scenario(rt)}
+
+
+def parse(name: bytes, sql: bytes) -> bytes:
+    return msg(b"P", name + b"\0" + sql + b"\0\0\0")
+
+
+def bind(name: bytes) -> bytes:
+    return msg(b"B", b"\0" + name + b"\0\0\0\0\0\0\0")
+
+
+EXECUTE_SYNC = msg(b"E", b"\0\0\0\0\0") + msg(b"S")
+
+
+def handoff_scenario(rt: Any) -> dict[str, Any]:
+    """Named statements over one link: a reply that poold reads itself (a new statement's
+    Parse) ends a transaction whose link goes at once to a waiting client, whose Bind of a
+    statement the link has ready must take the fast path (renamed, nothing owed), not the
+    queue: else every transaction after it would read its replies in Python."""
+    from poold import prepared
+    from poold.breaker import Breaker
+    from poold.client import ClientSession
+    from poold.pools import Pool
+    from poold.relay import ServerLink
+    from poold.stats import PoolStats
+
+    log: list[Any] = []
+    pool = Pool.__new__(Pool)
+    pool.free, pool.active, pool.waiters = [], set(), deque()
+    pool.stats = PoolStats()
+    pool.settings = types.SimpleNamespace(max_size=1, acquire_timeout=5.0, max_prepared_statements=200,
+                                          max_client_prepared_statements=1000)
+    pool.statements = prepared.Registry(lambda: (200, 1000))
+    pool.leased, pool.epoch, pool.paused, pool._closed = 1, 0, False, False
+    pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
+    pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
+    pool.defaults, pool.name, pool.clients, pool.refusal = {}, "app.app", 2, None
+    link = ServerLink(lambda _link: None)
+    link.transport, link.stats, link.pid, link.defaults = Transport("s", log), pool.stats, 1, {}
+    pool.free.append(link)
+    c1, c2 = ClientSession(rt), ClientSession(rt)
+    for name, c in (("c1", c1), ("c2", c2)):
+        c.transport, c.relaying, c.pool, c._peer = Transport(name, log), True, pool, name
+    answer = msg(b"2") + msg(b"D", b"\x00\x01\x00\x00\x00\x011") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")
+    c1.data_received(parse(b"a", b"select 1") + bind(b"a") + EXECUTE_SYNC)  # poold_1, new on the link
+    link.data_received(msg(b"1") + answer)
+    c2.data_received(parse(b"b", b"select 2") + bind(b"b") + EXECUTE_SYNC)  # poold_2
+    link.data_received(msg(b"1") + answer)
+    c1.data_received(parse(b"c", b"select 3") + bind(b"c") + EXECUTE_SYNC)  # poold_3: the queue reads its reply
+    c2.data_received(bind(b"b") + EXECUTE_SYNC)  # waits for the link
+    log.clear()
+    link.data_received(msg(b"1") + answer)  # c1's answer; the link goes to c2 at once
+    to_server = [bytes.fromhex(w[1]) for w in log if w[0] == "s"]
+    queue = [e.kind for e in link.ps.queue] if link.ps is not None else None
+    return {"to_server": [b.hex() for b in to_server], "queue": queue, "expecting": bool(link.expecting),
+            "c2_holds": c2.server is link}
 
 
 #: a request, a SET and Terminate, sent in two reads cut at every offset (split_scenario)
@@ -265,6 +320,15 @@ def test_a_set_is_seen_wherever_a_read_ends(traces: dict[str, dict[str, Any]], v
         short = i < len(SPLIT_STREAM) - 1
         expected = (SPLIT_STREAM[:-5], True, True) if short else (LONG_STREAM, True, False)
         assert (bytes.fromhex(sent), settle, terminating) == expected, cut
+
+
+@pytest.mark.parametrize("variant", ["python", "c", "c/python scanner"])
+def test_a_link_handed_to_a_waiting_client_keeps_the_fast_path(traces: dict[str, dict[str, Any]],
+                                                              variant: str) -> None:
+    handoff = traces[variant]["handoff"]
+    assert handoff["c2_holds"]
+    assert [bytes.fromhex(b) for b in handoff["to_server"]] == [bind(b"poold_2") + EXECUTE_SYNC]
+    assert (handoff["queue"], handoff["expecting"]) == ([], False)
 
 
 def test_the_trace_is_right(traces: dict[str, dict[str, Any]]) -> None:
