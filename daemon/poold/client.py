@@ -416,7 +416,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     def _attach(self, link: ServerLink, data: bytes, syncs: int) -> None:
         """Take a freshly leased server connection and send it the first request."""
         if link.params != self.wanted and settings.identity_differs(link.params, self.wanted):
-            self._attach_as(link, data, syncs)
+            self._buffer(data, syncs)  # the requests wait for the role (settings.SetIdentity)
+            settings.SetIdentity(self).start(link)  # type: ignore[arg-type]  # self is a ClientSession
             return
         self.waiting = False
         self.server = link
@@ -431,52 +432,6 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                 link.transport.write(data)  # type: ignore[union-attr]
             else:
                 self._forward(link, data, syncs)
-
-    def _attach_as(self, link: ServerLink, data: bytes, syncs: int) -> None:
-        """A link whose role or session authorization is not the client's: those are set
-        first (the last of settings.sync_sql's queries), and the client's requests wait
-        (buffered) for the answer, so that none runs as another role should the server
-        refuse it now (the pool's user removed from the role since): the session then
-        ends with the server's reason. A refusal of another setting is logged, as
-        relay.ServerLink.sync_parameters' are, and the requests go on."""
-        self.waiting = True
-        link.owner = self  # a server lost meanwhile ends the session (on_server_lost)
-        self._buffer(data, syncs)
-        refusals: list[bytes] = []
-
-        def refused(body: bytes) -> None:
-            if link.swallow == 1:  # the identity's own query, the last
-                refusals.append(body)
-            else:
-                fields = messages.parse_error_fields(body)
-                log.warning("internal_query_failed", server_pid=link.pid, sqlstate=fields.get("C"),
-                            error=fields.get("M"))
-
-        link.run_internal(settings.sync_sql(link.params, self.wanted),
-                          lambda done: self._on_identity_set(done, refusals), refused)
-        link.take_params(dict(self.wanted))
-
-    def _on_identity_set(self, link: ServerLink, refusals: list[bytes]) -> None:
-        assert self.pool is not None
-        gone = self.closed or self.transport is None or self.transport.is_closing()
-        if gone or refusals:
-            link.owner = None
-            if refusals or not link.carries:
-                self.pool.release(link)  # dirty after a refusal: discarded
-            else:  # the client left meanwhile: its role does not stay
-                settings.release_settings(link, self.pool.release_if_idle)
-            if gone:
-                return
-            self.waiting = False
-            self.buffered.clear()
-            self.buffered_syncs = 0
-            fields = messages.parse_error_fields(refusals[0])
-            log.warning("client_role_refused", peer=self.peer, db=self.database, user=self.user,
-                        sqlstate=fields.get("C"), error=fields.get("M"))
-            self._fatal(fields.get("C", "42501"), "this session's role or session authorization cannot be "
-                        f"set on another server connection: {fields.get('M', '')}")
-            return
-        self.on_server(link)
 
     # -- named prepared statements (prepared.py) ------------------------------
 

@@ -17,7 +17,7 @@ its release (``release_settings``, when ``link.carries``). Reported settings
 (application_name, TimeZone... the ones every client is told of with
 ParameterStatus) may stay, as PgBouncer's do: the next client's first request
 is preceded by the difference, in the same write (a role or session
-authorization excepted: set first, and waited for, ClientSession._attach_as).
+authorization excepted: set first, and waited for, ``SetIdentity``).
 
 What a client's statements did is not parsed: the first bytes of each Query and
 Parse in a chunk the client sends (each statement of a Query) tell whether it
@@ -386,8 +386,8 @@ def sync_sql(have: Mapping[str, str], want: Mapping[str, str]) -> list[str]:
     dropped since its login), the RESETs of the last client's still hold. Values go
     through set_config(), which reads them as a startup packet's are (a list such as
     search_path included). Role and session authorization are reset first and set last,
-    in a Query of their own (``IDENTITY_LAST``: ClientSession._attach_as tells its
-    refusal from the others'), so that the other settings are set by the pool's user."""
+    in a Query of their own (``SetIdentity`` tells its refusal from the others'), so
+    that the other settings are set by the pool's user."""
     identity = identity_differs(have, want)
     parts = [f"RESET {n}" for n in _IDENTITY if identity and n in have]
     parts += [f"RESET {quote_ident(n)}" for n in have if n not in want and n not in _IDENTITY]
@@ -479,6 +479,91 @@ class Settle:
             release_settings(link, pool.release_if_idle)
         else:
             pool.release(link)
+
+    # -- relay.ServerOwner: the link's owner while it answers -------------------
+
+    def on_server_data(self, data: bytes) -> None:
+        pass
+
+    def on_server_ready(self, status: bytes) -> None:
+        pass
+
+    def on_server_parameter(self, name: str, value: str) -> None:
+        pass
+
+    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None:
+        client = self._client
+        client.waiting = False
+        if not client.closed:
+            client.on_server_lost(sqlstate, message)
+
+    def on_server_in_use(self, fields: dict[str, str]) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class SetIdentity:
+    """A client's requests for a link whose role or session authorization is not the
+    client's: those are set first (the last of ``sync_sql``'s queries) and the requests
+    wait, buffered, for the answer, so that none runs as another role should the server
+    refuse it now (the pool's user removed from the role since): the session then ends
+    with the server's reason. A refusal of another setting is logged, as
+    ServerLink.sync_parameters' are, and the requests go on.
+
+    While it runs the client holds no link and ``waiting`` is set, as for ``Settle``."""
+
+    __slots__ = ("_client", "_link", "_refusal")
+
+    def __init__(self, client: ClientSession) -> None:
+        self._client = client
+        self._refusal: bytes | None = None
+
+    def start(self, link: ServerLink) -> None:
+        """Set the client's settings on ``link``; the client's requests are buffered meanwhile."""
+        client = self._client
+        client.server = None
+        client.waiting = True
+        self._link = link
+        link.owner = self
+        link.run_internal(sync_sql(link.params, client.wanted), self._done, self._refused)
+        link.take_params(dict(client.wanted))
+
+    def _refused(self, body: bytes) -> None:
+        if self._link.swallow == 1:  # the identity's own query, the last
+            self._refusal = self._refusal or body
+        else:
+            fields = messages.parse_error_fields(body)
+            log.warning("internal_query_failed", server_pid=self._link.pid, sqlstate=fields.get("C"),
+                        error=fields.get("M"))
+
+    def _done(self, link: ServerLink) -> None:
+        client = self._client
+        pool = client.pool
+        assert pool is not None
+        link.owner = None
+        client.waiting = False
+        ended = client.closed or client.transport is None or client.transport.is_closing()
+        if not ended and self._refusal is None:
+            client.on_server(link)
+            return
+        if self._refusal is not None or not link.carries:
+            pool.release(link)  # dirty after a refusal: discarded
+        else:  # the client left meanwhile: its role does not stay
+            release_settings(link, pool.release_if_idle)
+        if ended:
+            return
+        client.buffered.clear()
+        client.buffered_syncs = 0
+        fields = messages.parse_error_fields(self._refusal or b"")
+        log.warning("client_role_refused", peer=client.peer, db=client.database, user=client.user,
+                    sqlstate=fields.get("C"), error=fields.get("M"))
+        client.terminate_now(fields.get("C", "42501"), "this session's role or session authorization cannot be "
+                             f"set on another server connection: {fields.get('M', '')}")
 
     # -- relay.ServerOwner: the link's owner while it answers -------------------
 
