@@ -996,9 +996,27 @@ ps_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
     return (c1 == 'e' && c2 == 'a' && c3 == 'l') || (c1 == 'i' && c2 == 's' && c3 == 'c');
 }
 
+/* Whether p[start:end] holds ``word`` (lower case letters) in any case. */
+static int
+ps_names_word(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, const char *word)
+{
+    Py_ssize_t len = (Py_ssize_t)strlen(word);
+    for (Py_ssize_t i = start; i + len <= end; i++) {
+        if ((p[i] | 0x20) != (unsigned char)word[0])
+            continue;
+        Py_ssize_t k = 1;
+        while (k < len && (p[i + k] | 0x20) == (unsigned char)word[k])
+            k++;
+        if (k == len)
+            return 1;
+    }
+    return 0;
+}
+
 /* prepared._query_may_drop: a whole Query's text that may be or hold DEALLOCATE or
  * DISCARD: its first statement may (ps_may_drop), or there is more than one (a ';'
- * with more than white space or ';' after it), whose tags must then be watched. */
+ * with more than white space or ';' after it) and it names either word in any case:
+ * then its tags are watched (its replies read in Python). */
 static int
 ps_query_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
 {
@@ -1011,7 +1029,9 @@ ps_query_may_drop(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
             break;
         last--;
     }
-    return last > start && memchr(p + start, ';', (size_t)(last - start)) != NULL;
+    if (last <= start || memchr(p + start, ';', (size_t)(last - start)) == NULL)
+        return 0;
+    return ps_names_word(p, start, last, "deallocate") || ps_names_word(p, start, last, "discard");
 }
 
 /* prepared._names_statement: a Parse, Bind, Describe or Close naming a statement (or an

@@ -133,14 +133,18 @@ def _may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
 def _query_may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
     """A whole Query's text (``start`` to its NUL at ``end - 1``) that may be or hold
     DEALLOCATE or DISCARD: its first statement may (``_may_drop``), or it has more than
-    one statement (a ';' with more than white space or ';' after it), whose tags poold
-    must then watch."""
+    one statement (a ';' with more than white space or ';' after it) and names either
+    word in any case: then poold watches its tags (and reads its replies in Python,
+    so the common multi-statement Query, a script's, does not come here)."""
     if _may_drop(data, start, end):
         return True
     last = end
     while last > start and data[last - 1] in _TRAILING:
         last -= 1
-    return data.find(b";", start, last) >= 0
+    if data.find(b";", start, last) < 0:
+        return False
+    text = bytes(data[start:last]).lower()
+    return b"deallocate" in text or b"discard" in text
 
 
 class ClientStatements:

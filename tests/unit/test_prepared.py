@@ -102,6 +102,8 @@ CLEAN_CASES = [
     (msg(b"Q", b"SELECT 1; DEALLOCATE ALL\0"), False),  # more than one statement: the tags are watched
     (msg(b"Q", b"SELECT 1;discard all;\0"), False),
     (msg(b"Q", b"SELECT 1;\0"), True),  # one statement, its ';' last
+    (msg(b"Q", b"SELECT 1; SELECT 2\0"), True),  # a script's: no DEALLOCATE or DISCARD in it
+    (msg(b"Q", b"SELECT 1; DeAllocate x\0"), False),
     (msg(b"Q", b"SELECT 1 ; \n\0"), True),
     (parse(b"", b"deallocate all") + SYNC, False),
     (bind(b"") + EXECUTE, False),  # no sync point last: the batch is left open
