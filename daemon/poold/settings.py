@@ -436,7 +436,44 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class Settle:
+class _ClientsInternalQuery:
+    """relay.ServerOwner for a link that answers poold's own queries for a client which,
+    meanwhile, holds no link and waits (``waiting``): the replies are the internal
+    query's; a lost server ends the client's session."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: ClientSession) -> None:
+        self._client = client
+
+    # -- relay.ServerOwner: the link's owner while it answers -------------------
+
+    def on_server_data(self, data: bytes) -> None:
+        pass
+
+    def on_server_ready(self, status: bytes) -> None:
+        pass
+
+    def on_server_parameter(self, name: str, value: str) -> None:
+        pass
+
+    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None:
+        client = self._client
+        client.waiting = False
+        if not client.closed:
+            client.on_server_lost(sqlstate, message)
+
+    def on_server_in_use(self, fields: dict[str, str]) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Settle(_ClientsInternalQuery):
     """The release of a link after a transaction that may have changed settings: ask the
     server which settings the session holds (SETTLE_SQL), make them the client's and the
     link's, then give the link back, or to the same client's waiting requests.
@@ -444,10 +481,10 @@ class Settle:
     While it runs the client holds no link and ``waiting`` is set, so its requests are
     buffered as while it waits for one (both cores do so)."""
 
-    __slots__ = ("_client", "_rows", "_scanner")
+    __slots__ = ("_rows", "_scanner")
 
     def __init__(self, client: ClientSession) -> None:
-        self._client = client
+        super().__init__(client)
         self._scanner = PyFrameScanner(b"DZ")
         self._rows: list[tuple[str, str]] = []
 
@@ -480,34 +517,8 @@ class Settle:
         else:
             pool.release(link)
 
-    # -- relay.ServerOwner: the link's owner while it answers -------------------
 
-    def on_server_data(self, data: bytes) -> None:
-        pass
-
-    def on_server_ready(self, status: bytes) -> None:
-        pass
-
-    def on_server_parameter(self, name: str, value: str) -> None:
-        pass
-
-    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None:
-        client = self._client
-        client.waiting = False
-        if not client.closed:
-            client.on_server_lost(sqlstate, message)
-
-    def on_server_in_use(self, fields: dict[str, str]) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class SetIdentity:
+class SetIdentity(_ClientsInternalQuery):
     """A client's requests for a link whose role or session authorization is not the
     client's: those are set first (the last of ``sync_sql``'s queries) and the requests
     wait, buffered, for the answer, so that none runs as another role should the server
@@ -517,10 +528,10 @@ class SetIdentity:
 
     While it runs the client holds no link and ``waiting`` is set, as for ``Settle``."""
 
-    __slots__ = ("_client", "_link", "_refusal")
+    __slots__ = ("_link", "_refusal")
 
     def __init__(self, client: ClientSession) -> None:
-        self._client = client
+        super().__init__(client)
         self._refusal: bytes | None = None
 
     def start(self, link: ServerLink) -> None:
@@ -564,32 +575,6 @@ class SetIdentity:
                     sqlstate=fields.get("C"), error=fields.get("M"))
         client.terminate_now(fields.get("C", "42501"), "this session's role or session authorization cannot be "
                              f"set on another server connection: {fields.get('M', '')}")
-
-    # -- relay.ServerOwner: the link's owner while it answers -------------------
-
-    def on_server_data(self, data: bytes) -> None:
-        pass
-
-    def on_server_ready(self, status: bytes) -> None:
-        pass
-
-    def on_server_parameter(self, name: str, value: str) -> None:
-        pass
-
-    def on_server_lost(self, sqlstate: str | None = "08006", message: str = "server connection lost") -> None:
-        client = self._client
-        client.waiting = False
-        if not client.closed:
-            client.on_server_lost(sqlstate, message)
-
-    def on_server_in_use(self, fields: dict[str, str]) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def _row(body: bytes) -> tuple[str, str]:

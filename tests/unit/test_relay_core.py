@@ -199,27 +199,10 @@ def handoff_scenario(rt: Any) -> dict[str, Any]:
     Parse) ends a transaction whose link goes at once to a waiting client, whose Bind of a
     statement the link has ready must take the fast path (renamed, nothing owed), not the
     queue: else every transaction after it would read its replies in Python."""
-    from poold import prepared
-    from poold.breaker import Breaker
     from poold.client import ClientSession
-    from poold.pools import Pool
-    from poold.relay import ServerLink
-    from poold.stats import PoolStats
 
     log: list[Any] = []
-    pool = Pool.__new__(Pool)
-    pool.free, pool.active, pool.waiters = [], set(), deque()
-    pool.stats = PoolStats()
-    pool.settings = types.SimpleNamespace(max_size=1, acquire_timeout=5.0, max_prepared_statements=200,
-                                          max_client_prepared_statements=1000)
-    pool.statements = prepared.Registry(lambda: (200, 1000))
-    pool.leased, pool.epoch, pool.paused, pool._closed = 1, 0, False, False
-    pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
-    pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
-    pool.defaults, pool.name, pool.clients, pool.refusal = {}, "app.app", 2, None
-    link = ServerLink(lambda _link: None)
-    link.transport, link.stats, link.pid, link.defaults = Transport("s", log), pool.stats, 1, {}
-    pool.free.append(link)
+    pool, link = one_link_pool(log, 2, max_prepared=200)
     c1, c2 = ClientSession(rt), ClientSession(rt)
     for name, c in (("c1", c1), ("c2", c2)):
         c.transport, c.relaying, c.pool, c._peer = Transport(name, log), True, pool, name
@@ -244,30 +227,40 @@ SPLIT_STREAM = query("select 7") + query("SET work_mem = '3MB'") + msg(b"X")
 LONG_STREAM = query("SELECT '" + "x" * 1000 + "'; SET work_mem = '3MB'")
 
 
-def split_scenario(rt: Any) -> list[Any]:
-    """One client per cut: what reaches the server, whether the SET was seen (settle),
-    whether the session ended at the Terminate."""
+def one_link_pool(log: list[Any], clients: int, max_prepared: int = 0) -> tuple[Any, Any]:
+    """A pool (as Pool, without psycopg_pool) with one free link whose writes go to ``log``."""
+    from poold import prepared
     from poold.breaker import Breaker
-    from poold.client import ClientSession
     from poold.pools import Pool
     from poold.relay import ServerLink
     from poold.stats import PoolStats
+
+    pool = Pool.__new__(Pool)
+    pool.free, pool.active, pool.waiters = [], set(), deque()
+    pool.stats = PoolStats()
+    pool.settings = types.SimpleNamespace(max_size=1, acquire_timeout=5.0, max_prepared_statements=max_prepared,
+                                          max_client_prepared_statements=1000)
+    pool.statements = prepared.Registry(lambda: (max_prepared, 1000))
+    pool.leased, pool.epoch, pool.paused, pool._closed = 1, 0, False, False
+    pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
+    pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
+    pool.defaults, pool.name, pool.clients, pool.refusal = {}, "app.app", clients, None
+    link = ServerLink(lambda _link: None)
+    link.transport, link.stats, link.pid, link.defaults = Transport("s", log), pool.stats, 1, {}
+    pool.free.append(link)
+    return pool, link
+
+
+def split_scenario(rt: Any) -> list[Any]:
+    """One client per cut: what reaches the server, whether the SET was seen (settle),
+    whether the session ended at the Terminate."""
+    from poold.client import ClientSession
 
     out = []
     for stream, cuts in ((SPLIT_STREAM, range(1, len(SPLIT_STREAM))), (LONG_STREAM, (300, 600, len(LONG_STREAM) - 3))):
         for cut in cuts:
             log: list[Any] = []
-            pool = Pool.__new__(Pool)
-            pool.free, pool.active, pool.waiters = [], set(), deque()
-            pool.stats = PoolStats()
-            pool.settings = types.SimpleNamespace(max_size=1, acquire_timeout=5.0, max_prepared_statements=0)
-            pool.leased, pool.epoch, pool.paused, pool._closed = 1, 0, False, False
-            pool.breaker, pool._loop, pool._wait_timer, pool.connecting = Breaker(5, 30.0), Loop(), None, 0
-            pool._loop_time, pool._wait_until, pool._held = pool._loop.time, 0.0, set()
-            pool.defaults, pool.name, pool.clients, pool.refusal = {}, "app.app", 1, None
-            link = ServerLink(lambda _link: None)
-            link.transport, link.stats, link.pid, link.defaults = Transport("s", log), pool.stats, 1, {}
-            pool.free.append(link)
+            pool, link = one_link_pool(log, 1)
             c = ClientSession(rt)
             c.transport, c.relaying, c.pool, c._peer = Transport("c", log), True, pool, "c"
             c.data_received(query("begin"))  # in a transaction: the link stays the client's
