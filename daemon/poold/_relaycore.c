@@ -58,7 +58,7 @@ static PyObject *EMPTY;         /* b"" */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_in_progress, *s_max_length, *s_is_closing, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
-    *s_login_data, *s_relay, *s_relay_error, *s_join, *s_close, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
+    *s_login_data, *s_relay, *s_relay_error, *s_join, *s_end_after_requests, *s_outlive_client, *s_fatal, *s_unpause, *s_pause_reading, *s_resume_reading,
     *s_settle, *s_release_settings, *s_session_statement,
     *s_give_back, *s_retire, *s_set_aside, *s_acquire_wait, *s_write, *s_popleft, *s_on_server, *s_open,
     *s_acquire_timeout, *s_append, *s_native_login_plan, *s_native_login_done, *s_native_login_fallback,
@@ -2127,6 +2127,8 @@ Client_data_received(ClientCore *self, PyObject *data)
             return client_login(self, data);
         return PyObject_CallMethodOneArg((PyObject *)self, s_login_data, data);
     }
+    if (self->terminating) /* bytes after Terminate: PostgreSQL never reads them */
+        Py_RETURN_NONE;
     StatsCore *stats = NULL;
     if (PyBytes_CheckExact(data) && !is_none(self->pool) && is_core(self->pool, &PoolCoreType) &&
         self->buffered != NULL && PyList_CheckExact(self->buffered))
@@ -2230,7 +2232,10 @@ client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ss
     stats->queries += syncs;
     int rc = 0;
     if (is_none(self->server)) {
-        if (n && !(self->waiting || self->terminating || PyList_GET_SIZE(self->buffered))) {
+        if (self->terminating && !(syncs || self->buffered_syncs)) {
+            /* nothing to run: PostgreSQL rolls back an unsynced batch at Terminate */
+        }
+        else if (n && !(self->waiting || PyList_GET_SIZE(self->buffered))) {
             rc = client_lease_and_send(self, chunk, syncs); /* the first request of a transaction */
         }
         else if (n) {
@@ -2258,8 +2263,8 @@ client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ss
     Py_DECREF(chunk);
     if (rc < 0)
         return NULL;
-    if (self->terminating)
-        return PyObject_CallMethodNoArgs((PyObject *)self, s_close);
+    if (self->terminating) /* the session ends once what came before is answered */
+        return PyObject_CallMethodNoArgs((PyObject *)self, s_end_after_requests);
     Py_RETURN_NONE;
 }
 
@@ -2267,6 +2272,8 @@ client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ss
 static PyObject *
 client_server_ready(ClientCore *self, PyObject *status)
 {
+    if (self->terminating) /* the requests sent before Terminate are answered */
+        return PyObject_CallMethodNoArgs((PyObject *)self, s_end_after_requests);
     if (!is_idle(status))
         Py_RETURN_NONE;
     if (is_none(self->pool) || !is_core(self->pool, &PoolCoreType)) {
@@ -2444,6 +2451,13 @@ Client_connection_lost(ClientCore *self, PyObject *exc)
 {
     if (self->closed || self->rt == NULL)
         Py_RETURN_NONE;
+    if (self->terminating) { /* requests sent before Terminate may keep the session: _outlive_client */
+        PyObject *stays = PyObject_CallMethodNoArgs((PyObject *)self, s_outlive_client);
+        int rc = stays == NULL ? -1 : PyObject_IsTrue(stays);
+        Py_XDECREF(stays);
+        if (rc != 0)
+            return rc < 0 ? NULL : Py_NewRef(Py_None);
+    }
     self->closed = 1;
     if (!self->relaying && call_done(PyObject_CallMethodNoArgs((PyObject *)self, s_end_login)) < 0)
         return NULL;
@@ -2717,7 +2731,8 @@ PyInit__relaycore(void)
     INTERN(s_relay, "_relay");
     INTERN(s_relay_error, "_relay_error");
     INTERN(s_join, "join");
-    INTERN(s_close, "_close");
+    INTERN(s_end_after_requests, "_end_after_requests");
+    INTERN(s_outlive_client, "_outlive_client");
     INTERN(s_pause_reading, "pause_reading");
     INTERN(s_resume_reading, "resume_reading");
     INTERN(s_fatal, "_fatal");

@@ -157,7 +157,7 @@ class ClientCorePy:
         self._start_login()  # the C core sets native_login instead: its C login reads the bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self.closed or (self.terminating and self._outlive_client()):
             return
         self.closed = True
         if not self.relaying:  # else the login ended already
@@ -182,6 +182,9 @@ class ClientCorePy:
             self._login_data(data)
 
     def on_server_ready(self, status: bytes) -> None:
+        if self.terminating:  # the requests sent before Terminate are answered
+            self._end_after_requests()
+            return
         if status != b"I":
             return
         now = time.monotonic()
@@ -265,6 +268,12 @@ class ClientCorePy:
     def _session_ended(self) -> None:
         raise NotImplementedError
 
+    def _end_after_requests(self) -> None:
+        raise NotImplementedError
+
+    def _outlive_client(self) -> bool:
+        raise NotImplementedError
+
 
 if TYPE_CHECKING:
     ClientCore = ClientCorePy
@@ -338,6 +347,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
     # -- relay: client -> server (hot path) ----------------------------------
 
     def _relay(self, data: bytes) -> None:
+        if self.terminating:  # bytes after Terminate: PostgreSQL never reads them
+            return
         # A Query or Parse in the chunk that may change the session's state (settings.look;
         # the C core's same walk), from the chunk's first whole message on, and the rest of
         # a Query or Parse begun in an earlier read. A message's start too short to look at
@@ -370,7 +381,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         stats.queries += syncs
         server = self.server
         if server is None:
-            if data and not (self.waiting or self.terminating or self.buffered):
+            if self.terminating and not (syncs or self.buffered_syncs):
+                pass  # nothing to run: PostgreSQL rolls back an unsynced batch at Terminate
+            elif data and not (self.waiting or self.buffered):
                 self._lease_and_send(data, syncs)  # the first request of a transaction
             elif data:
                 self._buffer(data, syncs)
@@ -387,7 +400,7 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                 else:
                     self._forward(server, data, syncs)
         if self.terminating:
-            self._close()
+            self._end_after_requests()
 
     def _relay_error(self, exc: ProtocolError) -> None:
         self._fatal(exc.sqlstate, str(exc))
@@ -653,16 +666,47 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         answers one, and libpq 17+ (PQcancelPoll) takes any byte for a failed cancel
         ("unexpected response from server")."""
         transport = self.transport
-        if transport is None or transport.is_closing() or self.cancel_request:
-            self._close()
+        if transport is None or transport.is_closing() or self.cancel_request or self.terminating:
+            self._close()  # (a client that sent Terminate reads no more)
             return
         transport.write(response or messages.error_response(sqlstate, f"poold: {message}"))
         self.rt.stats.errors[sqlstate] += 1
         self.transport = sockio.linger(transport, self, self.rt.lingering)  # type: ignore[assignment]
 
     def _close(self) -> None:
+        self.terminating = False  # a deliberate end: connection_lost ends the session whatever is owed
         if self.transport is not None:
             self.transport.close()
+
+    # -- Terminate: the requests sent before it still run ------------------
+
+    def _owes_requests(self) -> bool:
+        """Whether requests the client sent end with a sync point still unanswered:
+        queued for a server connection, or sent on one."""
+        server = self.server
+        return bool((self.waiting and self.buffered_syncs) or (server is not None and server.pending))
+
+    def _end_after_requests(self) -> None:
+        """The client sent Terminate. PostgreSQL runs what it read before that, answers,
+        then ends the session: so does poold, which ends it now when nothing is owed,
+        else once the last reply is written (on_server_ready calls again). The client's
+        server connection then goes back as at any client's end (_hand_back): rolled back,
+        reset, or kept, and not cancelled or dropped for a reply still to come."""
+        if not self._owes_requests():
+            self._close()
+
+    def _outlive_client(self) -> bool:
+        """The client's socket closed after its Terminate. While its requests are owed
+        replies the session stays for them (True): their replies go nowhere (a Departed
+        transport, whose close ends the session), and its server connection, if the
+        client's unread replies had paused it, reads again."""
+        if not self._owes_requests():
+            return False
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        self.transport = sockio.Departed(peer, self)  # type: ignore[assignment]  # as sockio.linger's Ended
+        self.resume_writing()
+        return True
 
 
 def _may_be_database_command(data: bytes) -> bool:

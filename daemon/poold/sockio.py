@@ -203,6 +203,34 @@ class Ended:
         return self._peer if name == "peername" else default
 
 
+class Departed(Ended):
+    """What a session writes to once its client has closed its socket after
+    Terminate while requests it sent before still run (ClientSession._outlive_client):
+    their replies are dropped, and closing it ends the session, as the socket's
+    close would have (the protocol's ``connection_lost``)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, peer: Any, protocol: asyncio.BaseProtocol) -> None:
+        super().__init__(peer)
+        self._protocol: asyncio.BaseProtocol | None = protocol
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connection_lost(None)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = pause_reading
+
+    def is_closing(self) -> bool:
+        return self._protocol is None
+
+
 class _Lingering(asyncio.Protocol):
     """A connection's protocol once it lingers: what the client still sends is read
     and dropped until its EOF, then the socket is closed; after LINGER at the most it

@@ -8,6 +8,7 @@ Python frame scanner and the event loop's transports), in both pool modes where 
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import threading
 import time
@@ -232,3 +233,79 @@ def _waiting(p: Poold) -> int:
     from tests.e2e.test_http import scrape
 
     return int(sum(v for (name, labels), v in scrape(p).items() if name == "db_pool_size" and ("state", "waiting") in labels))
+
+
+def _message(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+TERMINATE = _message(b"X", b"")
+
+
+def _requests(form: str, sql: str) -> bytes:
+    """``sql`` as one simple Query, or as an unnamed Parse, Bind, Execute and Sync."""
+    if form == "simple":
+        return _message(b"Q", sql.encode() + b"\0")
+    return (_message(b"P", b"\0" + sql.encode() + b"\0\0\0") + _message(b"B", b"\0\0" + b"\0\0" * 3)
+            + _message(b"E", b"\0\0\0\0\0") + _message(b"S", b""))
+
+
+# (queued: transaction mode only; a session-mode client holds its server connection from its login on)
+@pytest.mark.parametrize(("mode", "where"), [("transaction", "idle"), ("transaction", "queued"),
+                                             ("transaction", "in-transaction"), ("session", "idle"),
+                                             ("session", "in-transaction")])
+@pytest.mark.parametrize("form", ["simple", "extended"])
+def test_requests_sent_before_terminate_run(poold_factory: Callable[..., Poold], pg: pgcluster.Cluster,
+                                            core: dict[str, str], mode: str, where: str, form: str) -> None:
+    """A client that writes its requests and Terminate in one go, and closes, has its requests
+    run as PostgreSQL runs them (it reads the socket in order): whether poold had a server
+    connection for it, was to lease one, or was queued for one behind a busy pool. They were
+    dropped, or cancelled."""
+    table = f"before_x_{mode}_{where.replace('-', '_')}_{form}_{'py' if core else 'c'}"
+    pg.psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (n int); GRANT ALL ON {table} TO app", "app")
+    work = f"SELECT pg_sleep(0.3); INSERT INTO {table} VALUES (1)" if form == "simple" else \
+        f"INSERT INTO {table} SELECT 1 FROM pg_sleep(0.3)"
+
+    def rows() -> str:
+        return pg.psql(f"SELECT count(*) FROM {table}", "app")
+
+    # PostgreSQL itself, the behaviour to match
+    raw = RawClient(pg.port)
+    raw.startup()
+    while raw.read_message()[0] != b"Z":
+        pass
+    raw.sock.sendall(_requests(form, work) + TERMINATE)
+    raw.close()
+    wait_until(lambda: rows() == "1", timeout=10)
+    pg.psql(f"TRUNCATE {table}", "app")
+
+    p = poold_factory(mode=mode, auth_type="trust", max_size=1, min_size=1, environ=core)
+    holder = psycopg.connect(p.dsn()) if where == "queued" else None
+    try:
+        if holder is not None:
+            holder.execute("SELECT 1")  # holds the pool's one server connection, in a transaction
+        raw = RawClient(p.port)
+        raw.startup()
+        while raw.read_message()[0] != b"Z":
+            pass
+        if where == "in-transaction":
+            raw.send(b"Q", b"BEGIN\0")
+            while raw.read_message()[0] != b"Z":
+                pass
+            work += ";COMMIT" if form == "simple" else ""
+        raw.sock.sendall(_requests(form, work) + (_message(b"Q", b"COMMIT\0") if where == "in-transaction"
+                                                   and form == "extended" else b"") + TERMINATE)
+        raw.close()
+        if holder is not None:
+            time.sleep(0.5)  # the request waits its turn, its client long gone
+            assert rows() == "0"
+            holder.commit()
+        wait_until(lambda: rows() == "1", timeout=10)
+        # the server connection was not lost to it: the pool serves the next client
+        with psycopg.connect(p.dsn(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        time.sleep(0.5)
+        assert rows() == "1"  # and ran once
+    finally:
+        if holder is not None:
+            holder.close()
