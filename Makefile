@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-login venv clean install uninstall test-sanitize test-server-tls
+.PHONY: run test unit integration e2e lint bench bench-quick bench-large bench-cpu bench-cpu-tls bench-login venv clean install uninstall test-sanitize test-server-tls
 
 SOURCES := pyproject.toml setup.py daemon/poold/protocol/_framing.c daemon/poold/protocol/framing_capi.h daemon/poold/_relaycore.c \
 	daemon/poold/protocol/scram_core.c daemon/poold/protocol/scram_core.h daemon/poold/_sockio.c
@@ -74,6 +74,9 @@ bench-large: venv
 
 bench-cpu: venv
 	$(BIN)/python bench/cpu_split.py
+
+bench-cpu-tls: venv
+	$(BIN)/python bench/cpu_split.py --server-tls
 
 bench-login: venv
 	$(BIN)/python bench/login_cost.py
