@@ -33,7 +33,10 @@ What PgBouncer does not: a client reusing an open name gets PostgreSQL's own
 fails, and answers its error with the client's); a Parse that fails leaves
 nothing; a Bind failing with 0A000 (the result type changed under a cached
 plan) marks the statement stale on that server connection, and its next use
-there closes and prepares it again.
+there closes and prepares it again; a client naming one of poold's server names
+that it has not prepared (Bind, Describe, SQL or unnamed-Parse DEALLOCATE) gets
+PostgreSQL's 26000 for it, the same failing Parse (or Query) standing in, and
+never reaches the statement of another client that the name is.
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ _DEALLOCATE_NAME = re.compile(
     rb'\s*deallocate\s+(?:prepare\s+)?(?:"((?:[^"]|"")+)"|([a-z_][a-z0-9_$]*))\s*;?\s*\0', re.IGNORECASE)
 #: what stands for a statement the connection lacks: prepared then deallocated, the first tag swallowed
 _DEALLOCATE_ABSENT = b"PREPARE poold_deallocated AS SELECT; DEALLOCATE poold_deallocated"
+#: the start of the server-side names poold gives statements (statements.Registry): a client
+#: that names one it has not prepared itself is told it does not exist, as PostgreSQL would
+#: tell it, rather than reach a statement of poold's (another client's) on the connection
+SERVER_NAME_PREFIX = b"poold_"
+#: poold's Query that fails (42703), for an error poold answers in the server's stead
+_FAILING_QUERY = frame(b"Q", b"SELECT poold_refused\0")
 
 
 def clean(data: bytes) -> bool:
@@ -145,6 +154,18 @@ def _query_may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
         return False
     text = bytes(data[start:last]).lower()
     return b"deallocate" in text or b"discard" in text
+
+
+def _name_of(found: re.Match[bytes]) -> bytes:
+    """The statement name a _DEALLOCATE_NAME match names, as PostgreSQL reads it."""
+    quoted, plain = found.groups()
+    return quoted.replace(b'""', b'"') if quoted is not None else plain.lower()
+
+
+def _does_not_exist(name: bytes) -> bytes:
+    """PostgreSQL's error for a statement name the session does not have."""
+    return messages.error_response("26000", f'prepared statement "{name.decode(errors="replace")}" does not exist',
+                                   severity="ERROR")
 
 
 class ClientStatements:
@@ -289,7 +310,10 @@ class ClientStatements:
         name_end = buf.find(b"\0", portal_end + 1, n) if portal_end >= 0 else -1
         if name_end < 0:
             return False
-        stmt = self.names.get(bytes(buf[portal_end + 1 : name_end])) if name_end > portal_end + 1 else None
+        name = bytes(buf[portal_end + 1 : name_end])
+        stmt = self.names.get(name) if name else None
+        if stmt is None and name.startswith(SERVER_NAME_PREFIX):
+            return False  # one of poold's names: refused once whole (_request)
         if stmt is None:  # unnamed, or unknown to this client (the server answers 26000)
             link.expect_request(t)
             out.append(bytes(buf[pos:n]))
@@ -308,14 +332,22 @@ class ClientStatements:
             if name_end > 5:
                 self._parse(link, msg[5:name_end], msg[name_end + 1 :], out)
                 return
+            found = _DEALLOCATE_NAME.fullmatch(msg, 6, msg.find(b"\0", 6) + 1) if name_end == 5 else None
+            if found is not None and _name_of(found).startswith(SERVER_NAME_PREFIX):  # DEALLOCATE poold_<n>
+                self._absent(link, _name_of(found), out)
+                return
         elif t == _B:
             portal_end = msg.find(b"\0", 5)
             name_end = msg.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
-            stmt = self.names.get(msg[portal_end + 1 : name_end]) if name_end > portal_end + 1 else None
+            name = msg[portal_end + 1 : name_end] if name_end > portal_end + 1 else b""
+            stmt = self.names.get(name) if name else None
             if stmt is not None:
                 link.prepare(stmt, out)
                 out.append(frame(b"B", msg[5 : portal_end + 1] + stmt.name + msg[name_end:]))
                 link.push(Expect(BIND, stmt))
+                return
+            if name.startswith(SERVER_NAME_PREFIX):
+                self._absent(link, name, out)
                 return
         elif end > 6 and msg[5] == _STATEMENT_S and msg[6] != 0:  # Describe or Close of a statement
             name = msg[6 : end - 1]
@@ -324,6 +356,9 @@ class ClientStatements:
                 link.push(Expect(REPLY, stmt, self, name, CLOSE_COMPLETE))
                 return
             stmt = self.names.get(name)
+            if stmt is None and name.startswith(SERVER_NAME_PREFIX):
+                self._absent(link, name, out)
+                return
             if stmt is not None:
                 link.prepare(stmt, out)
                 out.append(frame(b"D", b"S" + stmt.name + b"\0"))
@@ -340,9 +375,13 @@ class ClientStatements:
         found = _DEALLOCATE_NAME.fullmatch(text)
         if found is None:
             return False
-        quoted, plain = found.groups()
-        name = quoted.replace(b'""', b'"') if quoted is not None else plain.lower()
+        name = _name_of(found)
         stmt = self.names.get(name)
+        if stmt is None and name.startswith(SERVER_NAME_PREFIX):  # one of poold's: as absent
+            out.append(_FAILING_QUERY)
+            link.push(Expect(REFUSE, data=_does_not_exist(name)))
+            link.push(Expect(SYNC))
+            return True
         if stmt is None:
             return False  # the server answers 26000 in the client's words
         if stmt in link.lru:
@@ -353,6 +392,13 @@ class ClientStatements:
         link.push(Expect(DEALLOCATE, stmt, self, name))
         link.push(Expect(SYNC))
         return True
+
+    def _absent(self, link: LinkStatements, name: bytes, out: list[bytes]) -> None:
+        """A Bind, Describe or unnamed Parse (of DEALLOCATE) naming one of poold's own
+        statements, which this client has not prepared: PostgreSQL's 26000 for it, the
+        server skipping the batch after poold's failing Parse."""
+        out.append(_FAILING_PARSE)
+        link.push(Expect(REFUSE, data=_does_not_exist(name)))
 
     def _parse(self, link: LinkStatements, name: bytes, key: bytes, out: list[bytes]) -> None:
         registry = self.registry

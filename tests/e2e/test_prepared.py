@@ -403,6 +403,33 @@ def test_sql_deallocate_of_a_protocol_name(poold_factory: Callable[..., Poold], 
         s.close()
 
 
+def test_poolds_own_names_are_not_another_clients(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
+    """A client naming poold's server-side name of another client's statement (poold_1)
+    gets PostgreSQL's 26000, as it would on a connection of its own: a Bind does not run
+    the other's statement, a DEALLOCATE (SQL, or psycopg's unnamed Parse of it) does not
+    drop it from under poold, whose own client goes on using it. Before, the Bind ran it
+    and the DEALLOCATE dropped it: the other client's next use failed with 26000."""
+    p = _poold(poold_factory, core, max_size=1, min_size=1)
+    owner, guesser = Session(p), Session(p)
+    try:
+        assert owner.types(_parse("mine", "SELECT 'secret'")) == "1Z"  # poold_1 on the one connection
+        for replies in (guesser.batch(_bind("poold_1"), _execute()),
+                        guesser.batch(_describe("S", "poold_1")),
+                        guesser.query("DEALLOCATE poold_1"),
+                        guesser.query("deallocate prepare poold_1;")):
+            error = _error(replies)
+            assert (error["C"], error["M"]) == ("26000", 'prepared statement "poold_1" does not exist'), replies
+            assert replies[-1] == ("Z", b"I") and "secret" not in _rows(replies)
+        with psycopg.connect(p.dsn(), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName, match='"poold_1" does not exist'):
+                conn.execute("DEALLOCATE poold_1")
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert _rows(owner.batch(_bind("mine"), _execute())) == ["secret"]
+    finally:
+        owner.close()
+        guesser.close()
+
+
 def test_result_type_change_errors_once_then_works(poold_factory: Callable[..., Poold], core: dict[str, str]) -> None:
     p = _poold(poold_factory, core, max_size=1, min_size=1)
     with psycopg.connect(p.dsn(), autocommit=True) as setup:

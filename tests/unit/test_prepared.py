@@ -374,6 +374,54 @@ def test_sql_deallocate_of_an_unknown_or_folded_name_goes_as_it_is() -> None:
     assert p.send(msg(b"Q", b"DEALLOCATE S1\0"))[0] == msg(b"Q", b"DEALLOCATE S1\0")  # folds to s1: not the client's
 
 
+def _does_not_exist(got: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    return b"C26000\0" in got[0][1] and b'prepared statement "' + name + b'" does not exist' in got[0][1]
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("request_of", [
+    lambda name: bind(name) + EXECUTE + SYNC,
+    lambda name: msg(b"D", b"S" + name + b"\0") + SYNC,
+    lambda name: parse(b"", b"DEALLOCATE " + name) + bind(b"") + EXECUTE + SYNC,
+], ids=["bind", "describe", "unnamed-parse-deallocate"])
+def test_poolds_own_name_from_a_client_that_has_not_prepared_it_does_not_exist(request_of, split: bool) -> None:
+    """Another client's statement under poold's name (poold_1 here) is not reached by a
+    client that names it: PostgreSQL's 26000 in its words, the batch skipped by the
+    server after poold's failing Parse. Before, the request went to the server as it
+    was: a Bind ran the other client's statement, a DEALLOCATE dropped it from under
+    poold (whose next Bind of it, for its own client, then failed)."""
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    other = prepared.ClientStatements(p.registry)
+    data = request_of(b"poold_1")
+    chunks = [data[i : i + 1] for i in range(len(data))] if split else [data]
+    out = b"".join(other.feed(p.link, c) for c in chunks)
+    assert b"poold_1" not in out and b"poold_refused" in out
+    got = messages_of(p.link.filter(error("42703") + ready(), other)[0])
+    assert [t for t, _ in got] == [b"E", b"Z"] and _does_not_exist(got, b"poold_1")
+    assert p.link.has(p.client.names[b"s1"])  # still poold's, on the connection, for its client
+
+
+def test_sql_deallocate_of_poolds_own_name_does_not_exist() -> None:
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    other = prepared.ClientStatements(p.registry)
+    for text in (b"DEALLOCATE poold_1", b'deallocate prepare "poold_1";'):
+        out = other.feed(p.link, msg(b"Q", text + b"\0"))
+        assert b"poold_1" not in out and b"poold_refused" in out
+        got = messages_of(p.link.filter(error("42703") + ready(), other)[0])
+        assert [t for t, _ in got] == [b"E", b"Z"] and _does_not_exist(got, b"poold_1")
+    assert not p.link.busy and p.link.has(p.client.names[b"s1"])
+    # a name of the client's own that only looks like poold's is the client's
+    mine = prepared.ClientStatements(p.registry)
+    mine.feed(p.link, parse(b"poold_7", b"SELECT 7") + SYNC)
+    p.link.filter(PARSE_COMPLETE + ready(), mine)
+    out = mine.feed(p.link, bind(b"poold_7") + EXECUTE + SYNC)
+    assert b"poold_refused" not in out and b"poold_2" in out
+
+
 def test_rename_differential_c_and_python() -> None:
     """_relaycore.ps_rename (ps_rename_walk) and ClientStatements.rename give the same
     bytes and the same statements for the same chunk, over random chunks."""
