@@ -55,6 +55,7 @@ static PyObject *SYNC_POINTS;   /* b"QSF": Query, Sync and FunctionCall each owe
 static PyObject *TERMINATE;     /* ord("X") */
 static PyObject *IDLE;          /* b"I" */
 static PyObject *EMPTY;         /* b"" */
+static PyObject *COPY_FAIL;     /* messages.COPY_FAIL_TERMINATED: a Terminate's stand-in while replies are owed */
 static PyObject *DRAIN_STATE, *DRAIN_MESSAGE;
 
 static PyObject *s_feed, *s_tally, *s_at_boundary, *s_in_progress, *s_max_length, *s_is_closing, *s_draining, *s_max_size, *s_on_frames, *s_stream_corrupt,
@@ -2227,6 +2228,13 @@ client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ss
             return NULL;
         }
     }
+    if (self->terminating &&
+        (syncs || self->buffered_syncs || (is_core(self->server, &ServerCoreType) && ((ServerCore *)self->server)->pending))) {
+        /* in its stead: a COPY FROM STDIN ends (PostgreSQL ignores CopyFail elsewhere); _relay */
+        PyBytes_Concat(&chunk, COPY_FAIL);
+        if (chunk == NULL)
+            return NULL;
+    }
     Py_ssize_t n = PyBytes_GET_SIZE(chunk);
     stats->bytes_in += n;
     stats->queries += syncs;
@@ -2272,10 +2280,11 @@ client_relay(ClientCore *self, StatsCore *stats, PyObject *data, int look, Py_ss
 static PyObject *
 client_server_ready(ClientCore *self, PyObject *status)
 {
-    if (self->terminating) /* the requests sent before Terminate are answered */
-        return PyObject_CallMethodNoArgs((PyObject *)self, s_end_after_requests);
-    if (!is_idle(status))
+    if (!is_idle(status)) {
+        if (self->terminating) /* the requests sent before Terminate are answered */
+            return PyObject_CallMethodNoArgs((PyObject *)self, s_end_after_requests);
         Py_RETURN_NONE;
+    }
     if (is_none(self->pool) || !is_core(self->pool, &PoolCoreType)) {
         PyErr_SetString(PyExc_TypeError, "on_server_ready: the client has no PoolCore");
         return NULL;
@@ -2288,6 +2297,8 @@ client_server_ready(ClientCore *self, PyObject *status)
         stats->transactions += 1;
         observe(stats->xact, now - self->xact_start);
     }
+    if (self->terminating)
+        return PyObject_CallMethodNoArgs((PyObject *)self, s_end_after_requests);
     if (self->in_batch)
         Py_RETURN_NONE;
     int at_boundary = scanner_at_boundary(self->scanner);
@@ -2794,6 +2805,7 @@ PyInit__relaycore(void)
         return NULL;
     if ((SYNC_POINTS = PyBytes_FromString("QSF")) == NULL || (TERMINATE = PyLong_FromLong('X')) == NULL ||
         (IDLE = PyBytes_FromString("I")) == NULL || (EMPTY = PyBytes_FromString("")) == NULL ||
+        (COPY_FAIL = PyBytes_FromStringAndSize("f\0\0\0\x1ethe client sent Terminate", 31)) == NULL ||
         (DRAIN_STATE = PyUnicode_FromString("57P01")) == NULL ||
         (DRAIN_MESSAGE = PyUnicode_FromString("terminating connection: poold is draining")) == NULL)
         return NULL;

@@ -46,6 +46,9 @@ _Q = messages.QUERY
 _F = messages.FUNCTION_CALL
 _SYNC = messages.SYNC
 _X = messages.TERMINATE
+#: what goes to the server where a Terminate was while replies are owed: a COPY FROM
+#: STDIN the client left ends, as PostgreSQL ends it at a Terminate (elsewhere it is ignored)
+_COPY_FAIL = messages.COPY_FAIL_TERMINATED
 _SYNC_POINTS = bytes((_Q, _SYNC, _F))
 #: chunks a client's bytes are read into while it waits for a server connection;
 #: at this many, its reading pauses until it has one (a chunk is at most the
@@ -182,10 +185,9 @@ class ClientCorePy:
             self._login_data(data)
 
     def on_server_ready(self, status: bytes) -> None:
-        if self.terminating:  # the requests sent before Terminate are answered
-            self._end_after_requests()
-            return
         if status != b"I":
+            if self.terminating:  # the requests sent before Terminate are answered
+                self._end_after_requests()
             return
         now = time.monotonic()
         self.transactions += 1
@@ -193,6 +195,9 @@ class ClientCorePy:
         stats = pool.stats  # type: ignore[union-attr]
         stats.transactions += 1
         stats.xact.observe(now - self.xact_start)
+        if self.terminating:
+            self._end_after_requests()
+            return
         if self.in_batch or not self.scanner.at_boundary:
             return
         if self.rt.draining:
@@ -318,7 +323,9 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
         return self.peer.rsplit(":", 1)[0]
 
     def eof_received(self) -> bool | None:
-        return False  # close; a client half-close ends the session
+        # close; a client half-close ends the session, unless it sent Terminate behind
+        # requests still owed replies: they are written to it, then it closes
+        return self.terminating and self._owes_requests()
 
     def _session_ended(self) -> None:
         """A logged-in client is gone: its statements released, its log line."""
@@ -375,6 +382,8 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
             self.terminating = True
         if look and data:
             data = self._session_statement(data, at, tail)
+        if self.terminating and (syncs or self.buffered_syncs or (self.server is not None and self.server.pending)):
+            data += _COPY_FAIL  # in its stead: a COPY FROM STDIN ends (PostgreSQL ignores it elsewhere)
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         stats.bytes_in += len(data)
@@ -607,6 +616,10 @@ class ClientSession(LoginSteps, ClientCore, asyncio.Protocol):
                 return replaced
             self.session_mode = True
             self.pinned = reason
+            if self.ps is None and self.pool.settings.max_prepared_statements:
+                # its requests stay checked: the connection it keeps may hold poold's
+                # statements of other clients (prepared.SERVER_NAME_PREFIX)
+                self.ps = prepared.ClientStatements(self.pool.statements)
             self.pool.stats.pins[reason] += 1
             log.warning("client_pinned", peer=self.peer, db=self.database, user=self.user, reason=reason,
                         server_pid=self.server.pid if self.server is not None else None)

@@ -45,6 +45,8 @@ import re
 
 from .protocol import messages
 from .statements import (
+    ABSENT,
+    ABSENT_DEALLOCATE,
     BIND,
     DEALLOCATE,
     HEADER,
@@ -154,6 +156,13 @@ def _query_may_drop(data: bytes | bytearray, start: int, end: int) -> bool:
         return False
     text = bytes(data[start:last]).lower()
     return b"deallocate" in text or b"discard" in text
+
+
+def _poolds(link: LinkStatements, name: bytes) -> bool:
+    """Whether ``name`` is the server name of one of poold's statements on ``link``
+    (a client's own name that only looks like one, e.g. a pinned client's SQL
+    PREPARE, is the client's)."""
+    return name.startswith(SERVER_NAME_PREFIX) and any(stmt.name == name for stmt in link.lru)
 
 
 def _name_of(found: re.Match[bytes]) -> bytes:
@@ -312,8 +321,8 @@ class ClientStatements:
             return False
         name = bytes(buf[portal_end + 1 : name_end])
         stmt = self.names.get(name) if name else None
-        if stmt is None and name.startswith(SERVER_NAME_PREFIX):
-            return False  # one of poold's names: refused once whole (_request)
+        if stmt is None and _poolds(link, name):
+            return False  # one of poold's statements: refused once whole (_request)
         if stmt is None:  # unnamed, or unknown to this client (the server answers 26000)
             link.expect_request(t)
             out.append(bytes(buf[pos:n]))
@@ -333,8 +342,8 @@ class ClientStatements:
                 self._parse(link, msg[5:name_end], msg[name_end + 1 :], out)
                 return
             found = _DEALLOCATE_NAME.fullmatch(msg, 6, msg.find(b"\0", 6) + 1) if name_end == 5 else None
-            if found is not None and _name_of(found).startswith(SERVER_NAME_PREFIX):  # DEALLOCATE poold_<n>
-                self._absent(link, _name_of(found), out)
+            if found is not None and _poolds(link, _name_of(found)):  # DEALLOCATE poold_<n>
+                self._absent(link, _name_of(found), out, ABSENT_DEALLOCATE)
                 return
         elif t == _B:
             portal_end = msg.find(b"\0", 5)
@@ -346,7 +355,7 @@ class ClientStatements:
                 out.append(frame(b"B", msg[5 : portal_end + 1] + stmt.name + msg[name_end:]))
                 link.push(Expect(BIND, stmt))
                 return
-            if name.startswith(SERVER_NAME_PREFIX):
+            if _poolds(link, name):
                 self._absent(link, name, out)
                 return
         elif end > 6 and msg[5] == _STATEMENT_S and msg[6] != 0:  # Describe or Close of a statement
@@ -356,7 +365,7 @@ class ClientStatements:
                 link.push(Expect(REPLY, stmt, self, name, CLOSE_COMPLETE))
                 return
             stmt = self.names.get(name)
-            if stmt is None and name.startswith(SERVER_NAME_PREFIX):
+            if stmt is None and _poolds(link, name):
                 self._absent(link, name, out)
                 return
             if stmt is not None:
@@ -377,7 +386,7 @@ class ClientStatements:
             return False
         name = _name_of(found)
         stmt = self.names.get(name)
-        if stmt is None and name.startswith(SERVER_NAME_PREFIX):  # one of poold's: as absent
+        if stmt is None and _poolds(link, name):  # one of poold's: as absent
             out.append(_FAILING_QUERY)
             link.push(Expect(REFUSE, data=_does_not_exist(name)))
             link.push(Expect(SYNC))
@@ -393,12 +402,14 @@ class ClientStatements:
         link.push(Expect(SYNC))
         return True
 
-    def _absent(self, link: LinkStatements, name: bytes, out: list[bytes]) -> None:
+    def _absent(self, link: LinkStatements, name: bytes, out: list[bytes], kind: int = ABSENT) -> None:
         """A Bind, Describe or unnamed Parse (of DEALLOCATE) naming one of poold's own
         statements, which this client has not prepared: PostgreSQL's 26000 for it, the
-        server skipping the batch after poold's failing Parse."""
+        server skipping the batch after poold's failing Parse. A Bind or Describe gets it
+        in a failed transaction too (PostgreSQL looks the name up first: ABSENT); a
+        DEALLOCATE there gets the server's 25P02 (ABSENT_DEALLOCATE, as REFUSE)."""
         out.append(_FAILING_PARSE)
-        link.push(Expect(REFUSE, data=_does_not_exist(name)))
+        link.push(Expect(kind, data=_does_not_exist(name)))
 
     def _parse(self, link: LinkStatements, name: bytes, key: bytes, out: list[bytes]) -> None:
         registry = self.registry

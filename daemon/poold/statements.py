@@ -68,6 +68,8 @@ OWN_CLOSE = 5  # poold's Close (eviction, re-prepare): swallowed
 REPLY = 6  # a reply poold gives itself (ParseComplete, CloseComplete)
 REFUSE = 7  # poold's failing Parse: its error is replaced by ``data``
 DEALLOCATE = 8  # SQL DEALLOCATE of a client's protocol-level name: its CommandComplete forgets the name
+ABSENT = 9  # poold's failing Parse for a Bind or Describe of poold's name by a client without it: any error -> ``data``
+ABSENT_DEALLOCATE = REFUSE  # the same for an unnamed Parse of DEALLOCATE poold_<n> (a failed transaction's 25P02 stays)
 
 
 class Statement:
@@ -279,6 +281,8 @@ class LinkStatements:
             self.clear()
             if client is not None:
                 client.clear()
+        elif t == _C and msg[5:-1] == b"DEALLOCATE" and q and q[0].kind != DEALLOCATE:
+            self.doubt()  # a DEALLOCATE poold did not write (in a script, behind a comment)
         if not q or t in _ASYNC_REPLIES:
             if t == _Z:  # the Sync that ends an error's skip came by the fast path's side
                 self.failed = False
@@ -295,7 +299,7 @@ class LinkStatements:
             if head.kind == SYNC:
                 return msg  # a simple Query's error
             sqlstate = messages.parse_error_fields(msg[5:]).get("C")
-            if head.kind == REFUSE and sqlstate == _REFUSED_SQLSTATE:
+            if (head.kind == REFUSE and sqlstate == _REFUSED_SQLSTATE) or head.kind == ABSENT:
                 msg = head.data
             elif head.kind == BIND and head.stmt is not None and sqlstate == "0A000" and head.stmt in self.lru:
                 self.lru[head.stmt] = True  # cached plan must not change result type: prepare it again
@@ -309,7 +313,7 @@ class LinkStatements:
                     self.registry.release(head.stmt)
                 if head.client is not None:
                     head.client.forget(head.name, head.stmt)
-            if head.kind in (OWN_PARSE, OWN_CLOSE, REFUSE):
+            if head.kind in (OWN_PARSE, OWN_CLOSE, REFUSE, ABSENT):
                 if head.kind == OWN_CLOSE and head.stmt is not None:
                     self.registry.release(head.stmt)
                 return None
@@ -358,6 +362,13 @@ class LinkStatements:
             if stmt in self.lru:
                 self.lru[stmt] = True
         self.bound = []
+
+    def doubt(self) -> None:
+        """A DEALLOCATE that poold did not write ran here: whichever statement it named,
+        each is closed (a Close of what is gone is no error) and prepared again before its
+        next use here, as a stale one is."""
+        for stmt in self.lru:
+            self.lru[stmt] = True
 
     def clear(self) -> None:
         """Every statement on the server connection is gone (DEALLOCATE ALL, DISCARD ALL, closed)."""

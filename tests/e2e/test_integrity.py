@@ -8,6 +8,7 @@ Python frame scanner and the event loop's transports), in both pool modes where 
 
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
 import threading
@@ -309,3 +310,61 @@ def test_requests_sent_before_terminate_run(poold_factory: Callable[..., Poold],
     finally:
         if holder is not None:
             holder.close()
+
+
+def test_terminate_during_copy_from_stdin_ends_the_copy_and_the_session(
+        poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, core: dict[str, str]) -> None:
+    """A client that leaves in the middle of COPY FROM STDIN (Terminate, then close: libpq's
+    PQfinish) has its COPY aborted and its session ended at once, as PostgreSQL does, and
+    its server connection serves the next client. poold puts a CopyFail where the Terminate
+    was; before, with the requests kept until answered, the COPY waited for data that never
+    came (forever with query_timeout = 0)."""
+    table = f"copy_x_{'py' if core else 'c'}"
+    pg.psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (n int); GRANT ALL ON {table} TO app", "app")
+
+    def leave_mid_copy(port: int) -> None:
+        raw = RawClient(port)
+        raw.startup()
+        while raw.read_message()[0] != b"Z":
+            pass
+        raw.send(b"Q", f"COPY {table} FROM STDIN\0".encode())
+        assert raw.read_message()[0] == b"G"  # CopyInResponse
+        raw.sock.sendall(_message(b"d", b"1\n") + TERMINATE)
+        raw.close()
+
+    leave_mid_copy(pg.port)  # PostgreSQL itself
+    p = poold_factory(mode="transaction", auth_type="trust", max_size=1, min_size=1, query_timeout=0, environ=core)
+    leave_mid_copy(p.port)
+    started = time.monotonic()
+    with psycopg.connect(p.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert time.monotonic() - started < 5
+    assert pg.psql(f"SELECT count(*) FROM {table}", "app") == "0"  # the COPY was aborted on both
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_client_that_half_closes_after_terminate_reads_its_replies(
+        poold_factory: Callable[..., Poold], pg: pgcluster.Cluster, core: dict[str, str], mode: str) -> None:
+    """Query, Terminate, then shutdown(SHUT_WR): PostgreSQL writes the replies, then closes;
+    so does poold. Before, the half-close ended the session and the replies were dropped."""
+    def replies(port: int) -> list[bytes]:
+        raw = RawClient(port)
+        raw.startup()
+        while raw.read_message()[0] != b"Z":
+            pass
+        raw.sock.sendall(_message(b"Q", b"SELECT pg_sleep(0.3), 42\0") + TERMINATE)
+        raw.sock.shutdown(socket.SHUT_WR)
+        got = []
+        try:
+            while True:
+                got.append(raw.read_message()[0])
+        except ConnectionError:
+            pass
+        raw.close()
+        return got
+
+    assert replies(pg.port) == [b"T", b"D", b"C", b"Z"]
+    p = poold_factory(mode=mode, auth_type="trust", max_size=1, min_size=1, environ=core)
+    assert replies(p.port) == [b"T", b"D", b"C", b"Z"]
+    with psycopg.connect(p.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

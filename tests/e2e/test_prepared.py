@@ -425,6 +425,16 @@ def test_poolds_own_names_are_not_another_clients(poold_factory: Callable[..., P
                 conn.execute("DEALLOCATE poold_1")
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert _rows(owner.batch(_bind("mine"), _execute())) == ["secret"]
+        # a client pinned to the connection (its SQL PREPARE): the same, and its own
+        # statement named like poold's is its own
+        pinned = Session(p)
+        try:
+            assert [t for t, _ in pinned.query("PREPARE poold_own AS SELECT 'own'")] == ["C", "Z"]
+            assert _error(pinned.batch(_bind("poold_1"), _execute()))["C"] == "26000"
+            assert _rows(pinned.batch(_bind("poold_own"), _execute())) == ["own"]
+        finally:
+            pinned.close()
+        assert _rows(owner.batch(_bind("mine"), _execute())) == ["secret"]
     finally:
         owner.close()
         guesser.close()

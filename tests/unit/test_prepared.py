@@ -422,6 +422,52 @@ def test_sql_deallocate_of_poolds_own_name_does_not_exist() -> None:
     assert b"poold_refused" not in out and b"poold_2" in out
 
 
+def test_poolds_own_name_in_a_failed_transaction() -> None:
+    """A Bind or Describe: PostgreSQL looks the name up before it checks the transaction,
+    so 26000 there too; a DEALLOCATE is a statement: the server's 25P02."""
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    other = prepared.ClientStatements(p.registry)
+    aborted = error("25P02", "current transaction is aborted")
+    other.feed(p.link, bind(b"poold_1") + EXECUTE + SYNC)
+    got = messages_of(p.link.filter(aborted + ready(b"E"), other)[0])
+    assert _does_not_exist(got, b"poold_1")
+    other.feed(p.link, parse(b"", b"DEALLOCATE poold_1") + bind(b"") + EXECUTE + SYNC)
+    assert p.link.filter(aborted + ready(b"E"), other)[0] == aborted + ready(b"E")
+    other.feed(p.link, msg(b"Q", b"DEALLOCATE poold_1\0"))
+    assert p.link.filter(aborted + ready(b"E"), other)[0] == aborted + ready(b"E")
+    assert not p.link.busy
+
+
+def test_a_name_like_poolds_that_is_not_on_the_connection_goes_as_it_is() -> None:
+    """poold_9 is no statement of poold's here (a pinned client's own SQL PREPARE, or
+    one on another connection): the server answers for it."""
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    other = prepared.ClientStatements(p.registry)
+    assert other.feed(p.link, bind(b"poold_9") + EXECUTE + SYNC) == bind(b"poold_9") + EXECUTE + SYNC
+    assert other.feed(prepared.LinkStatements(p.registry), bind(b"poold_1") + SYNC) == bind(b"poold_1") + SYNC
+
+
+@pytest.mark.parametrize("text", [b"SELECT 1; DEALLOCATE poold_1", b"/* x */ DEALLOCATE poold_1"])
+def test_a_deallocate_poold_did_not_write_puts_the_connections_statements_in_doubt(text: bytes) -> None:
+    """A DEALLOCATE poold cannot read the name of (in a script, behind a comment) may have
+    dropped any of its statements there: each is closed and prepared again at its next use
+    (a Close of what is gone is no error), as a stale one is, so its client's Bind works."""
+    p = Pair()
+    p.send(parse(b"s1", b"SELECT 1") + SYNC)
+    p.reply(PARSE_COMPLETE + ready())
+    other = prepared.ClientStatements(p.registry)
+    assert other.feed(p.link, msg(b"Q", text + b"\0")) == msg(b"Q", text + b"\0")
+    p.link.filter(complete(b"SELECT 1") + complete(b"DEALLOCATE") + ready(), other)
+    out, _ = p.send(bind(b"s1") + EXECUTE + SYNC)
+    assert types(out) == "CPBES" and out.count(b"poold_1") == 3
+    got = p.reply(CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + complete(b"SELECT 1") + ready())
+    assert types(got) == "2CZ" and p.link.has(p.client.names[b"s1"])
+
+
 def test_rename_differential_c_and_python() -> None:
     """_relaycore.ps_rename (ps_rename_walk) and ClientStatements.rename give the same
     bytes and the same statements for the same chunk, over random chunks."""

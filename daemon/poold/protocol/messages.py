@@ -207,6 +207,14 @@ def query(sql: str) -> bytes:
     return _msg(b"Q", _cstr(sql))
 
 
+def copy_fail(reason: str) -> bytes:
+    return _msg(b"f", _cstr(reason))
+
+
+#: a CopyFail for a client that sent Terminate during its COPY FROM STDIN
+COPY_FAIL_TERMINATED = copy_fail("the client sent Terminate")
+
+
 #: type OID and size of the column types a result set of poold's own has (RowDescription)
 COLUMN_TYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
     {"text": (25, -1), "int4": (23, 4), "int8": (20, 8), "numeric": (1700, -1), "bytea": (17, -1)}
