@@ -46,7 +46,6 @@ import re
 from .protocol import messages
 from .statements import (
     ABSENT,
-    ABSENT_DEALLOCATE,
     BIND,
     DEALLOCATE,
     HEADER,
@@ -342,8 +341,9 @@ class ClientStatements:
                 self._parse(link, msg[5:name_end], msg[name_end + 1 :], out)
                 return
             found = _DEALLOCATE_NAME.fullmatch(msg, 6, msg.find(b"\0", 6) + 1) if name_end == 5 else None
-            if found is not None and _poolds(link, _name_of(found)):  # DEALLOCATE poold_<n>
-                self._absent(link, _name_of(found), out, ABSENT_DEALLOCATE)
+            name = _name_of(found) if found is not None else b""
+            if _poolds(link, name):  # DEALLOCATE poold_<n>: a failed transaction's 25P02 stays (REFUSE)
+                self._absent(link, name, out, REFUSE)
                 return
         elif t == _B:
             portal_end = msg.find(b"\0", 5)
@@ -407,7 +407,7 @@ class ClientStatements:
         statements, which this client has not prepared: PostgreSQL's 26000 for it, the
         server skipping the batch after poold's failing Parse. A Bind or Describe gets it
         in a failed transaction too (PostgreSQL looks the name up first: ABSENT); a
-        DEALLOCATE there gets the server's 25P02 (ABSENT_DEALLOCATE, as REFUSE)."""
+        DEALLOCATE there gets the server's 25P02 (REFUSE)."""
         out.append(_FAILING_PARSE)
         link.push(Expect(kind, data=_does_not_exist(name)))
 

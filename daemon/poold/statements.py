@@ -69,7 +69,6 @@ REPLY = 6  # a reply poold gives itself (ParseComplete, CloseComplete)
 REFUSE = 7  # poold's failing Parse: its error is replaced by ``data``
 DEALLOCATE = 8  # SQL DEALLOCATE of a client's protocol-level name: its CommandComplete forgets the name
 ABSENT = 9  # poold's failing Parse for a Bind or Describe of poold's name by a client without it: any error -> ``data``
-ABSENT_DEALLOCATE = REFUSE  # the same for an unnamed Parse of DEALLOCATE poold_<n> (a failed transaction's 25P02 stays)
 
 
 class Statement:
